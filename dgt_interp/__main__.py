@@ -1,0 +1,5 @@
+import sys
+
+from dgt_interp.cli import main
+
+sys.exit(main())

@@ -1,0 +1,128 @@
+"""Generate answers with a model's own `generate` and score exact match on a task.
+
+This is the one place that turns prompts into batched, left-padded ids and generated ids back into
+answers; training, the zoo checks, the demo and the bottleneck table all go through it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from dgt_interp.models.load import is_diffusion
+from dgt_interp.tasks import PAD_ID, Problem, Task, build_tokenizer, decode_answer
+
+
+def prompt_batch(prompts: list[str], max_positions: int | None = None) -> dict[str, torch.Tensor]:
+    """Left-padded `input_ids` and `attention_mask` `[batch, pos]` for `prompts` (BOS prepended).
+
+    Raises a one-line error if a prompt (plus `canvas`) would not fit `max_positions`.
+    """
+    tok = build_tokenizer()
+    for p in prompts:
+        unknown = sorted({c for c in p if tok.convert_tokens_to_ids(c) in (None, PAD_ID)})
+        if unknown:
+            raise ValueError(f"prompt {p!r} has characters {unknown} outside the vocabulary; remove them")
+    enc = tok(prompts, padding=True, return_tensors="pt")
+    if max_positions is not None and enc["input_ids"].shape[1] > max_positions:
+        raise ValueError(
+            f"prompt of {enc['input_ids'].shape[1]} tokens is too long: this model allows {max_positions} "
+            "(prompt + generated tokens); shorten the prompt or generate fewer tokens"
+        )
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+def _max_prompt_positions(model, max_new_tokens: int) -> int:
+    return model.config.get_text_config().max_position_embeddings - max_new_tokens
+
+
+@dataclass
+class Generation:
+    """Answers and per-row generated ids for a batch of prompts."""
+
+    answers: list[str]
+    new_ids: torch.Tensor  # [batch, new_pos]
+    decoder_passes: torch.Tensor | None  # [batch] denoising forward passes (diffusion only)
+
+
+@torch.no_grad()
+def generate_answers(model, prompts: list[str], *, seed: int = 0, **generation_kwargs) -> Generation:
+    """Run `model.generate` once on `prompts` (left-padded batch) after `torch.manual_seed(seed)`."""
+    max_new = generation_kwargs.get("max_new_tokens") or model.generation_config.max_new_tokens
+    batch = prompt_batch(prompts, _max_prompt_positions(model, max_new))
+    batch = {k: v.to(model.device) for k, v in batch.items()}
+    torch.manual_seed(seed)
+    if is_diffusion(model):
+        out = model.generate(**batch, **generation_kwargs)
+        new_ids = out.sequences[:, batch["input_ids"].shape[1]:].cpu()
+        valid = (new_ids != PAD_ID).sum(-1).float()
+        passes = torch.round(valid / out.tokens_per_forward.cpu().float()).long()
+    else:
+        seqs = model.generate(**batch, **generation_kwargs)
+        new_ids = seqs[:, batch["input_ids"].shape[1]:].cpu()
+        passes = None
+    return Generation([decode_answer(row) for row in new_ids], new_ids, passes)
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for a binomial proportion (sensible at 0% and 100%)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+@dataclass
+class EvalResult:
+    task: str
+    n: int
+    correct: int
+    accuracy: float
+    ci95: tuple[float, float]
+    mean_decoder_passes: float | None
+    settings: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def evaluate(
+    model,
+    task: Task,
+    *,
+    n: int = 1000,
+    seed: int = 0,
+    batch_size: int = 250,
+    split: str = "test",
+    problems: list[Problem] | None = None,
+    progress: bool = False,
+    **generation_kwargs,
+) -> EvalResult:
+    """Exact match of `model.generate` on `n` held-out problems of `task`.
+
+    Batch b is generated after `torch.manual_seed(seed + b)`; `generation_kwargs` go to `generate`
+    (e.g. `max_denoising_steps`, `self_conditioning_mask`-free settings, `t_min`).
+    """
+    problems = problems if problems is not None else task.problems(split, n, seed=seed)
+    correct, passes = 0, []
+    chunks = range(0, len(problems), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, desc=f"eval {task.name}", unit="batch")
+    for b, start in enumerate(chunks):
+        chunk = problems[start:start + batch_size]
+        gen = generate_answers(model, [p.prompt for p in chunk], seed=seed + b, **generation_kwargs)
+        correct += sum(task.check(p, a) for p, a in zip(chunk, gen.answers))
+        if gen.decoder_passes is not None:
+            passes.append(gen.decoder_passes.float())
+    mean_passes = float(torch.cat(passes).mean()) if passes else None
+    settings = {k: (v if isinstance(v, (int, float, str, bool)) or v is None else repr(v))
+                for k, v in generation_kwargs.items()}
+    return EvalResult(task.name, len(problems), correct, correct / len(problems),
+                      wilson_interval(correct, len(problems)), mean_passes, settings)

@@ -1,0 +1,58 @@
+"""Task generators: deterministic problems, a train/test split, an exact checker.
+
+A task is a set of (prompt, answer) string pairs whose algorithm we know. Which problems are
+held out is a pure function of the prompt (a stable hash), so the split never depends on the seed
+or on how many problems were drawn; the seed only decides which problems are drawn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+Split = Literal["train", "test"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    prompt: str  # e.g. "12+34="
+    answer: str  # e.g. "46" (EOS is implied)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A named problem distribution with an exact checker.
+
+    `sample(rng)` draws one problem from the full distribution; the split keeps every 1 in
+    `test_every` prompts (by hash) for testing.
+    """
+
+    name: str
+    description: str
+    sample: Callable[[random.Random], Problem]
+    max_prompt_chars: int
+    max_answer_chars: int
+    test_every: int = 20
+
+    def is_test(self, prompt: str) -> bool:
+        digest = hashlib.sha256(f"{self.name}:{prompt}".encode()).digest()
+        return int.from_bytes(digest[:8], "little") % self.test_every == 0
+
+    def problems(self, split: Split, n: int, seed: int = 0) -> list[Problem]:
+        """`n` problems of `split`, the same list for the same seed (duplicates allowed)."""
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        rng = random.Random(f"{self.name}:{split}:{seed}")
+        want_test = split == "test"
+        out: list[Problem] = []
+        while len(out) < n:
+            p = self.sample(rng)
+            if self.is_test(p.prompt) == want_test:
+                out.append(p)
+        return out
+
+    def check(self, problem: Problem, output: str) -> bool:
+        """Exact match of the decoded output (up to EOS) with the answer."""
+        return output == problem.answer

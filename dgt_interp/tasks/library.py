@@ -1,0 +1,48 @@
+"""The concrete tasks. Each is chosen because we know the algorithm that solves it."""
+
+from __future__ import annotations
+
+import random
+
+from .base import Problem, Task
+
+
+def _addition(rng: random.Random) -> Problem:
+    a, b = rng.randint(0, 9999), rng.randint(0, 9999)
+    return Problem(prompt=f"{a}+{b}=", answer=str(a + b))
+
+
+ADDITION = Task(
+    name="addition",
+    description="a+b= with a, b uniform in [0, 9999]; answer most-significant digit first, then EOS",
+    sample=_addition,
+    max_prompt_chars=len("9999+9999="),
+    max_answer_chars=len("19998"),
+)
+
+SORT_MIN_LEN, SORT_MAX_LEN = 2, 7
+
+
+def _sort(rng: random.Random) -> Problem:
+    n = rng.randint(SORT_MIN_LEN, SORT_MAX_LEN)
+    digits = [rng.randint(0, 9) for _ in range(n)]
+    return Problem(prompt="".join(map(str, digits)) + ">", answer="".join(map(str, sorted(digits))))
+
+
+SORT = Task(
+    name="sort",
+    description=f"sort {SORT_MIN_LEN}-{SORT_MAX_LEN} digits ascending: '3142>' -> '1234'; output length varies",
+    sample=_sort,
+    max_prompt_chars=SORT_MAX_LEN + 1,
+    max_answer_chars=SORT_MAX_LEN,
+)
+
+TASKS: dict[str, Task] = {t.name: t for t in (ADDITION, SORT)}
+
+
+def get_task(name: str) -> Task:
+    """Look up a task by name, with a one-line error listing the known ones."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(sorted(TASKS))}") from None

@@ -1,0 +1,218 @@
+"""Train the zoo's tiny models.
+
+- diffusion: DiffusionGemma's own objective. Each example draws t ~ U(eps, 1); every canvas position
+  is replaced with probability t by a token drawn uniformly from the whole vocabulary (what the
+  sampler's initialisation and re-noising draw from); cross-entropy on all canvas positions.
+  Self-conditioning is trained two-pass (Analog Bits): a no-grad first pass, whose
+  temperature-scaled logits feed the second pass for a random half of the batch
+  (`self_conditioning_mask`), so the channel is really used.
+- ar: a `Gemma4ForCausalLM` twin of the same width and depth, loss on answer tokens + EOS.
+
+The result is saved atomically as an HF dir (weights, config, generation config, tokenizer) with a
+`recipe.json` recording the command, seed, config and held-out accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dgt_interp.models import TinySize, build_ar, build_diffusion
+from dgt_interp.tasks import BOS_ID, EOS_ID, PAD_ID, Problem, Task, build_tokenizer, encode, get_task
+
+
+@dataclass
+class TrainConfig:
+    task: str = "addition"
+    kind: str = "diffusion"  # "diffusion" | "ar"
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 2e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+    eps: float = 1e-3
+    self_cond_prob: float = 0.5
+    # Temperature applied to the first pass's logits before they feed self-conditioning, drawn per
+    # example in [t_min, t_max]: `generate` feeds temperature-processed logits, not raw ones.
+    sc_temperature: tuple[float, float] = (0.4, 0.8)
+    eval_n: int = 1000
+    size: TinySize = field(default_factory=TinySize)
+    threads: int | None = None
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def canvas_targets(problems: list[Problem], canvas_length: int) -> torch.Tensor:
+    """`[batch, canvas]` answer ids, then EOS, then pad."""
+    rows = []
+    for p in problems:
+        ids = encode(p.answer)[1:] + [EOS_ID]
+        if len(ids) > canvas_length:
+            raise ValueError(f"answer {p.answer!r} + EOS does not fit a canvas of {canvas_length}")
+        rows.append(ids + [PAD_ID] * (canvas_length - len(ids)))
+    return torch.tensor(rows)
+
+
+def prompt_ids(problems: list[Problem]) -> tuple[torch.Tensor, torch.Tensor]:
+    enc = build_tokenizer()([p.prompt for p in problems], padding=True, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def diffusion_loss(model, problems: list[Problem], gen: torch.Generator, cfg: TrainConfig) -> torch.Tensor:
+    ids, mask = prompt_ids(problems)
+    clean = canvas_targets(problems, model.config.canvas_length)
+    b, c = clean.shape
+    vocab = model.config.text_config.vocab_size
+    t = cfg.eps + (1 - cfg.eps) * torch.rand(b, 1, generator=gen)
+    corrupt = torch.rand(b, c, generator=gen) < t
+    noisy = torch.where(corrupt, torch.randint(0, vocab, (b, c), generator=gen), clean)
+    dec_mask = F.pad(mask, (0, c), value=1)
+    inputs = dict(input_ids=ids, attention_mask=mask, decoder_input_ids=noisy, decoder_attention_mask=dec_mask)
+    use_sc = torch.rand(b, generator=gen) < cfg.self_cond_prob
+    sc_logits = None
+    if use_sc.any():
+        with torch.no_grad():
+            first = model(**inputs).logits
+        lo, hi = cfg.sc_temperature
+        temp = lo + (hi - lo) * torch.rand(b, 1, 1, generator=gen)
+        sc_logits = first / temp
+    logits = model(**inputs, self_conditioning_logits=sc_logits,
+                   self_conditioning_mask=use_sc if sc_logits is not None else None).logits
+    return F.cross_entropy(logits.reshape(-1, vocab), clean.reshape(-1))
+
+
+def ar_loss(model, problems: list[Problem], gen: torch.Generator, cfg: TrainConfig) -> torch.Tensor:
+    tok = build_tokenizer()
+    seqs, labels = [], []
+    for p in problems:
+        prompt = encode(p.prompt)
+        answer = encode(p.answer)[1:] + [EOS_ID]
+        seqs.append(prompt + answer)
+        labels.append([-100] * len(prompt) + answer)
+    width = max(map(len, seqs))
+    ids = torch.tensor([[PAD_ID] * (width - len(s)) + s for s in seqs])
+    lab = torch.tensor([[-100] * (width - len(s)) + s for s in labels])
+    mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(s) for s in seqs])[:, None]).long()
+    del tok
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1), ignore_index=-100)
+
+
+# ----------------------------------------------------------------------------- saving
+
+
+def save_atomically(model, out_dir: str | Path, recipe: dict) -> Path:
+    """Write model + tokenizer + recipe.json to a temp dir beside `out_dir`, then swap it in.
+
+    A crash at any point leaves either the old dir or the new one, never a half-written one.
+    """
+    out = Path(out_dir).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        build_tokenizer().save_pretrained(tmp)
+        (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2, default=str) + "\n")
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+# ----------------------------------------------------------------------------- loop
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, progress: bool = True,
+          command: str | None = None) -> tuple[torch.nn.Module, dict]:
+    """Train one model; if `out_dir` is given, evaluate on `cfg.eval_n` held-out problems and save it."""
+    from dgt_interp.evaluate import evaluate
+
+    if cfg.kind not in ("diffusion", "ar"):
+        raise ValueError(f"unknown kind {cfg.kind!r}; choose 'diffusion' or 'ar'")
+    task: Task = get_task(cfg.task)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    build = build_diffusion if cfg.kind == "diffusion" else build_ar
+    model = build(cfg.size, seed=cfg.seed).train()
+    loss_fn = diffusion_loss if cfg.kind == "diffusion" else ar_loss
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    train_problems = iter(_train_stream(task, cfg))
+    bar = range(cfg.steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(bar, desc=f"train {cfg.task}/{cfg.kind}", unit="step")
+    start, losses = time.time(), []
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        loss = loss_fn(model, next(train_problems), gen, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        losses.append(loss.item())
+        if progress and step % 10 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.4f}")
+    train_seconds = time.time() - start
+    model.eval()
+    recipe = {
+        "task": cfg.task,
+        "kind": cfg.kind,
+        "command": command or " ".join(sys.argv),
+        "train_config": asdict(cfg),
+        "train_seconds": round(train_seconds, 1),
+        "torch_threads": torch.get_num_threads(),
+        "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])),
+        "transformers_version": __import__("transformers").__version__,
+        "torch_version": torch.__version__,
+    }
+    if out_dir is not None:
+        if cfg.eval_n:
+            res = evaluate(model, task, n=cfg.eval_n, seed=0, progress=progress)
+            recipe["heldout_exact_match"] = res.to_dict()
+            if cfg.kind == "diffusion":
+                zero = evaluate(model, task, n=cfg.eval_n, seed=0, progress=progress,
+                                self_conditioning_mask=torch.zeros(1, dtype=torch.bool))
+                recipe["heldout_exact_match_self_conditioning_zeroed"] = zero.to_dict()
+            recipe["generation_config"] = model.generation_config.to_dict()
+        save_atomically(model, out_dir, recipe)
+    return model, recipe
+
+
+def _train_stream(task: Task, cfg: TrainConfig):
+    """Endless training batches, drawn deterministically from the training split."""
+    chunk = 0
+    while True:
+        problems = task.problems("train", cfg.batch_size * 50, seed=cfg.seed * 100_003 + chunk)
+        for i in range(0, len(problems), cfg.batch_size):
+            yield problems[i:i + cfg.batch_size]
+        chunk += 1

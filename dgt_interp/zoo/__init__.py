@@ -1,0 +1,34 @@
+"""The shipped zoo: tiny models trained by `dgt-interp train`, stored as HF dirs in this package.
+
+Each dir loads with plain `transformers` (`from_pretrained`) and records its recipe and held-out
+accuracy in `recipe.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ZOO_DIR = Path(__file__).resolve().parent
+
+
+def names() -> list[str]:
+    """Names of the shipped models (dirs holding a config.json)."""
+    return sorted(p.name for p in ZOO_DIR.iterdir() if (p / "config.json").is_file())
+
+
+def path(name: str) -> Path:
+    """The dir of zoo model `name`; a one-line error lists the known names."""
+    known = names()
+    if name not in known:
+        raise ValueError(f"unknown zoo model {name!r}; choose one of: {', '.join(known) or '(none shipped)'}")
+    return ZOO_DIR / name
+
+
+def recipe(name: str) -> dict:
+    """The recipe a zoo model was trained with (config, command, seed, accuracies)."""
+    f = path(name) / "recipe.json"
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
+__all__ = ["ZOO_DIR", "names", "path", "recipe"]

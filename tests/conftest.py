@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny random-init models (built once per session) and zoo models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_diffusion():
+    """A random-init DiffusionGemma of the zoo's size (eval mode)."""
+    from dgt_interp.models import build_diffusion
+
+    return build_diffusion(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_ar():
+    """A random-init Gemma 4 AR twin of the same size (eval mode)."""
+    from dgt_interp.models import build_ar
+
+    return build_ar(seed=0)
+
+
+def _zoo_model(name):
+    from dgt_interp import zoo
+    from dgt_interp.models import load_model
+
+    if name not in zoo.names():
+        pytest.skip(f"zoo model {name} not shipped")
+    return load_model(name)
+
+
+@pytest.fixture(scope="session")
+def addition_diffusion():
+    return _zoo_model("addition-diffusion")
+
+
+@pytest.fixture(scope="session")
+def addition_ar():
+    return _zoo_model("addition-ar")
+
+
+@pytest.fixture(scope="session")
+def sort_diffusion():
+    return _zoo_model("sort-diffusion")
+
+
+@pytest.fixture(scope="session")
+def sort_ar():
+    return _zoo_model("sort-ar")
