@@ -82,13 +82,15 @@ def diffusion_loss(model, problems: list[Problem], gen: torch.Generator, cfg: Tr
     dec_mask = F.pad(mask, (0, c), value=1)
     inputs = dict(input_ids=ids, attention_mask=mask, decoder_input_ids=noisy, decoder_attention_mask=dec_mask)
     use_sc = torch.rand(b, generator=gen) < cfg.self_cond_prob
+    lo, hi = cfg.sc_temperature
+    temp = lo + (hi - lo) * torch.rand(b, 1, 1, generator=gen)
     sc_logits = None
     if use_sc.any():
+        # First pass only for the examples that will be self-conditioned; the rest get zeros.
+        sc_logits = torch.zeros(b, c, vocab)
         with torch.no_grad():
-            first = model(**inputs).logits
-        lo, hi = cfg.sc_temperature
-        temp = lo + (hi - lo) * torch.rand(b, 1, 1, generator=gen)
-        sc_logits = first / temp
+            first = model(**{k: v[use_sc] for k, v in inputs.items()}).logits
+        sc_logits[use_sc] = first / temp[use_sc]
     logits = model(**inputs, self_conditioning_logits=sc_logits,
                    self_conditioning_mask=use_sc if sc_logits is not None else None).logits
     return F.cross_entropy(logits.reshape(-1, vocab), clean.reshape(-1))
