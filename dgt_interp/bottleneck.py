@@ -1,0 +1,187 @@
+"""Interpretable token bottleneck on the self-conditioning channel.
+
+Between denoising steps DiffusionGemma passes the previous step's processed logits (a full
+distribution per canvas position) into the decoder's self-conditioning module: a continuous,
+opaque channel. A *bottleneck* replaces that distribution by one a person can read as tokens:
+
+- `TopK(k)`  (f_k): keep the top-k probabilities, spread the remaining mass uniformly over the
+  other V - k tokens;
+- `TopP(p)`  (f_p): keep every token with probability above `p` (always the argmax), spread the
+  rest uniformly over the others;
+- `OneHot()`: all mass on the argmax;
+- `Zero()`:  no channel at all (the signal the module adds is zeroed, as at a canvas's first step);
+- any callable `logits [batch, pos, vocab] -> logits`.
+
+Sampling inside a step is unchanged: the bottleneck only edits what step s+1 *reads*. Each variant
+is applied as a TransformerLens hook on `self_cond.hook_logits_in` (`Zero` on
+`self_cond.hook_signal`), so it works inside `capture`, patching and `generate` alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+
+LOGITS_HOOK = "self_cond.hook_logits_in"
+SIGNAL_HOOK = "self_cond.hook_signal"
+
+
+def _log_spread(probs_kept: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """log of: kept probabilities where `keep`, the leftover mass spread uniformly elsewhere."""
+    vocab = probs_kept.shape[-1]
+    kept = torch.where(keep, probs_kept, torch.zeros_like(probs_kept))
+    leftover = (1.0 - kept.sum(-1, keepdim=True)).clamp_min(0.0)
+    n_other = (vocab - keep.sum(-1, keepdim=True)).clamp_min(1)
+    out = torch.where(keep, kept, leftover / n_other)
+    return torch.log(out)
+
+
+@dataclass(frozen=True)
+class Bottleneck:
+    """Base class: a map from self-conditioning logits to interpretable logits."""
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:  # [batch, pos, vocab] -> same
+        raise NotImplementedError
+
+    def hooks(self) -> list[tuple[str, Callable]]:
+        """TL-style `(hook_name, fn)` pairs that apply this bottleneck at every step."""
+        def fn(logits, hook):
+            return self(logits).to(logits.dtype)
+
+        return [(LOGITS_HOOK, fn)]
+
+
+@dataclass(frozen=True)
+class TopK(Bottleneck):
+    k: int = 1
+
+    def __post_init__(self):
+        if not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"TopK needs an integer k >= 1, got {self.k!r}")
+
+    @property
+    def name(self) -> str:
+        return f"top-{self.k}"
+
+    def __call__(self, logits):
+        probs = logits.float().softmax(-1)
+        k = min(self.k, probs.shape[-1])
+        idx = probs.topk(k, dim=-1).indices
+        keep = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, idx, True)
+        return _log_spread(probs, keep)
+
+
+@dataclass(frozen=True)
+class TopP(Bottleneck):
+    p: float = 0.1
+
+    def __post_init__(self):
+        if not 0.0 <= self.p < 1.0:
+            raise ValueError(f"TopP needs a threshold 0 <= p < 1, got {self.p!r}")
+
+    @property
+    def name(self) -> str:
+        return f"top-p>{self.p:g}"
+
+    def __call__(self, logits):
+        probs = logits.float().softmax(-1)
+        keep = probs > self.p
+        keep.scatter_(-1, probs.argmax(-1, keepdim=True), True)
+        return _log_spread(probs, keep)
+
+
+@dataclass(frozen=True)
+class OneHot(Bottleneck):
+    @property
+    def name(self) -> str:
+        return "one-hot"
+
+    def __call__(self, logits):
+        keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, logits.argmax(-1, keepdim=True), True)
+        return torch.where(keep, 0.0, float("-inf")).to(torch.float32)
+
+
+@dataclass(frozen=True)
+class Zero(Bottleneck):
+    """No channel: the self-conditioning signal is zeroed (what `self_conditioning_mask=False` does)."""
+
+    @property
+    def name(self) -> str:
+        return "zeroed"
+
+    def __call__(self, logits):
+        raise TypeError("Zero acts on the self-conditioning signal, not on logits; use .hooks()")
+
+    def hooks(self):
+        return [(SIGNAL_HOOK, lambda signal, hook: torch.zeros_like(signal))]
+
+
+@dataclass(frozen=True)
+class Custom(Bottleneck):
+    """Wrap any `logits -> logits` callable (same shape) as a bottleneck."""
+
+    fn: LogitsFn = None
+    label: str = "custom"
+
+    @property
+    def name(self) -> str:
+        return self.label
+
+    def __call__(self, logits):
+        out = self.fn(logits)
+        if not isinstance(out, torch.Tensor) or out.shape != logits.shape:
+            raise ValueError(
+                f"bottleneck {self.label!r} must return a tensor of shape {tuple(logits.shape)}; "
+                f"got {getattr(out, 'shape', type(out).__name__)}"
+            )
+        return out
+
+
+def as_bottleneck(spec: "Bottleneck | LogitsFn | str | None") -> Bottleneck | None:
+    """Parse `None`/"none", "top-3", "top-p=0.1", "one-hot", "zero", a `Bottleneck` or a callable."""
+    if spec is None or isinstance(spec, Bottleneck):
+        return spec
+    if callable(spec):
+        return Custom(fn=spec, label=getattr(spec, "__name__", "custom"))
+    s = str(spec).strip().lower()
+    if s in ("none", "full", "identity"):
+        return None
+    if s in ("one-hot", "onehot", "top-1-onehot"):
+        return OneHot()
+    if s in ("zero", "zeroed", "off"):
+        return Zero()
+    if s.startswith("top-p"):
+        return TopP(float(s.split("=", 1)[-1].lstrip(">")) if "=" in s or ">" in s else 0.1)
+    if s.startswith("top-") and s[4:].isdigit():
+        return TopK(int(s[4:]))
+    raise ValueError(f"unknown bottleneck {spec!r}; use none, top-K (e.g. top-1), top-p=P, one-hot or zero")
+
+
+def is_degenerate(new_ids: torch.Tensor, eos_id: int, reference_ids: list[int] | None = None) -> bool:
+    """*(ours)* A generation is degenerate if it never emits EOS, or if it contains a repetition
+    loop: a unit of 1-3 tokens repeated 4+ times in a row that the reference answer does not contain.
+    """
+    ids = [int(x) for x in new_ids]
+    if eos_id not in ids:
+        return True
+    body = ids[: ids.index(eos_id)]
+
+    def loops(seq):
+        found = set()
+        for unit in (1, 2, 3):
+            for start in range(len(seq) - 4 * unit + 1):
+                chunk = seq[start:start + unit]
+                if all(seq[start + r * unit:start + (r + 1) * unit] == chunk for r in range(4)):
+                    found.add(tuple(chunk))
+        return found
+
+    ref = loops(reference_ids) if reference_ids is not None else set()
+    return bool(loops(body) - ref)
