@@ -41,6 +41,12 @@ def _cmd_zoo_list(args) -> None:
         print(line + f"  {zoo.path(name)}")
 
 
+def _cmd_demo(args) -> None:
+    from dgt_interp.demo import run_demo
+
+    run_demo(args.model, n=args.n, seed=args.seed, entropy_bound=args.entropy_bound)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dgt-interp", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -64,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     zsub = z.add_subparsers(dest="zoo_command", required=True)
     zl = zsub.add_parser("list", help="list shipped models with their held-out accuracy")
     zl.set_defaults(func=_cmd_zoo_list)
+    d = sub.add_parser("demo", help="denoise a few additions with the bundled model, printing every step")
+    d.add_argument("--model", default="addition-diffusion", help="zoo name or model dir")
+    d.add_argument("-n", type=int, default=3, help="number of problems")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--entropy-bound", type=float, default=None,
+                   help="sampler entropy bound (smaller = fewer tokens accepted per step = more steps)")
+    d.set_defaults(func=_cmd_demo)
     return p
 
 

@@ -1,0 +1,71 @@
+"""The shipped zoo: listed, resolvable, loadable with plain transformers, and accurate."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dgt_interp import zoo
+from dgt_interp.cli import main
+from dgt_interp.evaluate import evaluate
+from dgt_interp.models import load_model
+from dgt_interp.tasks import get_task
+
+EXPECTED = ["addition-ar", "addition-diffusion", "sort-ar", "sort-diffusion"]
+SHIPPED = zoo.names()
+
+
+def test_zoo_ships_diffusion_and_ar_models_for_both_tasks():
+    assert SHIPPED == EXPECTED
+
+
+def test_unknown_zoo_name_is_one_line(capsys):
+    with pytest.raises(ValueError, match="unknown zoo model 'nope'; choose one of: addition-ar"):
+        zoo.path("nope")
+    assert main(["zoo", "list"]) == 0
+    out = capsys.readouterr().out
+    for name in SHIPPED:
+        assert name in out
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_recipe_records_heldout_accuracy_of_at_least_99_percent(name):
+    recipe = zoo.recipe(name)
+    res = recipe["heldout_exact_match"]
+    assert res["n"] == 1000 and res["accuracy"] >= 0.99
+    assert recipe["task"] in name and recipe["kind"] in name
+    assert recipe["train_seconds"] > 0 and "dgt-interp train" in recipe["command"]
+    if recipe["kind"] == "diffusion":
+        assert recipe["heldout_exact_match_self_conditioning_zeroed"]["n"] == 1000
+        gen = json.loads((zoo.path(name) / "generation_config.json").read_text())
+        assert gen["max_denoising_steps"] == 48 and gen["sampler_config"]["entropy_bound"] == 0.1
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_loads_with_plain_transformers_without_dgt_interp(name):
+    code = (
+        "import sys, transformers, torch\n"
+        f"d = {str(zoo.path(name))!r}\n"
+        "cfg = transformers.AutoConfig.from_pretrained(d)\n"
+        "cls = transformers.DiffusionGemmaForBlockDiffusion if cfg.model_type == 'diffusion_gemma' "
+        "else transformers.Gemma4ForCausalLM\n"
+        "m = cls.from_pretrained(d)\n"
+        "tok = transformers.AutoTokenizer.from_pretrained(d)\n"
+        "ids = tok(['12+34=' if 'addition' in d else '3142>'], return_tensors='pt').input_ids\n"
+        "torch.manual_seed(0)\n"
+        "out = m.generate(ids)\n"
+        "seq = out.sequences if hasattr(out, 'sequences') else out\n"
+        "print(tok.decode(seq[0, ids.shape[1]:], skip_special_tokens=True).replace(' ', ''))\n"
+        "assert 'dgt_interp' not in sys.modules\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == ("46" if "addition" in name else "1234")
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_small_heldout_sample_is_solved(name):
+    model = load_model(name)
+    task = get_task(zoo.recipe(name)["task"])
+    res = evaluate(model, task, n=100, seed=123)
+    assert res.accuracy >= 0.97, res
