@@ -1,0 +1,202 @@
+"""TransformerLens bridge for DiffusionGemma (and the Gemma 4 AR twin), on a private twin of the model.
+
+`DiffusionGemmaArchitectureAdapter` re-points TL's Gemma 4 adapter at `model.decoder.*` (the
+bidirectional denoiser), drops the vision components and adds a `self_cond` component for the
+self-conditioning channel. It is registered with TL's own mechanism
+(`ArchitectureAdapterFactory.register_adapter("DiffusionGemmaForBlockDiffusion", ...)`), so
+`build_bridge_from_module(model, "DiffusionGemmaForBlockDiffusion", hf_config=model.config)` works
+for anyone who imports this module.
+
+Self-conditioning hook points (all editable; shapes for one decoder pass):
+  `self_cond.hook_logits_in`  [batch, pos, vocab]  processed logits of the previous step, before the
+                              decoder's softmax (does not fire at a canvas's first step: no logits)
+  `self_cond.hook_soft_embed` [batch, pos, d]      softmax(logits) @ E * sqrt(d) (zeros at first step)
+  `self_cond.hook_signal`     [batch, pos, d]      the gated-MLP signal added to the token embeddings
+  `self_cond.hook_in`         [batch, pos, d]      the canvas token embeddings (= `hook_embed`)
+  `self_cond.hook_out`        [batch, pos, d]      post-norm(embeddings + signal) = `blocks.0.hook_resid_pre`
+
+Bridging replaces submodules in place, so we never bridge the user's model: `bridge_for(model)`
+bridges a structural twin that shares every parameter and buffer tensor with it (no weight copy)
+and caches it. The user's `model` stays a plain `transformers` model; edits to its weights are seen
+by the twin. The twin keeps the model's attention implementation (TL's default switch to eager
+breaks DiffusionGemma's padded-batch masks and is slower); so `attn.hook_pattern` and friends do not
+fire and are not listed.
+
+Two granularities of the same adapter, chosen per capture from the names it needs:
+  "resid": embeddings, self-conditioning, block in/out, final norm, unembed (cheap: ~10 hook
+           modules per forward; what `blocks.*.hook_resid_post` needs)
+  "full":  every component of TL's Gemma 4 adapter (attention, MLP, router/experts, norms).
+TL versions are pinned (pyproject): `_reprefix_components` and `sources._bridge_builder` are private.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+from transformer_lens.factories.architecture_adapter_factory import ArchitectureAdapterFactory
+from transformer_lens.hook_points import HookPoint
+from transformer_lens.model_bridge.generalized_components import LinearBridge
+from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
+from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
+from transformer_lens.model_bridge.supported_architectures.gemma4 import Gemma4ArchitectureAdapter
+
+DIFFUSION_ARCH = "DiffusionGemmaForBlockDiffusion"
+AR_ARCH = "Gemma4ForCausalLM"
+LEVELS = ("resid", "full")
+# Components kept at the "resid" level (top-level keys of the component mapping).
+_RESID_COMPONENTS = ("embed", "rotary_emb", "self_cond", "blocks", "ln_final", "unembed")
+
+
+class SelfConditioningBridge(GeneralizedComponent):
+    """`DiffusionGemmaSelfConditioning`: hook_in = token embeddings, hook_out = block-0 input.
+
+    `hook_logits_in` is fired by a pre-hook on the decoder (the logits enter the decoder forward,
+    not this module); the aliases name the soft embedding and the added signal.
+    """
+
+    hook_aliases = {
+        "hook_soft_embed": "pre_norm.hook_in",
+        "hook_signal": "down_proj.hook_out",
+    }
+
+    def __init__(self, name: str, **kwargs):
+        super().__init__(
+            name,
+            submodules={
+                "pre_norm": GeneralizedComponent(name="pre_norm"),
+                "down_proj": LinearBridge(name="down_proj"),
+            },
+            **kwargs,
+        )
+        self.hook_logits_in = HookPoint()
+
+
+class DiffusionGemmaArchitectureAdapter(Gemma4ArchitectureAdapter):
+    """TL's Gemma 4 adapter re-pointed at DiffusionGemma's decoder, plus the self-conditioning channel."""
+
+    native_sampler = "generate"  # lets `bridge.diffusion_generate(...)` call HF's generate
+    supports_causal_loss = False  # the decoder is bidirectional over the canvas
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        self.cfg.is_multimodal = False
+        self.component_mapping.pop("vision_encoder", None)
+        self.component_mapping.pop("vision_projector", None)
+        self._reprefix_components("model.language_model.", "model.decoder.")
+        self.component_mapping["self_cond"] = SelfConditioningBridge(name="model.decoder.self_conditioning")
+
+
+ArchitectureAdapterFactory.register_adapter(DIFFUSION_ARCH, DiffusionGemmaArchitectureAdapter)
+
+
+def _keep_attention_and_level(level: str):
+    """post_adapter_hook: keep the model's attention implementation; prune to `level`."""
+
+    def hook(adapter) -> None:
+        adapter.cfg.attn_implementation = None  # TL would force eager (see module docstring)
+        if level == "resid":
+            mapping = adapter.component_mapping
+            for key in list(mapping):
+                if key not in _RESID_COMPONENTS:
+                    mapping.pop(key)
+            mapping["blocks"].submodules = {}
+
+    return hook
+
+
+def architecture_of(model) -> str:
+    """The TL architecture name of a supported model; a one-line TypeError otherwise."""
+    from transformers import DiffusionGemmaForBlockDiffusion, Gemma4ForCausalLM
+
+    if isinstance(model, DiffusionGemmaForBlockDiffusion):
+        return DIFFUSION_ARCH
+    if isinstance(model, Gemma4ForCausalLM):
+        return AR_ARCH
+    raise TypeError(
+        f"dgt_interp captures DiffusionGemmaForBlockDiffusion or Gemma4ForCausalLM, got {type(model).__name__}; "
+        "load one with dgt_interp.models.load_model"
+    )
+
+
+def _tensors(model) -> list[torch.Tensor]:
+    return list(model.parameters()) + list(model.buffers())
+
+
+def structural_twin(model):
+    """A deep copy of `model`'s module tree that shares every parameter and buffer tensor with it."""
+    memo = {id(t): t for t in _tensors(model)}
+    twin = copy.deepcopy(model, memo)
+    return twin.eval()
+
+
+@dataclass
+class Bridged:
+    """A bridged twin of a user model: `twin` (HF model, bridged in place) and its TL `bridge`."""
+
+    twin: torch.nn.Module
+    bridge: object
+    level: str
+    fingerprint: tuple
+    arch: str
+    info: dict = field(default_factory=dict)  # name -> (shape at batch 1, fires) from `probe_names`
+
+
+_BRIDGES: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, Bridged]]" = weakref.WeakKeyDictionary()
+
+
+def _fingerprint(model) -> tuple:
+    return tuple(id(t) for t in _tensors(model)) + (model.training,)
+
+
+def _install_logits_in_hook(twin, bridge) -> None:
+    """Fire `self_cond.hook_logits_in` on the logits entering the decoder (editable: the hook's
+    return value replaces them before the decoder's softmax)."""
+    point = bridge.self_cond.hook_logits_in
+
+    def pre_hook(module, args, kwargs):
+        logits = kwargs.get("self_conditioning_logits")
+        if logits is None:
+            return None
+        kwargs["self_conditioning_logits"] = point(logits)
+        return args, kwargs
+
+    twin.model.decoder.register_forward_pre_hook(pre_hook, with_kwargs=True)
+
+
+def bridge_for(model, level: str = "full") -> Bridged:
+    """The cached bridged twin of `model` at `level` ("resid" or "full"); built on first use.
+
+    Rebuilt when the model's tensors were replaced (e.g. after `.to(device)`).
+    """
+    if level not in LEVELS:
+        raise ValueError(f"unknown bridge level {level!r}; use one of {LEVELS}")
+    arch = architecture_of(model)
+    per_model = _BRIDGES.setdefault(model, {})
+    fp = _fingerprint(model)
+    cached = per_model.get(level)
+    if cached is not None and cached.fingerprint == fp:
+        return cached
+    twin = structural_twin(model)
+    with warnings.catch_warnings():  # "alias did not resolve" for components pruned at level "resid"
+        warnings.simplefilter("ignore")
+        bridge = build_bridge_from_module(
+            twin,
+            arch,
+            hf_config=twin.config,
+            model_name=f"dgt_interp:{type(model).__name__}",
+            post_adapter_hook=_keep_attention_and_level(level),
+        )
+    if arch == DIFFUSION_ARCH:
+        _install_logits_in_hook(twin, bridge)
+    bridged = Bridged(twin, bridge, level, fp, arch)
+    per_model[level] = bridged
+    return bridged
+
+
+def sync_generation_config(model, twin) -> None:
+    """Make the twin generate with the user's current generation config."""
+    twin.generation_config = model.generation_config

@@ -1,0 +1,601 @@
+"""`capture`: run a model's own `generate` and record the (step × layer × position) grid it computed.
+
+Faithful by construction: we do not reimplement the sampler. `capture` calls the real
+`generate` of a bridged twin of the model (`backends.tl.bridge_for`: same parameter tensors, TL hook
+points in place) after `torch.manual_seed(seed)`, and records between HF's own pieces:
+
+- DiffusionGemma: `_denoising_step` is wrapped (it sees the input canvas, the self-conditioning
+  logits, the finished rows and HF's `cur_step`; it returns the argmax canvas), the sampler built by
+  `_prepare_sampler` becomes a recording subclass of `EntropyBoundSampler` (its `accept_canvas` sees
+  the sampled canvas, the processed logits and sets `accepted_token_mask`), and the decoder forward
+  is wrapped for the raw logits;
+- Gemma 4 AR twin: a no-op logits processor appended after HF's own sees each step's processed
+  scores; a forward wrapper sees the raw logits.
+Activations come from TransformerLens hooks on the twin (`backend="tl"`) or from nnsight's per-call
+cache over the same hook-point modules (`backend="nnsight"`); both give identical tensors.
+
+Memory is explicit: `estimate_bytes(...)` before running, `max_bytes=` refuses with a message that
+says how to cut, `dtype=` downcasts floats, `storage="disk"` streams each recorded step to
+`out_dir` (safetensors) instead of RAM.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSampler
+
+from dgt_interp.backends.tl import DIFFUSION_ARCH, architecture_of, bridge_for, sync_generation_config
+from dgt_interp.names import HookNameError, level_for, name_info, resolve_names
+from dgt_interp.trajectory import (
+    OPTIONAL_RECORDS,
+    DiskActivations,
+    Trajectory,
+    _atomic_save,
+    step_file,
+)
+
+BACKENDS = ("tl", "nnsight")
+
+
+class CaptureBudgetError(MemoryError):
+    """The capture would hold more than `max_bytes` (message names the estimate and how to cut it)."""
+
+
+class CaptureError(ValueError):
+    """Bad capture arguments (one-line message that says what to do)."""
+
+
+def _fmt(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n} B"
+
+
+# ---------------------------------------------------------------------------------------------
+# planning: bounds, selections, memory estimate
+# ---------------------------------------------------------------------------------------------
+
+
+def _select(spec, bound: int, what: str, hint: str) -> list[int]:
+    """Normalise an int / slice / list selection to sorted indices in [0, bound)."""
+    if spec is None:
+        return list(range(bound))
+    if isinstance(spec, slice):
+        if any(v is not None and v < 0 for v in (spec.start, spec.stop)):
+            raise CaptureError(f"negative {what} in {spec!r}: {what}s are counted from 0 ({hint})")
+        return list(range(bound))[spec]
+    items = [spec] if isinstance(spec, int) else list(spec)
+    out = []
+    for i in items:
+        if not isinstance(i, int) or isinstance(i, bool):
+            raise CaptureError(f"{what} {i!r} is not an int; pass ints, a slice or a list of ints")
+        if not 0 <= i < bound:
+            raise CaptureError(f"{what} {i} is out of range: valid {what}s are 0..{bound - 1} ({hint})")
+        out.append(i)
+    return sorted(set(out))
+
+
+@dataclass
+class Plan:
+    """What a capture will do, decided before running."""
+
+    kind: str  # "diffusion" | "ar"
+    names: list[str]
+    level: str
+    layouts: dict[str, str | None]
+    record: list[str]
+    steps: list[int]  # steps whose activations are recorded (subset of 0..max_steps-1)
+    positions: list[int]
+    max_steps: int
+    canvas_length: int
+    n_canvases: int
+    batch: int
+    dtype: torch.dtype | None
+    bytes_per_name: dict[str, int]  # at one recorded step
+    record_bytes: int  # canvases etc. over max_steps
+
+    @property
+    def activation_bytes(self) -> int:
+        return sum(self.bytes_per_name.values()) * len(self.steps)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.activation_bytes + self.record_bytes
+
+    def __str__(self) -> str:
+        biggest = sorted(self.bytes_per_name.items(), key=lambda kv: -kv[1])[:3]
+        top = ", ".join(f"{n} {_fmt(b * len(self.steps))}" for n, b in biggest)
+        return (f"~{_fmt(self.total_bytes)} (activations {_fmt(self.activation_bytes)} = {len(self.names) + len(self.record)} "
+                f"names x {len(self.steps)} steps x {len(self.positions)} positions x batch {self.batch}"
+                f"{'; largest: ' + top if top else ''}; per-step records {_fmt(self.record_bytes)})")
+
+
+def _bounds(model, input_ids: torch.Tensor, generation_kwargs: dict) -> tuple[str, int, int, int]:
+    """(kind, max_steps, canvas_length, n_canvases) from HF's own generation-config resolution."""
+    kwargs = {k: v for k, v in generation_kwargs.items() if k not in ("attention_mask",)}
+    config, _ = model._prepare_generation_config(kwargs.pop("generation_config", None), **kwargs)
+    prompt_len = input_ids.shape[1]
+    if architecture_of(model) == DIFFUSION_ARCH:
+        _, max_new = model._prepare_generated_length(config, prompt_len)
+        canvas = model.config.canvas_length
+        n_canvases = math.ceil(max_new / canvas)
+        return "diffusion", config.max_denoising_steps * n_canvases, canvas, n_canvases
+    max_new = config.max_new_tokens if config.max_new_tokens is not None else config.max_length - prompt_len
+    return "ar", int(max_new), int(max_new), 1
+
+
+def plan_capture(model, input_ids, *, names=None, steps=None, positions=None, record=(), dtype=None,
+                 fwd_hooks=(), **generation_kwargs) -> Plan:
+    """Resolve names, bounds and selections and estimate the bytes a capture will hold (no run)."""
+    architecture_of(model)
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
+        raise CaptureError("input_ids must be a 2-D integer tensor [batch, pos]; build one with dgt_interp.evaluate.prompt_batch")
+    kind, max_steps, canvas, n_canvases = _bounds(model, input_ids, generation_kwargs)
+    resolved = resolve_names(model, names)
+    record = [record] if isinstance(record, str) else list(record or ())
+    for r in record:
+        if r not in OPTIONAL_RECORDS:
+            raise CaptureError(f"unknown record {r!r}; choose from {', '.join(OPTIONAL_RECORDS)} (hook names go in names=)")
+    hook_names = [n for n, _ in fwd_hooks]
+    level = level_for(model, resolved + resolve_names(model, hook_names) if hook_names else resolved)
+    layouts = {n: name_info(model, n, level)[1] for n in resolved}
+    if kind == "ar":
+        bad = [n for n in resolved if layouts[n] is None]
+        if bad:
+            raise HookNameError(f"{bad[0]!r} has no [batch, pos] axis on the AR twin, so it has no per-token step; "
+                                "record it on the diffusion model or drop it")
+    sel_steps = _select(steps, max_steps, "step", f"at most {max_steps} steps with these settings")
+    sel_pos = _select(positions, canvas, "position", f"the canvas has {canvas} positions")
+    batch = input_ids.shape[0]
+    itemsize = (lambda d: torch.empty((), dtype=d).element_size())
+    float_size = itemsize(dtype) if dtype is not None else itemsize(model.dtype)
+    per_name = {}
+    for n in resolved:
+        shape, layout = name_info(model, n, level)
+        numel = math.prod(shape)
+        if layout == "bp":
+            numel = numel // (shape[0] * shape[1]) * batch * len(sel_pos)
+        elif layout == "flat":
+            numel = numel // shape[0] * batch * len(sel_pos)
+        per_name[n] = numel * float_size
+    vocab = model.config.get_text_config().vocab_size
+    for r in record:
+        per_name[r] = batch * len(sel_pos) * vocab * (itemsize(dtype) if dtype is not None else 4)
+    # input/sampled/argmax canvases (int64), accepted (bool), entropy (float32), active/has_self_cond (bool)
+    record_bytes = max_steps * (batch * canvas * (3 * 8 + 1 + 4) + 2 * batch + 16)
+    return Plan(kind, resolved, level, layouts, record, sel_steps, sel_pos, max_steps, canvas, n_canvases, batch,
+                dtype, per_name, record_bytes)
+
+
+def estimate_bytes(model, input_ids, **kwargs) -> int:
+    """Upper bound on the bytes `capture(model, input_ids, **kwargs)` will hold (max steps assumed)."""
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("seed", "backend", "max_bytes", "storage", "out_dir", "hook_steps")}
+    return plan_capture(model, input_ids, **kwargs).total_bytes
+
+
+# ---------------------------------------------------------------------------------------------
+# recording
+# ---------------------------------------------------------------------------------------------
+
+
+class _Recorder:
+    """Collects per-step records and activations; shared by both backends."""
+
+    def __init__(self, plan: Plan, pad_id: int, disk_root: Path | None):
+        self.plan = plan
+        self.pad_id = pad_id
+        self.disk_root = disk_root
+        self.step = 0  # the step whose decoder forward runs next
+        self.canvas = -1
+        self.record_set = set(plan.steps)
+        all_pos = plan.positions == list(range(plan.canvas_length))
+        self.pos_idx = None if all_pos else torch.tensor(plan.positions)
+        self.rows: dict[str, list[torch.Tensor]] = {k: [] for k in
+                                                    ("input_canvas", "sampled_canvas", "argmax_canvas", "accepted",
+                                                     "entropy", "active", "has_self_cond", "cur_step", "canvas")}
+        self.buf: dict[str, torch.Tensor] = {}
+        self.acts: dict[str, dict[int, torch.Tensor]] = {n: {} for n in plan.names + plan.record}
+        self.specs: dict[str, dict] = {}
+        self.done_steps: list[int] = []
+        self.ar_state: dict[str, torch.Tensor] = {}
+
+    @property
+    def recording(self) -> bool:
+        return self.step in self.record_set
+
+    # -- activations --------------------------------------------------------------------------
+    def _to_store(self, t: torch.Tensor) -> torch.Tensor:
+        dtype = self.plan.dtype if (self.plan.dtype is not None and t.is_floating_point()) else t.dtype
+        return t.detach().to("cpu", dtype=dtype, copy=True)
+
+    def store(self, name: str, t: torch.Tensor, step: int) -> None:
+        """Record hook output `t` of `name` at `step` ([batch, pos, ...] after position selection)."""
+        layout = self.plan.layouts.get(name, "bp")
+        if self.plan.kind == "ar":
+            self._store_ar(name, t, layout, step)
+            return
+        if step not in self.record_set:
+            return
+        b = self.plan.batch
+        if layout == "flat":
+            t = t.reshape(b, self.plan.canvas_length, *t.shape[1:])
+        if layout is not None and self.pos_idx is not None:
+            t = t[:, self.pos_idx.to(t.device)]
+        self.buf[name] = self._to_store(t)
+
+    def _store_ar(self, name: str, t: torch.Tensor, layout, step: int) -> None:
+        """AR: write the newest position's value into column `step` of a running [batch, L, ...] state."""
+        b = self.plan.batch
+        col = t.reshape(b, -1, *t.shape[1:])[:, -1] if layout == "flat" else t[:, -1]
+        state = self.ar_state.get(name)
+        if state is None:
+            state = torch.zeros((b, self.plan.canvas_length, *col.shape[1:]), dtype=col.dtype, device=col.device)
+            self.ar_state[name] = state
+        state[:, step] = col.detach()
+        if step in self.record_set:
+            sel = state if self.pos_idx is None else state[:, self.pos_idx.to(state.device)]
+            self.buf[name] = self._to_store(sel)
+
+    def flush(self, step: int) -> None:
+        """End of a step: move this step's buffered activations to RAM or to its step file."""
+        if step not in self.record_set:
+            self.buf = {}
+            return
+        for name, t in self.buf.items():
+            self.specs.setdefault(name, {"shape": list(t.shape), "dtype": str(t.dtype)})
+        if self.disk_root is not None:
+            _atomic_save(self.buf, step_file(self.disk_root, step))
+            for name in self.buf:
+                self.acts[name][step] = None  # marker: on disk
+        else:
+            for name, t in self.buf.items():
+                self.acts[name][step] = t
+        self.done_steps.append(step)
+        self.buf = {}
+
+    def hook(self, name: str):
+        """A TL hook function that records `name` at the current step."""
+
+        def fn(t, hook):
+            self.store(name, t, self.step)
+
+        return fn
+
+    # -- diffusion per-step records -----------------------------------------------------------
+    def begin_diffusion_step(self, current_canvas, self_conditioning_logits, finished, cur_step: int, max_steps: int):
+        if cur_step == max_steps:
+            self.canvas += 1
+        b = current_canvas.shape[0]
+        self.rows["input_canvas"].append(current_canvas.detach().cpu().clone())
+        self.rows["active"].append((~finished).detach().cpu().clone())
+        self.rows["has_self_cond"].append(torch.full((b,), self_conditioning_logits is not None))
+        self.rows["cur_step"].append(torch.tensor(cur_step))
+        self.rows["canvas"].append(torch.tensor(self.canvas))
+
+    def on_accept(self, denoiser_canvas, logits, accepted_mask):
+        self.rows["sampled_canvas"].append(denoiser_canvas.detach().cpu().clone())
+        self.rows["accepted"].append(accepted_mask.detach().cpu().clone())
+        self.rows["entropy"].append(torch.distributions.Categorical(logits=logits).entropy().float().cpu())
+        if "processed_logits" in self.acts:
+            self.store("processed_logits", logits, self.step)
+
+    def end_diffusion_step(self, argmax_canvas):
+        self.rows["argmax_canvas"].append(argmax_canvas.detach().cpu().clone())
+
+    # -- AR per-step records ------------------------------------------------------------------
+    def on_ar_scores(self, input_ids, scores, prompt_len: int):
+        b, length = self.plan.batch, self.plan.canvas_length
+        s = self.step
+        canvas = torch.full((b, length), self.pad_id, dtype=torch.long)
+        canvas[:, :s] = input_ids[:, prompt_len:prompt_len + s].cpu()
+        self.rows["input_canvas"].append(canvas)
+        arg = canvas.clone()
+        arg[:, s] = scores.argmax(-1).cpu()
+        self.rows["argmax_canvas"].append(arg)
+        ent = self.rows["entropy"][-1].clone() if s else torch.zeros(b, length)
+        ent[:, s] = torch.distributions.Categorical(logits=scores.float()).entropy().cpu()
+        self.rows["entropy"].append(ent)
+        acc = torch.zeros(b, length, dtype=torch.bool)
+        acc[:, s] = True
+        self.rows["accepted"].append(acc)
+        self.rows["has_self_cond"].append(torch.zeros(b, dtype=torch.bool))
+        self.rows["cur_step"].append(torch.tensor(length - s))
+        self.rows["canvas"].append(torch.tensor(0))
+        if "processed_logits" in self.acts:
+            self.store("processed_logits", scores[:, None], s)
+
+    def finish_ar(self, sequences, prompt_len: int, eos_ids: list[int]):
+        """Fill sampled canvases and the active mask from the generated tokens."""
+        gen = sequences[:, prompt_len:].cpu()
+        for s, canvas in enumerate(self.rows["input_canvas"]):
+            sampled = canvas.clone()
+            sampled[:, s] = gen[:, s]
+            self.rows["sampled_canvas"].append(sampled)
+            done_before = torch.isin(gen[:, :s], torch.tensor(eos_ids)).any(-1) if s else torch.zeros(len(gen), dtype=torch.bool)
+            self.rows["active"].append(~done_before)
+
+    def records(self) -> dict[str, torch.Tensor]:
+        return {k: torch.stack(v) if v else torch.zeros(0) for k, v in self.rows.items()}
+
+
+class _RecordingSampler(EntropyBoundSampler):
+    """HF's `EntropyBoundSampler`, unchanged, that also reports what `accept_canvas` saw."""
+
+    recorder: _Recorder
+
+    def accept_canvas(self, current_canvas, denoiser_canvas, logits, cur_step):
+        accepted = super().accept_canvas(current_canvas, denoiser_canvas, logits, cur_step)
+        self.recorder.on_accept(denoiser_canvas, logits, self.accepted_token_mask)
+        return accepted
+
+
+class _ARRecordingProcessor(LogitsProcessor):
+    """A no-op logits processor (appended after HF's own) that records each AR step."""
+
+    def __init__(self, recorder: _Recorder, prompt_len: int):
+        self.recorder, self.prompt_len = recorder, prompt_len
+
+    def __call__(self, input_ids, scores):
+        rec = self.recorder
+        rec.on_ar_scores(input_ids, scores, self.prompt_len)
+        rec.flush(rec.step)
+        rec.step += 1
+        return scores
+
+
+def _instrument(twin, rec: _Recorder, plan: Plan, stack: ExitStack, want_raw_logits: bool) -> None:
+    """Install the recording wrappers on the (private) twin for the duration of `stack`."""
+
+    def restore(attr):
+        stack.callback(lambda: twin.__dict__.pop(attr, None))
+
+    orig_forward = type(twin).forward.__get__(twin)
+    if plan.kind == "diffusion":
+        orig_step = type(twin)._denoising_step.__get__(twin)
+        orig_prepare = type(twin)._prepare_sampler.__get__(twin)
+
+        def prepare_sampler(generation_config):
+            sampler = orig_prepare(generation_config)
+            recording = _RecordingSampler.__new__(_RecordingSampler)
+            recording.__dict__.update(sampler.__dict__)
+            recording.recorder = rec
+            return recording
+
+        def denoising_step(**kw):
+            rec.begin_diffusion_step(kw["current_canvas"], kw["self_conditioning_logits"], kw["finished_denoising"],
+                                     kw["cur_step"], twin._dgt_max_steps)
+            if want_raw_logits:
+                forward = kw["decoder_forward"]
+
+                def decoder_forward(**fkw):
+                    out = forward(**fkw)
+                    rec.store("logits", out.logits, rec.step)
+                    return out
+
+                kw["decoder_forward"] = decoder_forward
+            out = orig_step(**kw)
+            rec.end_diffusion_step(out[1])
+            rec.flush(rec.step)
+            rec.step += 1
+            return out
+
+        twin._denoising_step = denoising_step
+        twin._prepare_sampler = prepare_sampler
+        restore("_denoising_step")
+        restore("_prepare_sampler")
+    elif want_raw_logits:
+
+        def forward(*args, **kwargs):
+            out = orig_forward(*args, **kwargs)
+            rec.store("logits", out.logits.float(), rec.step)
+            return out
+
+        twin.forward = forward
+        restore("forward")
+
+
+def _wrap_user_hook(fn, rec: _Recorder, hook_steps: set[int] | None):
+    """Run a TL hook fn only at `hook_steps`; pass `step=` if the fn takes it."""
+    takes_step = "step" in inspect.signature(fn).parameters
+
+    def wrapped(t, hook):
+        if hook_steps is not None and rec.step not in hook_steps:
+            return None
+        return fn(t, hook=hook, step=rec.step) if takes_step else fn(t, hook=hook)
+
+    return wrapped
+
+
+# ---------------------------------------------------------------------------------------------
+# the public entry point
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def capture(
+    model,
+    input_ids: torch.Tensor,
+    *,
+    names=None,
+    steps=None,
+    positions=None,
+    seed: int | None = 0,
+    record=(),
+    dtype: torch.dtype | None = None,
+    backend: str = "tl",
+    fwd_hooks=(),
+    hook_steps=None,
+    max_bytes: int | None = None,
+    storage: str = "memory",
+    out_dir: str | Path | None = None,
+    **generation_kwargs,
+) -> Trajectory:
+    """Run `model.generate(input_ids, **generation_kwargs)` after `torch.manual_seed(seed)` and record it.
+
+    Args:
+        model: `DiffusionGemmaForBlockDiffusion` or its AR twin `Gemma4ForCausalLM` (never modified:
+            hooks live on a bridged twin that shares its weights).
+        input_ids: `[batch, pos]` prompt ids (pass `attention_mask=` for left-padded batches).
+        names: hook names or globs to record (`dgt_interp.list_names(model)`), e.g.
+            `"blocks.*.hook_resid_post"`; stored as `[step, batch, pos, ...]`.
+        steps: execution-order steps (ints, slice, list) whose activations/opt-in records are kept;
+            None = all. Per-step canvases are always kept for every step.
+        positions: canvas positions to keep for `[batch, pos]` activations; None = all.
+        seed: seeds torch's global RNG right before `generate` (None: use the current RNG state).
+        record: opt-in per-step tensors: "logits" (the model's output logits), "processed_logits"
+            (after the temperature schedule: what the sampler and the next step's self-conditioning see).
+        dtype: store floating activations in this dtype (e.g. `torch.bfloat16`).
+        backend: "tl" (TransformerLens hooks) or "nnsight" (nnsight's per-call cache); same tensors.
+        fwd_hooks: TL-style `[(name, fn)]` applied while generating, `fn(tensor, hook[, step])`
+            returns a replacement or None; editing e.g. `self_cond.hook_logits_in` changes the run.
+        hook_steps: steps at which `fwd_hooks` run (int / slice / list; None = all).
+        max_bytes: refuse (CaptureBudgetError) if the estimate exceeds this many bytes of RAM.
+        storage: "memory" or "disk" (stream each recorded step to `out_dir`; RAM holds one step).
+        **generation_kwargs: passed to `generate` unchanged (max_denoising_steps, t_min, t_max,
+            sampler_config, max_new_tokens, attention_mask, ...).
+
+    Returns:
+        A `Trajectory`; `traj.sequences` equals `generate(...).sequences` token for token.
+
+    Raises:
+        TypeError: unsupported model class. HookNameError: unknown/out-of-range names (with
+        suggestions). CaptureError: bad steps/positions/backend/storage. CaptureBudgetError: over
+        `max_bytes`. Exceptions raised by user hooks propagate; all hooks are removed first.
+    """
+    if backend not in BACKENDS:
+        raise CaptureError(f"unknown backend {backend!r}; use one of {BACKENDS}")
+    if storage not in ("memory", "disk"):
+        raise CaptureError(f"unknown storage {storage!r}; use 'memory' or 'disk' (with out_dir=)")
+    if storage == "disk" and out_dir is None:
+        raise CaptureError("storage='disk' needs out_dir=<directory> for the safetensors files")
+    fwd_hooks = list(fwd_hooks or ())
+    plan = plan_capture(model, input_ids, names=names, steps=steps, positions=positions, record=record,
+                        dtype=dtype, fwd_hooks=fwd_hooks, **generation_kwargs)
+    held = plan.total_bytes if storage == "memory" else plan.record_bytes + sum(plan.bytes_per_name.values())
+    if max_bytes is not None and held > max_bytes:
+        raise CaptureBudgetError(
+            f"capture would hold {_fmt(held)} > max_bytes={_fmt(max_bytes)}: {plan}; cut it with fewer names, "
+            "steps=..., positions=..., dtype=torch.bfloat16, or storage='disk', out_dir=..."
+        )
+    hook_step_set = None if hook_steps is None else set(_select(hook_steps, plan.max_steps, "hook step",
+                                                                 f"at most {plan.max_steps} steps"))
+    user_hooks = [(n, fn) for pat, fn in fwd_hooks for n in resolve_names(model, [pat])]
+
+    bridged = bridge_for(model, plan.level)
+    twin, bridge = bridged.twin, bridged.bridge
+    sync_generation_config(model, twin)
+    text = model.config.get_text_config()
+    pad_id = model.generation_config.pad_token_id
+    pad_id = pad_id if pad_id is not None else (text.pad_token_id or 0)
+    disk_root = Path(out_dir) if storage == "disk" else None
+    rec = _Recorder(plan, pad_id, disk_root)
+    gen_kwargs = dict(generation_kwargs)
+    prompt_len = input_ids.shape[1]
+    if plan.kind == "diffusion":
+        config, _ = model._prepare_generation_config(
+            gen_kwargs.get("generation_config"),
+            **{k: v for k, v in gen_kwargs.items() if k not in ("attention_mask", "generation_config")})
+        twin._dgt_max_steps = config.max_denoising_steps
+    else:
+        processors = LogitsProcessorList(list(gen_kwargs.pop("logits_processor", None) or []))
+        processors.append(_ARRecordingProcessor(rec, prompt_len))
+        gen_kwargs["logits_processor"] = processors
+
+    def run(input_ids):
+        if seed is not None:
+            torch.manual_seed(seed)
+        out = twin.generate(input_ids=input_ids, **gen_kwargs)
+        return out.sequences if plan.kind == "diffusion" else out
+
+    hooks = [(n, _wrap_user_hook(fn, rec, hook_step_set)) for n, fn in user_hooks]
+    with ExitStack() as stack:
+        _instrument(twin, rec, plan, stack, "logits" in plan.record)
+        if backend == "tl":
+            hooks += [(n, rec.hook(n)) for n in plan.names]
+            stack.enter_context(bridge.hooks(fwd_hooks=hooks))
+            sequences = run(input_ids)
+        else:
+            if hooks:
+                stack.enter_context(bridge.hooks(fwd_hooks=hooks))
+            from dgt_interp.backends.nnsight import run_with_nnsight
+
+            sequences = run_with_nnsight(bridge, run, input_ids, plan.names, rec)
+
+    if plan.kind == "ar":
+        eos = model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        rec.finish_ar(sequences, prompt_len, eos)
+    records = rec.records()
+    if plan.kind == "diffusion":
+        _mark_finished_rows(records, sequences.cpu(), model, prompt_len)
+    return _build(plan, rec, records, sequences.cpu(), model, backend, seed, generation_kwargs, disk_root, prompt_len)
+
+
+def _mark_finished_rows(records, sequences, model, prompt_len) -> None:
+    """Rows that hit EOS in an earlier canvas still run the decoder but are padded: mark them inactive."""
+    eos = model.generation_config.eos_token_id
+    eos = torch.tensor([eos] if isinstance(eos, int) else list(eos or []))
+    if records["canvas"].numel() == 0 or eos.numel() == 0:
+        return
+    last_of = {}
+    for s, c in enumerate(records["canvas"].tolist()):
+        last_of[c] = s
+    finished = torch.zeros(sequences.shape[0], dtype=torch.bool)
+    finished_before = {}
+    for c in sorted(last_of):
+        finished_before[c] = finished.clone()
+        finished |= torch.isin(records["argmax_canvas"][last_of[c]], eos).any(-1)
+    for s, c in enumerate(records["canvas"].tolist()):
+        records["active"][s] &= ~finished_before[c]
+
+
+def _build(plan, rec, records, sequences, model, backend, seed, generation_kwargs, disk_root, prompt_len) -> Trajectory:
+    n_steps = records["cur_step"].shape[0]
+    recorded = [s for s in plan.steps if s < n_steps]
+    fired = {n: [s in rec.acts[n] for s in recorded] for n in rec.acts}
+    settings = {k: (v if isinstance(v, (int, float, str, bool)) or v is None else repr(v))
+                for k, v in generation_kwargs.items() if k != "attention_mask"}
+    meta = {
+        "kind": plan.kind, "prompt_length": prompt_len, "canvas_length": plan.canvas_length,
+        "recorded_steps": recorded, "positions": plan.positions, "names": plan.names, "record": plan.record,
+        "dtype": str(plan.dtype) if plan.dtype is not None else None, "backend": backend, "seed": seed,
+        "generation_kwargs": settings, "model_class": type(model).__name__,
+    }
+    names = [n for n in plan.names + plan.record if any(fired[n]) or n in rec.specs]
+    if disk_root is not None:
+        specs = {n: rec.specs[n] for n in names if n in rec.specs}
+        fired = {n: fired[n] for n in specs}
+        traj = Trajectory(meta=meta, sequences=sequences, records=records,
+                          activations=DiskActivations(disk_root, recorded, specs, fired), fired=fired,
+                          model=model, root=disk_root)
+        traj.save(disk_root)
+        return traj
+    acts = {}
+    for n in plan.names + plan.record:
+        if n not in rec.specs:
+            continue
+        spec = rec.specs[n]
+        zeros = None
+        rows = []
+        for s in recorded:
+            t = rec.acts[n].get(s)
+            if t is None:
+                if zeros is None:
+                    zeros = torch.zeros(spec["shape"], dtype=getattr(torch, spec["dtype"].split(".")[-1]))
+                t = zeros
+            rows.append(t)
+        acts[n] = torch.stack(rows) if rows else torch.zeros(0)
+    fired = {n: fired[n] for n in acts}
+    return Trajectory(meta=meta, sequences=sequences, records=records, activations=acts, fired=fired, model=model)
+
+
+__all__ = ["capture", "estimate_bytes", "plan_capture", "Plan", "CaptureBudgetError", "CaptureError", "BACKENDS"]

@@ -1,0 +1,177 @@
+"""THE registry of hook names: TransformerLens names plus DiffusionGemma's self-conditioning extras.
+
+A name is listed only if it fires on a real forward pass of the model (found once per model by a
+probe pass, cached). Print them with `print(describe_names(model))`; pass them (or glob patterns such
+as `"blocks.*.hook_resid_post"`) as `capture(..., names=...)` or `fwd_hooks=[(name, fn)]`.
+
+Names of note (shapes for one decoder pass, `pos` = canvas positions):
+  blocks.{l}.hook_resid_pre / hook_resid_post / hook_attn_out / hook_mlp_out / hook_resid_mid  [batch, pos, d]
+  self_cond.hook_logits_in   [batch, pos, vocab]  previous step's processed logits (editable; not at a canvas's first step)
+  self_cond.hook_soft_embed  [batch, pos, d]      softmax(logits) @ E * sqrt(d)
+  self_cond.hook_signal      [batch, pos, d]      what self-conditioning adds to the token embeddings (editable)
+  self_cond.hook_out         [batch, pos, d]      = blocks.0.hook_resid_pre
+Known limits (TransformerLens on this model): `attn.hook_pattern`/`hook_attn_scores`/`hook_q`/`hook_k`/
+`hook_z` do not fire (attention runs inside HF with its own kernel); `router.hook_out` is read-only
+(routing runs inside HF); `hook_embed` is taken before self-conditioning is added.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import re
+import weakref
+
+import torch
+
+from dgt_interp.backends.tl import DIFFUSION_ARCH, LEVELS, bridge_for
+
+READ_ONLY = ("router.hook_out",)
+NOTES = {
+    "self_cond.hook_logits_in": "editable; absent at a canvas's first step",
+    "self_cond.hook_signal": "editable; added to the token embeddings",
+    "self_cond.hook_soft_embed": "softmax(logits) @ E * sqrt(d); zeros at a canvas's first step",
+    "self_cond.hook_out": "= blocks.0.hook_resid_pre",
+    "hook_embed": "token embeddings before self-conditioning",
+    "embed.hook_out": "token embeddings before self-conditioning",
+}
+
+
+class HookNameError(ValueError):
+    """An unknown, out-of-range or unusable hook name (one-line message that says what to do)."""
+
+
+def natural_key(name: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+_PROBES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+@torch.no_grad()
+def _probe(model, level: str) -> dict[str, tuple[tuple[int, ...], str | None]]:
+    """name -> (shape at batch 2, layout) for every hook name that fires at `level`.
+
+    layout: "bp" = `[batch, pos, ...]`, "flat" = `[batch * pos, ...]` (MoE router/experts), None = other.
+
+    Found by a short real `generate` on the bridged twin (2 steps, a left-padded batch of 2), so only
+    names that fire under generation are listed. The global RNG is left untouched.
+    """
+    per_model = _PROBES.setdefault(model, {})
+    bridged = bridge_for(model, level)
+    key = (level, bridged.fingerprint)
+    if key in per_model:
+        return per_model[key]
+    twin, bridge = bridged.twin, bridged.bridge
+    text = twin.config.get_text_config()
+    canvas = getattr(twin.config, "canvas_length", None)
+    ids = torch.full((2, 4), text.bos_token_id if text.bos_token_id is not None else 0, device=twin.device)
+    ids[:, 1:] = torch.arange(3, 6, device=twin.device) % text.vocab_size
+    mask = torch.ones_like(ids)
+    ids[1, 0], mask[1, 0] = (text.pad_token_id or 0), 0
+    first: dict[int, tuple[int, ...]] = {}
+    last: dict[int, tuple[int, ...]] = {}
+
+    def record(t, hook):
+        if isinstance(t, torch.Tensor):
+            first.setdefault(id(hook), tuple(t.shape))
+            last[id(hook)] = tuple(t.shape)
+
+    points = {id(p): p for p in bridge.hook_dict.values()}
+    for p in points.values():
+        p.add_hook(record)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            if bridged.arch == DIFFUSION_ARCH:
+                twin.generate(input_ids=ids, attention_mask=mask, max_new_tokens=canvas, max_denoising_steps=2,
+                              generation_config=model.generation_config)
+            else:
+                twin.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, min_new_tokens=2,
+                              do_sample=False, generation_config=model.generation_config)
+    finally:
+        for p in points.values():
+            p.remove_hooks("fwd")
+    out = {}
+    for name, point in bridge.hook_dict.items():
+        shape = last.get(id(point))
+        if shape is None:
+            continue
+        n_pos = canvas if bridged.arch == DIFFUSION_ARCH else 1  # AR: the last step sees one position
+        if len(shape) >= 2 and shape[0] == 2 and shape[1] == n_pos:
+            layout = "bp"
+        elif len(shape) >= 1 and shape[0] == 2 * n_pos:
+            layout = "flat"
+        else:
+            layout = None
+        out[name] = (shape, layout)
+    per_model[key] = out
+    return out
+
+
+def list_names(model, pattern: str | None = None) -> list[str]:
+    """Every hook name that fires on `model` (TL names + self-conditioning extras), naturally sorted.
+
+    `pattern` is an optional glob, e.g. `"blocks.*.hook_resid_post"`.
+    """
+    names = sorted(_probe(model, "full"), key=natural_key)
+    return [n for n in names if pattern is None or fnmatch.fnmatchcase(n, pattern)]
+
+
+def describe_names(model) -> str:
+    """A printable table: name, shape for one forward at batch 2, notes (read-only, …)."""
+    info = _probe(model, "full")
+    rows = []
+    for n in list_names(model):
+        note = NOTES.get(n, "")
+        if any(n.endswith(r) for r in READ_ONLY):
+            note = "read-only (editing does not change the run)"
+        rows.append(f"{n:<48} {str(list(info[n][0])):<18} {note}".rstrip())
+    return "\n".join(rows)
+
+
+def _n_layers(model) -> int:
+    return model.config.get_text_config().num_hidden_layers
+
+
+def resolve_names(model, names) -> list[str]:
+    """Expand globs to concrete listed names (natural order, no duplicates); one-line errors otherwise."""
+    if names is None:
+        return []
+    if isinstance(names, str):
+        names = [names]
+    available = list_names(model)
+    out: list[str] = []
+    for pat in names:
+        m = re.match(r"blocks\.(\d+)\.", pat)
+        if m and int(m.group(1)) >= _n_layers(model):
+            raise HookNameError(
+                f"layer {m.group(1)} in {pat!r} is out of range: the model has {_n_layers(model)} layers "
+                f"(0..{_n_layers(model) - 1})"
+            )
+        hits = [n for n in available if fnmatch.fnmatchcase(n, pat)]
+        if not hits:
+            close = difflib.get_close_matches(pat, available, n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise HookNameError(
+                f"unknown hook name {pat!r}; {hint}print(dgt_interp.describe_names(model)) lists all names"
+            )
+        out.extend(h for h in hits if h not in out)
+    return out
+
+
+def level_for(model, names) -> str:
+    """The cheapest bridge level at which every name in `names` fires."""
+    for level in LEVELS:
+        info = _probe(model, level)
+        if all(n in info for n in names):
+            return level
+    return LEVELS[-1]
+
+
+def name_info(model, name: str, level: str) -> tuple[tuple[int, ...], str | None]:
+    """(shape at batch 2, layout: "bp" | "flat" | None) of a resolved name."""
+    return _probe(model, level)[name]
+
+
+__all__ = ["HookNameError", "list_names", "describe_names", "resolve_names", "level_for", "name_info", "natural_key"]

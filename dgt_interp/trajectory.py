@@ -1,0 +1,281 @@
+"""`Trajectory`: what one recorded generation computed, over (step × layer × batch × position).
+
+Layout (S = steps executed, R = steps with activations recorded, B = batch, L = canvas length,
+P = recorded positions, V = vocabulary):
+
+  sequences                       [B, T]     the generated output (= `model.generate(...).sequences`)
+  per step, every step (records):
+    input_canvas                  [S, B, L]  the canvas the decoder read
+    sampled_canvas                [S, B, L]  tokens sampled from the processed logits
+    argmax_canvas                 [S, B, L]  argmax canvas after the step (what `generate` emits at the end)
+    accepted                      [S, B, L]  positions the sampler accepted (the rest were re-noised)
+    entropy                       [S, B, L]  entropy of the processed logits (what the sampler sorts by)
+    active                        [S, B]     row still denoising (finished rows keep their values)
+    has_self_cond                 [S, B]     the decoder got self-conditioning logits (False at a canvas's first step)
+    cur_step                      [S]        HF's counter: max_denoising_steps .. 1 within each canvas
+    canvas                        [S]        which canvas (block) the step belongs to, from 0
+  at recorded steps only (`recorded_steps`, length R):
+    traj[name]                    [R, B, P, ...]       a hook name, e.g. "blocks.0.hook_resid_post"
+    traj.stack("blocks.*.hook_resid_post")  [R, layer, B, P, d]
+    traj["logits"], traj["processed_logits"]  [R, B, P, V]  (opt-in via `record=`)
+    traj.fired(name)              [R] bool   steps where the hook fired (others hold zeros)
+  traj.cache(step)                a TransformerLens `ActivationCache` of one recorded step
+
+Several canvases are flattened into one global step axis (execution order from 0); `canvas` and
+`cur_step` say where each step belongs. Positions are canvas positions (0..L-1) of the canvas being
+denoised at that step.
+
+AR twin (`kind == "ar"`): step s = the forward pass that produces generated token s; the "canvas" is
+the whole generated region (L = max_new_tokens): `input_canvas[s]` holds tokens 0..s-1 and pad after,
+`sampled_canvas[s]`/`argmax_canvas[s]` add token s, `accepted[s]` is one-hot at s. Activations at step
+s hold, at position p <= s, the residual of the position that predicts generated token p (computed at
+step p and cached since) and zeros at p > s; `entropy[s, :, p]` likewise. So diffusion analyses run
+unchanged.
+
+Save/load: `traj.save(dir)` writes `meta.json`, `records.safetensors` and one
+`steps/NNNNNN.safetensors` per recorded step (each file written atomically, `meta.json` last);
+`Trajectory.load(dir)` reads them back lazily, equal tensor for tensor.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from dgt_interp.names import natural_key
+
+STEP_RECORDS = ("input_canvas", "sampled_canvas", "argmax_canvas", "accepted", "entropy", "active",
+                "has_self_cond", "cur_step", "canvas")
+OPTIONAL_RECORDS = ("logits", "processed_logits")
+FORMAT_VERSION = 1
+
+
+class TrajectoryError(ValueError):
+    """Bad access into a trajectory (one-line message that says what to do)."""
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _atomic_write_text(text: str, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def step_file(root: Path, step: int) -> Path:
+    return Path(root) / "steps" / f"{step:06d}.safetensors"
+
+
+_DTYPES = {str(d): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64,
+                                torch.int32, torch.bool, torch.int8, torch.uint8)}
+
+
+class DiskActivations(Mapping):
+    """name -> `[R, B, P, ...]`, read from per-step safetensors files on access (nothing held in RAM)."""
+
+    def __init__(self, root: Path, steps: list[int], specs: dict[str, dict], fired: dict[str, list[bool]]):
+        self.root, self.steps, self.specs, self._fired = Path(root), steps, specs, fired
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        spec = self.specs[name]
+        shape, dtype = tuple(spec["shape"]), _DTYPES[spec["dtype"]]
+        out = torch.zeros((len(self.steps), *shape), dtype=dtype)
+        for i, s in enumerate(self.steps):
+            if self._fired[name][i]:
+                with safe_open(str(step_file(self.root, s)), framework="pt") as f:
+                    out[i] = f.get_tensor(name)
+        return out
+
+    def __iter__(self):
+        return iter(self.specs)
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+
+class Trajectory:
+    """One recorded generation. Build with `dgt_interp.capture(...)`; see the module docstring for the layout."""
+
+    def __init__(self, *, meta: dict, sequences: torch.Tensor, records: dict[str, torch.Tensor],
+                 activations: Mapping[str, torch.Tensor], fired: dict[str, list[bool]], model=None,
+                 root: Path | None = None):
+        self.meta = meta
+        self.sequences = sequences
+        self.records = records
+        self.activations = activations
+        self._fired = fired
+        self.model = model  # the user's model (not saved); used by `cache(step)`
+        self.root = root
+
+    # ---- shape of the run -------------------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        return self.meta["kind"]
+
+    @property
+    def n_steps(self) -> int:
+        """S: decoder forward passes executed (diffusion: summed over canvases; AR: tokens generated)."""
+        return int(self.records["cur_step"].shape[0])
+
+    @property
+    def recorded_steps(self) -> list[int]:
+        """Execution-order indices of the steps whose activations were recorded (axis 0 of `traj[name]`)."""
+        return list(self.meta["recorded_steps"])
+
+    @property
+    def positions(self) -> list[int]:
+        """Canvas positions recorded in activations (axis 2 of `traj[name]` for `[batch, pos]` names)."""
+        return list(self.meta["positions"])
+
+    @property
+    def names(self) -> list[str]:
+        """Hook names and opt-in records held (keys for `traj[name]`)."""
+        return list(self.activations)
+
+    def __getattr__(self, item):
+        records = self.__dict__.get("records", {})
+        if item in records:
+            return records[item]
+        raise AttributeError(item)
+
+    # ---- access -----------------------------------------------------------------------------
+    def __getitem__(self, name: str) -> torch.Tensor:
+        """`[R, B, P, ...]` for a recorded hook name or opt-in record; a per-step record by its name."""
+        if name in self.records:
+            return self.records[name]
+        if name not in self.activations:
+            raise TrajectoryError(
+                f"{name!r} was not recorded; recorded: {', '.join(self.names) or '(none)'}; "
+                "pass it in capture(..., names=[...]) (or record=[...] for logits)"
+            )
+        return self.activations[name]
+
+    def fired(self, name: str) -> torch.Tensor:
+        """`[R]` bool: recorded steps at which hook `name` fired (zeros are stored where it did not)."""
+        self[name]  # raises a helpful error for unknown names
+        return torch.tensor(self._fired[name], dtype=torch.bool)
+
+    def stack(self, pattern: str) -> torch.Tensor:
+        """All recorded names matching a glob with one `*` for the layer, stacked as `[R, layer, B, P, ...]`.
+
+        >>> traj.stack("blocks.*.hook_resid_post").shape   # [R, n_layers, B, P, d]
+        """
+        hits = sorted((n for n in self.activations if fnmatch.fnmatchcase(n, pattern)), key=natural_key)
+        if not hits:
+            raise TrajectoryError(f"no recorded name matches {pattern!r}; recorded: {', '.join(self.names)}")
+        return torch.stack([self.activations[n] for n in hits], dim=1)
+
+    def step_index(self, step: int) -> int:
+        """Axis-0 index into `traj[name]` of execution step `step` (one-line error if not recorded)."""
+        steps = self.recorded_steps
+        if not isinstance(step, int) or step not in steps:
+            rng = f"{steps[0]}..{steps[-1]}" if steps else "none"
+            raise TrajectoryError(
+                f"step {step!r} has no recorded activations (recorded steps: {rng} of {self.n_steps}); "
+                "capture with steps=None to record every step"
+            )
+        return steps.index(step)
+
+    def cache(self, step: int, model=None):
+        """A TransformerLens `ActivationCache` of execution step `step` (`[B, P, ...]` per hook name).
+
+        TL tools work on it: `accumulated_resid(apply_ln=True)` is exact here (it uses the model's
+        own final norm); `decompose_resid`'s embed term is `hook_embed`, taken before
+        self-conditioning is added, and `logit_attrs` does not fold the final-norm weight nor apply
+        the logit soft-cap: treat those two as approximations on this model.
+        """
+        from transformer_lens.ActivationCache import ActivationCache
+
+        from dgt_interp.backends.tl import bridge_for
+
+        model = model if model is not None else self.model
+        if model is None:
+            raise TrajectoryError("this trajectory has no model attached; call traj.cache(step, model=model)")
+        i = self.step_index(step)
+        data = {n: self.activations[n][i] for n in self.activations if n not in OPTIONAL_RECORDS}
+        bridge = bridge_for(model, "full").bridge
+        return ActivationCache(data, bridge, has_batch_dim=True)
+
+    # ---- memory and disk --------------------------------------------------------------------
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in memory by records and activations (0 for activations kept on disk)."""
+        total = sum(t.numel() * t.element_size() for t in self.records.values())
+        total += self.sequences.numel() * self.sequences.element_size()
+        if not isinstance(self.activations, DiskActivations):
+            total += sum(t.numel() * t.element_size() for t in self.activations.values())
+        return total
+
+    def _specs(self) -> dict[str, dict]:
+        if isinstance(self.activations, DiskActivations):
+            return self.activations.specs
+        return {n: {"shape": list(t.shape[1:]), "dtype": str(t.dtype)} for n, t in self.activations.items()}
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write this trajectory to `out_dir` (safetensors + JSON; each file atomic, `meta.json` last)."""
+        root = Path(out_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        if root.resolve() != (self.root.resolve() if self.root else None):
+            for i, s in enumerate(self.recorded_steps):
+                tensors = {n: self.activations[n][i] for n in self.activations if self._fired[n][i]}
+                _atomic_save(tensors, step_file(root, s))
+        _atomic_save({"sequences": self.sequences, **self.records}, root / "records.safetensors")
+        meta = dict(self.meta, format_version=FORMAT_VERSION, specs=self._specs(), fired=self._fired)
+        _atomic_write_text(json.dumps(meta, indent=1), root / "meta.json")
+        return root
+
+    @classmethod
+    def load(cls, out_dir: str | Path, model=None) -> "Trajectory":
+        """Read a saved trajectory; activations are read from disk lazily on access."""
+        root = Path(out_dir)
+        if not (root / "meta.json").is_file():
+            raise TrajectoryError(f"{str(root)!r} holds no saved trajectory (no meta.json); pass the dir given to save()")
+        meta = json.loads((root / "meta.json").read_text())
+        specs, fired = meta.pop("specs"), meta.pop("fired")
+        meta.pop("format_version", None)
+        with safe_open(str(root / "records.safetensors"), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        sequences = tensors.pop("sequences")
+        acts = DiskActivations(root, meta["recorded_steps"], specs, fired)
+        return cls(meta=meta, sequences=sequences, records=tensors, activations=acts, fired=fired,
+                   model=model, root=root)
+
+    def to_memory(self) -> "Trajectory":
+        """A copy with every activation loaded into RAM."""
+        acts = {n: self.activations[n] for n in self.activations}
+        return Trajectory(meta=dict(self.meta), sequences=self.sequences, records=dict(self.records),
+                          activations=acts, fired=dict(self._fired), model=self.model)
+
+    def __repr__(self) -> str:
+        b, t = self.sequences.shape
+        return (f"Trajectory(kind={self.kind!r}, batch={b}, steps={self.n_steps}, recorded={len(self.recorded_steps)}, "
+                f"canvases={int(self.records['canvas'].max()) + 1 if self.n_steps else 0}, names={len(self.names)}, "
+                f"{self.nbytes / 2**20:.1f} MiB in memory)")
+
+
+def layer_of(name: str) -> int | None:
+    m = re.match(r"blocks\.(\d+)\.", name)
+    return int(m.group(1)) if m else None
+
+
+__all__ = ["Trajectory", "TrajectoryError", "DiskActivations", "STEP_RECORDS", "OPTIONAL_RECORDS"]
