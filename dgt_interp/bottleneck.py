@@ -165,23 +165,72 @@ def as_bottleneck(spec: "Bottleneck | LogitsFn | str | None") -> Bottleneck | No
     raise ValueError(f"unknown bottleneck {spec!r}; use none, top-K (e.g. top-1), top-p=P, one-hot or zero")
 
 
-def is_degenerate(new_ids: torch.Tensor, eos_id: int, reference_ids: list[int] | None = None) -> bool:
-    """*(ours)* A generation is degenerate if it never emits EOS, or if it contains a repetition
-    loop: a unit of 1-3 tokens repeated 4+ times in a row that the reference answer does not contain.
+# ----------------------------------------------------------------------------- evaluation
+
+def sampler_settings(name: str) -> dict:
+    """`generate` kwargs of a named sampler setting.
+
+    - "default": DiffusionGemma's defaults (entropy bound 0.1, up to 48 steps, temperature 0.8 -> 0.4);
+    - "gentle": the setting under which public follow-up work found top-1 harmless on GPQA
+      (entropy bound 0.02, up to 96 steps, temperature 1.0 -> 0.5).
     """
-    ids = [int(x) for x in new_ids]
-    if eos_id not in ids:
-        return True
-    body = ids[: ids.index(eos_id)]
+    from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
 
-    def loops(seq):
-        found = set()
-        for unit in (1, 2, 3):
-            for start in range(len(seq) - 4 * unit + 1):
-                chunk = seq[start:start + unit]
-                if all(seq[start + r * unit:start + (r + 1) * unit] == chunk for r in range(4)):
-                    found.add(tuple(chunk))
-        return found
+    presets = {
+        "default": dict(entropy_bound=0.1, max_denoising_steps=48, t_max=0.8, t_min=0.4),
+        "gentle": dict(entropy_bound=0.02, max_denoising_steps=96, t_max=1.0, t_min=0.5),
+    }
+    if name not in presets:
+        raise ValueError(f"unknown sampler setting {name!r}; choose one of: {', '.join(presets)}")
+    p = dict(presets[name])
+    return dict(sampler_config=EntropyBoundSamplerConfig(entropy_bound=p.pop("entropy_bound")), **p)
 
-    ref = loops(reference_ids) if reference_ids is not None else set()
-    return bool(loops(body) - ref)
+
+SAMPLERS = ("default", "gentle")
+VARIANTS = ("none", "top-1", "top-2", "top-p=0.1", "one-hot", "zero")
+
+
+@dataclass
+class BottleneckRow:
+    variant: str
+    sampler: str
+    accuracy: float
+    ci95: tuple[float, float]
+    mean_steps: float
+    degenerate_rate: float
+    n: int
+
+
+def bottleneck_table(model, task, *, variants=VARIANTS, samplers=SAMPLERS, n: int = 1000, seed: int = 0,
+                     batch_size: int = 250, progress: bool = False) -> list[BottleneckRow]:
+    """Exact match, mean denoising steps and degenerate-output rate per (bottleneck, sampler).
+
+    Every cell generates the same `n` held-out problems with the same seeds, so rows differ only by
+    the bottleneck and the sampler. `variants` entries are anything `as_bottleneck` accepts.
+    """
+    from dgt_interp.evaluate import evaluate
+    from dgt_interp.models import is_diffusion
+
+    if not is_diffusion(model):
+        raise TypeError(f"the token bottleneck acts on DiffusionGemma's self-conditioning; got {type(model).__name__}")
+    problems = task.problems("test", n, seed=seed)
+    rows = []
+    for sampler in samplers:
+        kwargs = sampler_settings(sampler)
+        for spec in variants:
+            b = as_bottleneck(spec)
+            res = evaluate(model, task, problems=problems, seed=seed, batch_size=batch_size,
+                           fwd_hooks=b.hooks() if b is not None else (), progress=progress, **kwargs)
+            rows.append(BottleneckRow(b.name if b is not None else "none (continuous)", sampler, res.accuracy,
+                                      res.ci95, res.mean_decoder_passes, res.degenerate / res.n, res.n))
+    return rows
+
+
+def format_table(rows: list[BottleneckRow]) -> str:
+    """A markdown table of `bottleneck_table` rows."""
+    lines = ["| sampler | self-conditioning channel | exact match | 95% CI | mean steps | degenerate |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.sampler} | {r.variant} | {r.accuracy:.1%} | {r.ci95[0]:.1%}–{r.ci95[1]:.1%} "
+                     f"| {r.mean_steps:.2f} | {r.degenerate_rate:.1%} |")
+    return "\n".join(lines)

@@ -47,6 +47,19 @@ def _cmd_demo(args) -> None:
     run_demo(args.model, n=args.n, seed=args.seed, entropy_bound=args.entropy_bound)
 
 
+def _cmd_bottleneck(args) -> None:
+    from dgt_interp.bottleneck import bottleneck_table, format_table
+    from dgt_interp.models import load_model
+    from dgt_interp.tasks import get_task
+
+    task = get_task(args.task)
+    model = load_model(args.model)
+    rows = bottleneck_table(model, task, variants=args.variants, samplers=args.samplers, n=args.n, seed=args.seed,
+                            progress=not args.quiet)
+    print(f"model={args.model} task={task.name} n={args.n} seed={args.seed}")
+    print(format_table(rows))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dgt-interp", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -70,6 +83,19 @@ def build_parser() -> argparse.ArgumentParser:
     zsub = z.add_subparsers(dest="zoo_command", required=True)
     zl = zsub.add_parser("list", help="list shipped models with their held-out accuracy")
     zl.set_defaults(func=_cmd_zoo_list)
+    from dgt_interp.bottleneck import SAMPLERS, VARIANTS
+
+    b = sub.add_parser("bottleneck", help="accuracy under token bottlenecks of the self-conditioning channel")
+    b.add_argument("--model", required=True, help="zoo name or model dir (DiffusionGemma)")
+    b.add_argument("--task", required=True)
+    b.add_argument("--variants", nargs="+", default=list(VARIANTS),
+                   help="none, top-K, top-p=P, one-hot, zero (default: %(default)s)")
+    b.add_argument("--samplers", nargs="+", default=list(SAMPLERS), help="sampler settings: default, gentle")
+    b.add_argument("-n", type=int, default=1000, help="held-out problems per cell")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=_cmd_bottleneck)
+
     d = sub.add_parser("demo", help="denoise a few additions with the bundled model, printing every step")
     d.add_argument("--model", default="addition-diffusion", help="zoo name or model dir")
     d.add_argument("-n", type=int, default=3, help="number of problems")
@@ -84,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
     return 0

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from dgt_interp.models.load import is_diffusion
-from dgt_interp.tasks import PAD_ID, Problem, Task, build_tokenizer, decode_answer
+from dgt_interp.tasks import EOS_ID, PAD_ID, Problem, Task, build_tokenizer, decode_answer, encode
 
 
 def prompt_batch(prompts: list[str], max_positions: int | None = None) -> dict[str, torch.Tensor]:
@@ -48,22 +48,57 @@ class Generation:
 
 
 @torch.no_grad()
-def generate_answers(model, prompts: list[str], *, seed: int = 0, **generation_kwargs) -> Generation:
-    """Run `model.generate` once on `prompts` (left-padded batch) after `torch.manual_seed(seed)`."""
+def generate_answers(model, prompts: list[str], *, seed: int = 0, fwd_hooks=(), **generation_kwargs) -> Generation:
+    """Run `model.generate` once on `prompts` (left-padded batch) after `torch.manual_seed(seed)`.
+
+    With `fwd_hooks` (TL-style `[(hook_name, fn)]`, e.g. a token bottleneck) the same generation
+    runs through `dgt_interp.capture` with those hooks applied at every step.
+    """
     max_new = generation_kwargs.get("max_new_tokens") or model.generation_config.max_new_tokens
     batch = prompt_batch(prompts, _max_prompt_positions(model, max_new))
     batch = {k: v.to(model.device) for k, v in batch.items()}
-    torch.manual_seed(seed)
-    if is_diffusion(model):
+    prompt_len = batch["input_ids"].shape[1]
+    passes = None
+    if fwd_hooks:
+        from dgt_interp import capture
+
+        traj = capture(model, batch["input_ids"], attention_mask=batch["attention_mask"], names=(), seed=seed,
+                       fwd_hooks=list(fwd_hooks), **generation_kwargs)
+        new_ids = traj.sequences[:, prompt_len:].cpu()
+        if is_diffusion(model):
+            passes = traj.active.sum(0).long()
+    elif is_diffusion(model):
+        torch.manual_seed(seed)
         out = model.generate(**batch, **generation_kwargs)
-        new_ids = out.sequences[:, batch["input_ids"].shape[1]:].cpu()
+        new_ids = out.sequences[:, prompt_len:].cpu()
         valid = (new_ids != PAD_ID).sum(-1).float()
         passes = torch.round(valid / out.tokens_per_forward.cpu().float()).long()
     else:
-        seqs = model.generate(**batch, **generation_kwargs)
-        new_ids = seqs[:, batch["input_ids"].shape[1]:].cpu()
-        passes = None
+        torch.manual_seed(seed)
+        new_ids = model.generate(**batch, **generation_kwargs)[:, prompt_len:].cpu()
     return Generation([decode_answer(row) for row in new_ids], new_ids, passes)
+
+
+def is_degenerate(new_ids, eos_id: int = EOS_ID, reference_ids: list[int] | None = None) -> bool:
+    """*(ours)* A generation is degenerate if it never emits EOS, or if it contains a repetition
+    loop (a unit of 1-3 tokens repeated 4+ times in a row) that the reference answer does not contain.
+    """
+    ids = [int(x) for x in new_ids]
+    if eos_id not in ids:
+        return True
+    body = ids[: ids.index(eos_id)]
+
+    def loops(seq):
+        found = set()
+        for unit in (1, 2, 3):
+            for start in range(len(seq) - 4 * unit + 1):
+                chunk = seq[start:start + unit]
+                if all(seq[start + r * unit:start + (r + 1) * unit] == chunk for r in range(4)):
+                    found.add(tuple(chunk))
+        return found
+
+    ref = loops(reference_ids) if reference_ids is not None else set()
+    return bool(loops(body) - ref)
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -85,6 +120,7 @@ class EvalResult:
     accuracy: float
     ci95: tuple[float, float]
     mean_decoder_passes: float | None
+    degenerate: int
     settings: dict
 
     def to_dict(self) -> dict:
@@ -101,15 +137,17 @@ def evaluate(
     split: str = "test",
     problems: list[Problem] | None = None,
     progress: bool = False,
+    fwd_hooks=(),
     **generation_kwargs,
 ) -> EvalResult:
     """Exact match of `model.generate` on `n` held-out problems of `task`.
 
     Batch b is generated after `torch.manual_seed(seed + b)`; `generation_kwargs` go to `generate`
-    (e.g. `max_denoising_steps`, `self_conditioning_mask`-free settings, `t_min`).
+    (e.g. `max_denoising_steps`, `t_min`, `sampler_config`); `fwd_hooks` (TL-style) edit the run,
+    e.g. a token bottleneck. Also counts degenerate generations (`is_degenerate`).
     """
     problems = problems if problems is not None else task.problems(split, n, seed=seed)
-    correct, passes = 0, []
+    correct, degenerate, passes = 0, 0, []
     chunks = range(0, len(problems), batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -117,12 +155,14 @@ def evaluate(
         chunks = tqdm(chunks, desc=f"eval {task.name}", unit="batch")
     for b, start in enumerate(chunks):
         chunk = problems[start:start + batch_size]
-        gen = generate_answers(model, [p.prompt for p in chunk], seed=seed + b, **generation_kwargs)
+        gen = generate_answers(model, [p.prompt for p in chunk], seed=seed + b, fwd_hooks=fwd_hooks,
+                               **generation_kwargs)
         correct += sum(task.check(p, a) for p, a in zip(chunk, gen.answers))
+        degenerate += sum(is_degenerate(row, EOS_ID, encode(p.answer)[1:]) for p, row in zip(chunk, gen.new_ids))
         if gen.decoder_passes is not None:
             passes.append(gen.decoder_passes.float())
     mean_passes = float(torch.cat(passes).mean()) if passes else None
     settings = {k: (v if isinstance(v, (int, float, str, bool)) or v is None else repr(v))
                 for k, v in generation_kwargs.items()}
     return EvalResult(task.name, len(problems), correct, correct / len(problems),
-                      wilson_interval(correct, len(problems)), mean_passes, settings)
+                      wilson_interval(correct, len(problems)), mean_passes, degenerate, settings)

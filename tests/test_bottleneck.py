@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from dgt_interp.bottleneck import OneHot, TopK, TopP, Zero, as_bottleneck, is_degenerate
+from dgt_interp.bottleneck import OneHot, TopK, TopP, Zero, as_bottleneck
+from dgt_interp.evaluate import is_degenerate
 
 
 def probs_of(logits):
@@ -60,3 +61,56 @@ def test_degenerate_outputs():
     # a loop the reference answer itself has (sorted repeated digits) is not degenerate
     assert not is_degenerate(torch.tensor([4, 4, 4, 4, eos]), eos, reference_ids=[4, 4, 4, 4])
     assert math.isclose(probs_of(TopK(1)(torch.zeros(1, 4))).sum().item(), 1.0, rel_tol=1e-6)
+
+
+# ----------------------------------------------------------------------------- inside real runs
+
+from dgt_interp.bottleneck import Custom, bottleneck_table, format_table, sampler_settings  # noqa: E402
+from dgt_interp.cli import main  # noqa: E402
+from dgt_interp.evaluate import evaluate, generate_answers, prompt_batch  # noqa: E402
+from dgt_interp.tasks import ADDITION  # noqa: E402
+
+PROMPTS = ["12+34=", "999+1=", "5+5="]
+FAST = dict(max_denoising_steps=5)
+
+
+def test_zero_bottleneck_equals_hf_self_conditioning_mask(tiny_diffusion):
+    ours = generate_answers(tiny_diffusion, PROMPTS, seed=3, fwd_hooks=Zero().hooks(), **FAST)
+    batch = prompt_batch(PROMPTS)
+    torch.manual_seed(3)
+    ref = tiny_diffusion.generate(**batch, self_conditioning_mask=torch.zeros(3, dtype=torch.bool), **FAST)
+    assert torch.equal(ours.new_ids, ref.sequences[:, batch["input_ids"].shape[1]:])
+
+
+def test_identity_bottlenecks_change_nothing_and_count_the_same_steps(tiny_diffusion):
+    plain = generate_answers(tiny_diffusion, PROMPTS, seed=1, **FAST)
+    for b in (Custom(fn=lambda x: x, label="identity"), TopK(tiny_diffusion.config.text_config.vocab_size)):
+        hooked = generate_answers(tiny_diffusion, PROMPTS, seed=1, fwd_hooks=b.hooks(), **FAST)
+        assert torch.equal(hooked.new_ids, plain.new_ids)
+        assert torch.equal(hooked.decoder_passes, plain.decoder_passes)
+
+
+def test_one_hot_bottleneck_reaches_the_decoder(tiny_diffusion):
+    plain = generate_answers(tiny_diffusion, PROMPTS, seed=1, **FAST)
+    hooked = generate_answers(tiny_diffusion, PROMPTS, seed=1, fwd_hooks=OneHot().hooks(), **FAST)
+    assert not torch.equal(hooked.new_ids, plain.new_ids)
+
+
+def test_table_rows_and_errors(tiny_diffusion, tiny_ar, capsys):
+    rows = bottleneck_table(tiny_diffusion, ADDITION, variants=["none", "zero"], samplers=["default"], n=2)
+    assert [r.variant for r in rows] == ["none (continuous)", "zeroed"]
+    assert all(r.n == 2 and 1 <= r.mean_steps <= 48 for r in rows)
+    assert "| default | zeroed |" in format_table(rows)
+    assert sampler_settings("gentle")["max_denoising_steps"] == 96
+    with pytest.raises(ValueError, match="unknown sampler setting 'fast'"):
+        sampler_settings("fast")
+    with pytest.raises(TypeError, match="self-conditioning"):
+        bottleneck_table(tiny_ar, ADDITION, n=1)
+    assert main(["bottleneck", "--model", "no-such-model", "--task", "addition"]) == 2
+    assert "error: model dir 'no-such-model' does not exist" in capsys.readouterr().err
+
+
+def test_evaluate_with_hooks_matches_evaluate_without(tiny_diffusion):
+    a = evaluate(tiny_diffusion, ADDITION, n=3, **FAST)
+    b = evaluate(tiny_diffusion, ADDITION, n=3, fwd_hooks=Custom(fn=lambda x: x).hooks(), **FAST)
+    assert (a.correct, a.degenerate, a.mean_decoder_passes) == (b.correct, b.degenerate, b.mean_decoder_passes)
