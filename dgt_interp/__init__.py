@@ -1,3 +1,25 @@
 """dgt_interp: mechanistic interpretability for diffusion language models (DiffusionGemma first)."""
 
 __version__ = "0.1.0"
+
+# Lazy exports (importing dgt_interp stays cheap; torch/TL load on first use).
+_LAZY = {
+    "capture": ("dgt_interp.capture", "capture"),
+    "estimate_bytes": ("dgt_interp.capture", "estimate_bytes"),
+    "Trajectory": ("dgt_interp.trajectory", "Trajectory"),
+    "list_names": ("dgt_interp.names", "list_names"),
+    "describe_names": ("dgt_interp.names", "describe_names"),
+}
+
+# Opaque serial depth (dgt_interp.depth).
+_LAZY["serial_depth"] = ("dgt_interp.depth", "serial_depth")
+_LAZY["interpretable"] = ("dgt_interp.depth", "interpretable")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'dgt_interp' has no attribute {name!r}")

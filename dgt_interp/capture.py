@@ -1,5 +1,7 @@
 """`capture`: run a model's own `generate` and record the (step × layer × position) grid it computed.
 
+(`dgt_interp.capture` is both this module and, callable, the function: see the end of the file.)
+
 Faithful by construction: we do not reimplement the sampler. `capture` calls the real
 `generate` of a bridged twin of the model (`backends.tl.bridge_for`: same parameter tensors, TL hook
 points in place) after `torch.manual_seed(seed)`, and records between HF's own pieces:
@@ -23,6 +25,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
+import types
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,6 +176,7 @@ def plan_capture(model, input_ids, *, names=None, steps=None, positions=None, re
         per_name[r] = batch * len(sel_pos) * vocab * (itemsize(dtype) if dtype is not None else 4)
     # input/sampled/argmax canvases (int64), accepted (bool), entropy (float32), active/has_self_cond (bool)
     record_bytes = max_steps * (batch * canvas * (3 * 8 + 1 + 4) + 2 * batch + 16)
+    record_bytes += batch * (input_ids.shape[1] + n_canvases * canvas) * 8  # sequences
     return Plan(kind, resolved, level, layouts, record, sel_steps, sel_pos, max_steps, canvas, n_canvases, batch,
                 dtype, per_name, record_bytes)
 
@@ -597,5 +602,15 @@ def _build(plan, rec, records, sequences, model, backend, seed, generation_kwarg
     fired = {n: fired[n] for n in acts}
     return Trajectory(meta=meta, sequences=sequences, records=records, activations=acts, fired=fired, model=model)
 
+
+class _CallableModule(types.ModuleType):
+    """Importing `dgt_interp.capture` binds the package attribute `capture` to this module; making the
+    module callable keeps `dgt_interp.capture(model, ids, ...)` working either way."""
+
+    def __call__(self, *args, **kwargs) -> Trajectory:
+        return capture(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 __all__ = ["capture", "estimate_bytes", "plan_capture", "Plan", "CaptureBudgetError", "CaptureError", "BACKENDS"]

@@ -199,6 +199,9 @@ class Trajectory:
     def cache(self, step: int, model=None):
         """A TransformerLens `ActivationCache` of execution step `step` (`[B, P, ...]` per hook name).
 
+        Residual names that are the same tensor here are filled in (`blocks.{l}.hook_resid_pre` from
+        `blocks.{l-1}.hook_resid_post`, block 0's from `self_cond.hook_out`), so recording
+        `blocks.*.hook_resid_post` plus `blocks.0.hook_resid_pre` suffices for `accumulated_resid`.
         TL tools work on it: `accumulated_resid(apply_ln=True)` is exact here (it uses the model's
         own final norm); `decompose_resid`'s embed term is `hook_embed`, taken before
         self-conditioning is added, and `logit_attrs` does not fold the final-norm weight nor apply
@@ -213,6 +216,15 @@ class Trajectory:
             raise TrajectoryError("this trajectory has no model attached; call traj.cache(step, model=model)")
         i = self.step_index(step)
         data = {n: self.activations[n][i] for n in self.activations if n not in OPTIONAL_RECORDS}
+        # Fill residual names that are the same tensor in this model: the input of block l+1 is the
+        # output of block l, and block 0's input is the self-conditioning output.
+        n_layers = model.config.get_text_config().num_hidden_layers
+        for layer in range(n_layers):
+            pre, prev = f"blocks.{layer}.hook_resid_pre", f"blocks.{layer - 1}.hook_resid_post"
+            if pre not in data:
+                src = prev if layer else "self_cond.hook_out"
+                if src in data:
+                    data[pre] = data[src]
         bridge = bridge_for(model, "full").bridge
         return ActivationCache(data, bridge, has_batch_dim=True)
 

@@ -22,10 +22,11 @@ by the twin. The twin keeps the model's attention implementation (TL's default s
 breaks DiffusionGemma's padded-batch masks and is slower); so `attn.hook_pattern` and friends do not
 fire and are not listed.
 
-Two granularities of the same adapter, chosen per capture from the names it needs:
-  "resid": embeddings, self-conditioning, block in/out, final norm, unembed (cheap: ~10 hook
-           modules per forward; what `blocks.*.hook_resid_post` needs)
-  "full":  every component of TL's Gemma 4 adapter (attention, MLP, router/experts, norms).
+Three granularities of the same adapter, the cheapest that has every name a capture needs is used
+(TL's per-component overhead is large next to a tiny model's forward):
+  "blocks": block in/out only (`blocks.{l}.hook_resid_pre/post`): one bridge component per layer
+  "resid":  + embeddings, self-conditioning, final norm, unembed
+  "full":   every component of TL's Gemma 4 adapter (attention, MLP, router/experts, norms).
 TL versions are pinned (pyproject): `_reprefix_components` and `sources._bridge_builder` are private.
 """
 
@@ -46,9 +47,12 @@ from transformer_lens.model_bridge.supported_architectures.gemma4 import Gemma4A
 
 DIFFUSION_ARCH = "DiffusionGemmaForBlockDiffusion"
 AR_ARCH = "Gemma4ForCausalLM"
-LEVELS = ("resid", "full")
-# Components kept at the "resid" level (top-level keys of the component mapping).
-_RESID_COMPONENTS = ("embed", "rotary_emb", "self_cond", "blocks", "ln_final", "unembed")
+LEVELS = ("blocks", "resid", "full")
+# Components kept per level (top-level keys of the component mapping); "full" keeps all.
+_LEVEL_COMPONENTS = {
+    "blocks": ("blocks",),
+    "resid": ("embed", "rotary_emb", "self_cond", "blocks", "ln_final", "unembed"),
+}
 
 
 class SelfConditioningBridge(GeneralizedComponent):
@@ -98,10 +102,10 @@ def _keep_attention_and_level(level: str):
 
     def hook(adapter) -> None:
         adapter.cfg.attn_implementation = None  # TL would force eager (see module docstring)
-        if level == "resid":
+        if level in _LEVEL_COMPONENTS:
             mapping = adapter.component_mapping
             for key in list(mapping):
-                if key not in _RESID_COMPONENTS:
+                if key not in _LEVEL_COMPONENTS[level]:
                     mapping.pop(key)
             mapping["blocks"].submodules = {}
 
@@ -168,7 +172,7 @@ def _install_logits_in_hook(twin, bridge) -> None:
 
 
 def bridge_for(model, level: str = "full") -> Bridged:
-    """The cached bridged twin of `model` at `level` ("resid" or "full"); built on first use.
+    """The cached bridged twin of `model` at `level` ("blocks", "resid" or "full"); built on first use.
 
     Rebuilt when the model's tensors were replaced (e.g. after `.to(device)`).
     """
@@ -191,7 +195,8 @@ def bridge_for(model, level: str = "full") -> Bridged:
             post_adapter_hook=_keep_attention_and_level(level),
         )
     if arch == DIFFUSION_ARCH:
-        _install_logits_in_hook(twin, bridge)
+        if hasattr(bridge, "self_cond"):
+            _install_logits_in_hook(twin, bridge)
     bridged = Bridged(twin, bridge, level, fp, arch)
     per_model[level] = bridged
     return bridged

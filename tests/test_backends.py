@@ -1,0 +1,80 @@
+"""TransformerLens adapter and nnsight backend: registered, faithful, identical tensors."""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+from dgt_interp import capture, describe_names, list_names
+from dgt_interp.backends.tl import DIFFUSION_ARCH, DiffusionGemmaArchitectureAdapter, bridge_for, structural_twin
+from dgt_interp.evaluate import prompt_batch
+
+
+def test_adapter_registered_with_transformer_lens(tiny_diffusion):
+    from transformer_lens.factories.architecture_adapter_factory import ArchitectureAdapterFactory
+    from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
+
+    assert ArchitectureAdapterFactory._adapters[DIFFUSION_ARCH] is DiffusionGemmaArchitectureAdapter
+    twin = structural_twin(tiny_diffusion)
+    assert twin.lm_head.weight is tiny_diffusion.lm_head.weight  # shared, not copied
+    bridge = build_bridge_from_module(twin, DIFFUSION_ARCH, hf_config=twin.config,
+                                      post_adapter_hook=lambda a: setattr(a.cfg, "attn_implementation", None))
+    ids, canvas = torch.tensor([[2, 5, 6]]), torch.tensor([[3, 4, 5, 6, 7, 8, 9, 10]])
+    text = tiny_diffusion.config.get_text_config()
+    with torch.no_grad():
+        ref = tiny_diffusion(input_ids=ids, decoder_input_ids=canvas, cache=DynamicCache(config=text)).logits
+        _, cache = bridge.run_with_cache(ids, decoder_input_ids=canvas, cache=DynamicCache(config=text))
+        out = twin(input_ids=ids, decoder_input_ids=canvas, cache=DynamicCache(config=text)).logits
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+    assert "blocks.3.hook_resid_post" in cache and "self_cond.hook_signal" in cache
+
+
+def test_name_registry(tiny_diffusion, tiny_ar):
+    names = list_names(tiny_diffusion)
+    for n in ("blocks.0.hook_resid_post", "blocks.3.hook_attn_out", "blocks.0.hook_mlp_out", "self_cond.hook_logits_in",
+              "self_cond.hook_soft_embed", "self_cond.hook_signal", "self_cond.hook_out", "ln_final.hook_out"):
+        assert n in names
+    assert not [n for n in names if n.endswith(("hook_pattern", "hook_attn_scores", "hook_result"))]
+    assert names.index("blocks.2.hook_resid_post") < names.index("blocks.10.hook_resid_post") if "blocks.10.hook_resid_post" in names else True
+    table = describe_names(tiny_diffusion)
+    assert "read-only" in table and "self_cond.hook_logits_in" in table
+    assert "blocks.0.hook_resid_post" in list_names(tiny_ar) and not list_names(tiny_ar, "self_cond.*")
+    assert list_names(tiny_diffusion, "self_cond.hook_*") == [
+        "self_cond.hook_in", "self_cond.hook_logits_in", "self_cond.hook_out", "self_cond.hook_signal",
+        "self_cond.hook_soft_embed"]
+
+
+def test_cheapest_bridge_level(tiny_diffusion):
+    from dgt_interp.names import level_for
+
+    assert level_for(tiny_diffusion, ["blocks.0.hook_resid_post"]) == "blocks"
+    assert level_for(tiny_diffusion, ["self_cond.hook_signal"]) == "resid"
+    assert level_for(tiny_diffusion, ["blocks.0.attn.hook_out"]) == "full"
+    assert bridge_for(tiny_diffusion, "blocks") is bridge_for(tiny_diffusion, "blocks")  # cached
+
+
+def _same(a, b):
+    for k in a.records:
+        assert torch.equal(a.records[k], b.records[k]), k
+    assert a.names == b.names
+    for n in a.names:
+        assert torch.equal(a[n], b[n]), n
+        assert torch.equal(a.fired(n), b.fired(n)), n
+
+
+def test_nnsight_equals_tl_diffusion(tiny_diffusion):
+    b = prompt_batch(["12+34=", "5+6="])
+    kw = dict(attention_mask=b["attention_mask"], seed=6, max_new_tokens=16, max_denoising_steps=5,
+              names=["blocks.*.hook_resid_post", "self_cond.hook_logits_in", "blocks.1.attn.hook_out",
+                     "blocks.2.experts.hook_out"], steps=[0, 1, 3, 6, 7], positions=[1, 2, 5])
+    tl = capture(tiny_diffusion, b["input_ids"], backend="tl", **kw)
+    nn = capture(tiny_diffusion, b["input_ids"], backend="nnsight", **kw)
+    assert torch.equal(tl.sequences, nn.sequences)
+    _same(tl, nn)
+    assert tl["blocks.2.experts.hook_out"].shape == (5, 2, 3, 128)  # [tokens, d] reshaped to [batch, pos, d]
+
+
+def test_nnsight_equals_tl_ar(tiny_ar):
+    b = prompt_batch(["12+34=", "5+6="])
+    kw = dict(attention_mask=b["attention_mask"], names=["blocks.*.hook_resid_post", "blocks.0.mlp.hook_out"])
+    _same(capture(tiny_ar, b["input_ids"], backend="tl", **kw), capture(tiny_ar, b["input_ids"], backend="nnsight", **kw))
