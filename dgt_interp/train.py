@@ -191,6 +191,8 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, progress: bool
         "kind": cfg.kind,
         "command": command or " ".join(sys.argv),
         "train_config": asdict(cfg),
+        "train_distribution": (task.train_sample.__doc__ or task.train_sample.__name__).split("\n\n")[0].strip()
+        if task.train_sample is not None else "the task's own distribution (train split)",
         "train_seconds": round(train_seconds, 1),
         "torch_threads": torch.get_num_threads(),
         "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])),

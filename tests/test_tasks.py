@@ -61,3 +61,14 @@ def test_bad_input_is_one_line():
         encode("12 + x")
     with pytest.raises(ValueError, match="split must be"):
         ADDITION.problems("dev", 1)
+
+
+def test_addition_training_oversamples_unequal_operand_lengths_but_tests_stay_uniform():
+    def unequal(probs):
+        return sum(len(p.prompt[:-1].split("+")[0]) != len(p.prompt[:-1].split("+")[1]) for p in probs) / len(probs)
+
+    train, test = ADDITION.problems("train", 2000, seed=0), ADDITION.problems("test", 2000, seed=0)
+    assert unequal(test) < 0.25 < 0.4 < unequal(train)
+    for p in train:
+        a, b = p.prompt[:-1].split("+")
+        assert p.answer == str(int(a) + int(b)) and not ADDITION.is_test(p.prompt)

@@ -25,8 +25,10 @@ class Problem:
 class Task:
     """A named problem distribution with an exact checker.
 
-    `sample(rng)` draws one problem from the full distribution; the split keeps every 1 in
-    `test_every` prompts (by hash) for testing.
+    `sample(rng)` draws one problem from the task's distribution (what held-out problems follow);
+    `train_sample(rng)`, if given, is the distribution training draws from (e.g. oversampling rare
+    cases); both are filtered by the split, which keeps every 1 in `test_every` prompts (by hash)
+    for testing.
     """
 
     name: str
@@ -35,6 +37,7 @@ class Task:
     max_prompt_chars: int
     max_answer_chars: int
     test_every: int = 20
+    train_sample: Callable[[random.Random], Problem] | None = None
 
     def is_test(self, prompt: str) -> bool:
         digest = hashlib.sha256(f"{self.name}:{prompt}".encode()).digest()
@@ -46,9 +49,10 @@ class Task:
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         rng = random.Random(f"{self.name}:{split}:{seed}")
         want_test = split == "test"
+        sample = self.train_sample if split == "train" and self.train_sample is not None else self.sample
         out: list[Problem] = []
         while len(out) < n:
-            p = self.sample(rng)
+            p = sample(rng)
             if self.is_test(p.prompt) == want_test:
                 out.append(p)
         return out

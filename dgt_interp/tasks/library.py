@@ -12,10 +12,20 @@ def _addition(rng: random.Random) -> Problem:
     return Problem(prompt=f"{a}+{b}=", answer=str(a + b))
 
 
+def _addition_train(rng: random.Random) -> Problem:
+    """Half uniform values, half uniform digit counts (1-4 per operand): uniform values are 90%
+    4-digit, so operands of unequal length (where digits must be aligned) would be rare."""
+    if rng.random() < 0.5:
+        return _addition(rng)
+    a, b = (rng.randint(0 if n == 1 else 10 ** (n - 1), 10**n - 1) for n in (rng.randint(1, 4), rng.randint(1, 4)))
+    return Problem(prompt=f"{a}+{b}=", answer=str(a + b))
+
+
 ADDITION = Task(
     name="addition",
     description="a+b= with a, b uniform in [0, 9999]; answer most-significant digit first, then EOS",
     sample=_addition,
+    train_sample=_addition_train,
     max_prompt_chars=len("9999+9999="),
     max_answer_chars=len("19998"),
 )
