@@ -1,0 +1,202 @@
+"""Patching across steps: reduction to TransformerLens' own patching, replayed noise, batched == looped,
+complete patches reproduce the clean run, attribution patching through the self-conditioning channel."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformer_lens import patching as tl_patching
+
+from dgt_interp import capture
+from dgt_interp.attribution import attribution_patch, rank_correlation
+from dgt_interp.backends.tl import bridge_for
+from dgt_interp.evaluate import prompt_batch
+from dgt_interp.patching import (
+    AnswerProb,
+    ExactMatch,
+    LogitDiff,
+    Patching,
+    PatchingError,
+    Site,
+    get_act_patch,
+    get_act_patch_attn_out,
+    get_act_patch_canvas,
+    get_act_patch_mlp_out,
+    get_act_patch_resid_pre,
+    get_act_patch_self_cond,
+    metric_values,
+    normalise,
+)
+
+SEED = 3
+# 8 tokens with BOS = the tiny canvas length, so TL's pos axis (prompt length) and ours (canvas) agree.
+CLEAN, CORRUPTED = "12+345=", "17+345="
+
+
+def ids(text):
+    return prompt_batch([text])["input_ids"]
+
+
+@pytest.fixture(scope="session")
+def single_step(tiny_diffusion):
+    """A one-step DiffusionGemma run: the setting where TL's single forward pass is the whole run."""
+    return Patching(tiny_diffusion, ids(CLEAN), ids(CORRUPTED), seed=SEED, max_denoising_steps=1)
+
+
+@pytest.fixture(scope="session")
+def multi_step(tiny_diffusion):
+    return Patching(tiny_diffusion, ids(CLEAN), ids(CORRUPTED), seed=SEED, max_denoising_steps=3)
+
+
+@pytest.fixture(scope="session")
+def ar_single(tiny_ar):
+    return Patching(tiny_ar, ids(CLEAN), ids(CORRUPTED), seed=SEED, max_new_tokens=1)
+
+
+METRIC = LogitDiff(pos=[0, 3], correct=[5, 7], wrong=[6, 9])
+
+
+def _tl_sweeps(model, seed, metric):
+    """TL's own get_act_patch_{resid_pre,attn_out,mlp_out} on the bridge of `model`.
+
+    The diffusion bridge's forward draws a random canvas; re-seeding before every forward (the metric
+    runs right after each one) gives every TL forward the canvas our step 0 sees.
+    """
+    bridge = bridge_for(model, "full").bridge
+
+    def reseeding(logits):
+        out = metric(logits)
+        torch.manual_seed(seed)
+        return out
+
+    torch.manual_seed(seed)
+    _, clean_cache = bridge.run_with_cache(ids(CLEAN))
+    torch.manual_seed(seed)
+    fns = (tl_patching.get_act_patch_resid_pre, tl_patching.get_act_patch_attn_out, tl_patching.get_act_patch_mlp_out)
+    return [fn(bridge, ids(CORRUPTED), clean_cache, reseeding, reduce="mean") for fn in fns]
+
+
+def test_single_step_sweep_equals_transformer_lens(single_step, tiny_diffusion):
+    ours = [f(single_step, METRIC) for f in (get_act_patch_resid_pre, get_act_patch_attn_out, get_act_patch_mlp_out)]
+    theirs = _tl_sweeps(tiny_diffusion, SEED, METRIC)
+    for o, t in zip(ours, theirs):
+        assert o.shape == (1, *t.shape)  # [step, layer, pos]
+        torch.testing.assert_close(o[0], t.cpu().float(), atol=1e-5, rtol=1e-5)
+    assert ours[0].std() > 0  # not a degenerate comparison
+
+
+def test_ar_sweep_equals_transformer_lens(ar_single, tiny_ar):
+    """AR twin, one generated token: step 0 is TL's forward over the prompt (positions = prompt)."""
+    ours_metric = LogitDiff(pos=0, correct=5, wrong=6)  # our AR output position 0 = TL's last position
+
+    def tl_metric(logits):
+        return logits[:, -1, 5] - logits[:, -1, 6]
+
+    ours = [f(ar_single, ours_metric) for f in (get_act_patch_resid_pre, get_act_patch_attn_out, get_act_patch_mlp_out)]
+    theirs = _tl_sweeps(tiny_ar, SEED, tl_metric)
+    for o, t in zip(ours, theirs):
+        torch.testing.assert_close(o[0], t.cpu().float(), atol=1e-5, rtol=1e-5)
+
+
+def test_reference_runs_equal_plain_capture(multi_step, tiny_diffusion):
+    """The replayed noise table is the stream HF's own batch-1 generate draws after manual_seed."""
+    for which, traj in (("clean", multi_step.clean), ("corrupted", multi_step.corrupted)):
+        plain = capture(tiny_diffusion, ids(CLEAN if which == "clean" else CORRUPTED), seed=SEED, record=("logits",),
+                        max_denoising_steps=3)
+        assert torch.equal(plain.sequences, traj.sequences)
+        assert torch.equal(plain.sampled_canvas, traj.sampled_canvas)
+        assert torch.equal(plain["logits"], traj["logits"])
+
+
+def test_patching_nothing_is_the_corrupted_run(multi_step):
+    run = multi_step.run([])
+    assert torch.equal(run.sequences, multi_step.corrupted.sequences)
+    assert torch.equal(run["logits"], multi_step.corrupted["logits"])
+
+
+def test_complete_cut_reproduces_the_clean_run(multi_step, single_step):
+    """The last layer's residual at every position is a complete cut of a step (the prompt reaches every
+    earlier layer through the encoder cache): patched at every step it reproduces the clean run exactly."""
+    last = multi_step.model.config.get_text_config().num_hidden_layers - 1
+    run = multi_step.run(Site(f"blocks.{last}.hook_resid_post"))
+    n = ids(CLEAN).shape[1]
+    assert torch.equal(run.sequences[:, n:], multi_step.clean.sequences[:, n:])
+    assert torch.equal(run["logits"], multi_step.clean["logits"])
+    one = single_step.run(Site(f"blocks.{last}.hook_resid_post", step=0))
+    assert torch.equal(one["logits"], single_step.clean["logits"])
+
+
+def test_ar_complete_layer_at_a_step_reproduces_clean(tiny_ar):
+    """AR twin: every position of the embedding at step 0 (the prompt pass) is a complete cut."""
+    p = Patching(tiny_ar, ids(CLEAN), ids(CORRUPTED), seed=SEED, max_new_tokens=3, min_new_tokens=3)
+    run = p.run(Site("blocks.0.hook_resid_pre", step=0))
+    n = ids(CLEAN).shape[1]
+    assert torch.equal(run.sequences[:, n:], p.clean.sequences[:, n:])
+    torch.testing.assert_close(run["logits"], p.clean["logits"], atol=1e-5, rtol=1e-5)
+
+
+def test_batched_equals_looped(multi_step):
+    """Copies along the batch axis replay the same noise as one-patch runs: same numbers."""
+    patches = [Site("blocks.1.hook_resid_pre", s, q) for s in range(multi_step.n_steps) for q in (0, 2, 5)]
+    patches += [[Site("self_cond.hook_logits_in", 1), Site("blocks.0.hook_mlp_out", 0, slice(0, 4))]]
+    batched = multi_step.run_patches(patches, METRIC, batch_size=len(patches))
+    looped = multi_step.run_patches(patches, METRIC, batch_size=1)
+    torch.testing.assert_close(batched, looped, atol=1e-4, rtol=1e-4)
+    # and a single patched run equals capture with the same hook and no replay machinery at all
+    site = patches[-1]
+    via_capture = multi_step.run(site)
+    assert metric_values(via_capture, METRIC).item() == pytest.approx(looped[-1].item(), abs=1e-6)
+
+
+def test_self_cond_and_canvas_sweeps(multi_step):
+    sc = get_act_patch_self_cond(multi_step, METRIC)
+    assert sc.shape == (multi_step.n_steps, 8)
+    assert torch.isnan(sc[0]).all() and torch.isfinite(sc[1:]).all()  # no channel at the first step
+    whole = get_act_patch_self_cond(multi_step, METRIC, by_pos=False)
+    assert whole.shape == (multi_step.n_steps,)
+    canvas = get_act_patch_canvas(multi_step, METRIC, steps=[0])
+    assert canvas.shape == (1, 8)
+    # the whole canvas at step 0 = canvas tokens: the clean and corrupted runs start from the same
+    # replayed canvas, so patching it changes nothing
+    torch.testing.assert_close(canvas, torch.full_like(canvas, multi_step.corrupted_metric(METRIC)))
+
+
+def test_per_head_and_metrics(single_step):
+    heads = get_act_patch(single_step, "blocks.*.attn.hook_z", METRIC, by="head", positions=[0, 1])
+    assert heads.shape == (1, 4, 2, 4)  # [step, layer, pos, head]
+    assert torch.isfinite(heads).all()
+    m_clean, m_corr = single_step.clean_metric(METRIC), single_step.corrupted_metric(METRIC)
+    assert normalise(torch.tensor(m_clean), m_clean, m_corr) == 1
+    tokens = single_step.clean.argmax_canvas[-1, 0]
+    assert single_step.clean_metric(ExactMatch(pos=[0, 1], tokens=tokens[:2].tolist())) == 1.0
+    probs = torch.softmax(single_step.clean["logits"][-1, 0, 0], -1)
+    assert single_step.clean_metric(AnswerProb(pos=0, tokens=int(tokens[0]))) == pytest.approx(probs.max().item())
+
+
+def test_attribution_through_self_conditioning(multi_step, single_step):
+    # one step: the linear estimate tracks the exact effect of patching the unembedding input
+    exact = get_act_patch(single_step, "unembed.hook_in", METRIC) - single_step.corrupted_metric(METRIC)
+    est = attribution_patch(single_step, METRIC, "unembed.hook_in")
+    assert rank_correlation(exact, est) > 0.9
+    # several steps: step 0 reaches the final metric only through the self-conditioning channel (and
+    # discrete canvases, which the estimate holds fixed): non-zero gradients there prove the path
+    grid = attribution_patch(multi_step, METRIC, "blocks.*.hook_resid_pre")
+    assert grid.shape == (multi_step.n_steps, 4, 8)
+    assert grid[0].abs().max() > 0
+    sc = attribution_patch(multi_step, METRIC, "self_cond.hook_logits_in")
+    assert torch.isnan(sc[0]).all() and sc[1:].abs().max() > 0
+
+
+def test_errors(multi_step, tiny_diffusion):
+    with pytest.raises(PatchingError, match="differ in shape"):
+        Patching(tiny_diffusion, ids("1+2="), ids("12+34="), seed=0, max_denoising_steps=1)
+    with pytest.raises(PatchingError, match="step 7 is out of range"):
+        multi_step.run(Site("blocks.0.hook_resid_pre", step=7))
+    with pytest.raises(PatchingError, match="position 9 is out of range"):
+        multi_step.run(Site("blocks.0.hook_resid_pre", step=0, pos=9))
+    with pytest.raises(ValueError, match="unknown hook name"):
+        multi_step.run(Site("blocks.0.hook_resid_prex", step=0))
+    with pytest.raises(PatchingError, match="does not fire at step 0"):
+        multi_step.run(Site("self_cond.hook_logits_in", step=0))
+    with pytest.raises(PatchingError, match="no head axis"):
+        multi_step.run(Site("blocks.0.hook_resid_pre", step=0, head=0))
