@@ -60,6 +60,31 @@ def _cmd_bottleneck(args) -> None:
     print(format_table(rows))
 
 
+def _cmd_depth(args) -> None:
+    from dgt_interp.depth.presets import PRESETS, compare, get_preset, preset_summary, settings_notes
+
+    preset = get_preset(args.preset)
+    rule_sets = ["reference", "corrected"] if args.rules == "both" else [args.rules]
+    if args.vs is None:
+        for rules in rule_sets:
+            for line in preset_summary(args.preset, steps=args.steps, canvas=args.canvas,
+                                       prompt_len=args.prompt_len, rules=rules):
+                print(line)
+        return
+    other = get_preset(args.vs)
+    diffusion, ar = (args.preset, args.vs) if preset.kind == "diffusion" else (args.vs, args.preset)
+    if PRESETS[diffusion].kind != "diffusion" or PRESETS[ar].kind != "ar":
+        raise ValueError(f"--preset and --vs must be one diffusion and one AR preset; got {preset.kind} and {other.kind}")
+    print(f"{diffusion} vs {ar}")
+    for note in settings_notes(PRESETS[diffusion].dtype):
+        print(f"  assumes: {note}")
+    for rules in rule_sets:
+        result = compare(diffusion, ar, steps=args.steps, canvas=args.canvas, prompt_len=args.prompt_len, rules=rules)
+        for line in result.lines():
+            print(f"  {line}")
+        print(f"  ({result.seconds:.1f} s on the meta device)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dgt-interp", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -103,6 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--entropy-bound", type=float, default=None,
                    help="sampler entropy bound (smaller = fewer tokens accepted per step = more steps)")
     d.set_defaults(func=_cmd_demo)
+
+    dp = sub.add_parser("depth", help="opaque serial depth of a released architecture (meta device, no weights)")
+    dp.add_argument("--preset", required=True,
+                    help="diffusiongemma-26b-a4b, gemma4-26b-a4b, diffusiongemma-tiny or gemma4-tiny")
+    dp.add_argument("--vs", default=None, help="a preset to compare with (one diffusion, one AR)")
+    dp.add_argument("--steps", type=int, default=48, help="denoising steps per canvas (default: %(default)s)")
+    dp.add_argument("--canvas", type=int, default=None, help="canvas length (default: the model's, 256)")
+    dp.add_argument("--prompt-len", type=int, default=256, help="prompt tokens (default: %(default)s)")
+    dp.add_argument("--rules", choices=["reference", "corrected", "both"], default="reference",
+                    help="cost rules: the published tool's, ours with its gaps fixed, or both")
+    dp.set_defaults(func=_cmd_depth)
     return p
 
 
