@@ -69,12 +69,10 @@ def _probe(model, level: str) -> dict[str, tuple[tuple[int, ...], str | None]]:
     ids[:, 1:] = torch.arange(3, 6, device=twin.device) % text.vocab_size
     mask = torch.ones_like(ids)
     ids[1, 0], mask[1, 0] = (text.pad_token_id or 0), 0
-    first: dict[int, tuple[int, ...]] = {}
     last: dict[int, tuple[int, ...]] = {}
 
     def record(t, hook):
         if isinstance(t, torch.Tensor):
-            first.setdefault(id(hook), tuple(t.shape))
             last[id(hook)] = tuple(t.shape)
 
     points = {id(p): p for p in bridge.hook_dict.values()}

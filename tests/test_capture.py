@@ -272,9 +272,10 @@ def test_usage_doc_example_runs():
     exec(compile(code, "docs/usage.md", "exec"), {})
 
 
-@pytest.mark.parametrize("kw", [{}, dict(max_new_tokens=16)], ids=["one-canvas", "two-canvases"])
-def test_faithful_on_zoo_diffusion(addition_diffusion, kw):
-    b = prompt_batch(["123+456=", "7+88=", "999+1=", "40+2="])
+def test_faithful_on_zoo_diffusion(addition_diffusion):
+    """Two canvases, a batch of 3 (one canvas and other settings are covered on random-init models)."""
+    kw = dict(max_new_tokens=16)
+    b = prompt_batch(["123+456=", "7+88=", "999+1="])
     ref, n_forward = reference(addition_diffusion, b, 11, **kw)
     traj = capture(addition_diffusion, b["input_ids"], attention_mask=b["attention_mask"], seed=11,
                    names="blocks.*.hook_resid_post", **kw)
