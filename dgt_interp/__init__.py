@@ -15,6 +15,9 @@ _LAZY = {
 _LAZY["serial_depth"] = ("dgt_interp.depth", "serial_depth")
 _LAZY["interpretable"] = ("dgt_interp.depth", "interpretable")
 
+# Lenses (dgt_interp.lens).
+_LAZY.update(LogitLens=("dgt_interp.lens", "LogitLens"), TunedLens=("dgt_interp.lens", "TunedLens"))
+
 
 def __getattr__(name):
     if name in _LAZY:

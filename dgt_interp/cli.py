@@ -85,6 +85,24 @@ def _cmd_depth(args) -> None:
         print(f"  ({result.seconds:.1f} s on the meta device)")
 
 
+def _cmd_lens(args) -> None:
+    from dgt_interp.lens_report import lens_report
+
+    lens_report(args.model, args.prompt, args.out, position=args.position, target=args.target, tuned=args.tuned,
+                fit_tuned=args.fit_tuned, task=args.task, fit_n=args.fit_n, fit_iters=args.fit_iters,
+                step_buckets=args.step_buckets, seed=args.seed, k=args.k, entropy_bound=args.entropy_bound,
+                max_denoising_steps=args.max_denoising_steps)
+
+
+def _cmd_patch(args) -> None:
+    from dgt_interp.patch_report import run_patch
+
+    s = run_patch(args.model, args.clean, args.corrupted, args.out, sweeps=args.sweeps, metric=args.metric,
+                  seed=args.seed, batch_size=args.batch_size, attribution=args.attribution, progress=not args.quiet)
+    print(f"wrote {args.out}: {', '.join(s['sweeps'])} over {s['steps']} steps ({s['metric']}: clean "
+          f"{s['clean_metric']:.3f}, corrupted {s['corrupted_metric']:.3f})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dgt-interp", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -139,6 +157,37 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--rules", choices=["reference", "corrected", "both"], default="reference",
                     help="cost rules: the published tool's, ours with its gaps fixed, or both")
     dp.set_defaults(func=_cmd_depth)
+
+    ln = sub.add_parser("lens", help="logit / tuned lens over (step, layer, position) of one prompt: PNGs + tensors")
+    ln.add_argument("--model", required=True, help="zoo name or model dir")
+    ln.add_argument("--prompt", required=True, help='e.g. "1234+5678="')
+    ln.add_argument("--out", required=True, help="output dir (PNGs, lens_*.safetensors, summary.json)")
+    ln.add_argument("--position", type=int, default=0, help="canvas position for the layer x step heatmap")
+    ln.add_argument("--target", default=None, help="target token (default: the token finally emitted at --position)")
+    ln.add_argument("--tuned", default=None, help="a tuned lens dir to apply as well")
+    ln.add_argument("--fit-tuned", default=None, help="train a tuned lens on the model's task and save it to this dir")
+    ln.add_argument("--task", default=None, help="task for --fit-tuned (default: the model's recipe)")
+    ln.add_argument("--fit-n", type=int, default=256, help="training prompts for --fit-tuned (held-out: half as many)")
+    ln.add_argument("--fit-iters", type=int, default=300)
+    ln.add_argument("--step-buckets", type=int, default=1, help="tuned-lens translators per step (1 = shared)")
+    ln.add_argument("--seed", type=int, default=0)
+    ln.add_argument("-k", type=int, default=5, help="top-k tokens kept per (step, layer, position)")
+    ln.add_argument("--entropy-bound", type=float, default=None, help="sampler entropy bound (smaller = more steps)")
+    ln.add_argument("--max-denoising-steps", type=int, default=None)
+    ln.set_defaults(func=_cmd_lens)
+    pt = sub.add_parser("patch", help="activation patching over (step, layer, position) of a clean/corrupted pair: PNGs + tensors")
+    pt.add_argument("--model", required=True, help="zoo name or model dir")
+    pt.add_argument("--clean", required=True, help='clean prompt, e.g. "4721+3856="')
+    pt.add_argument("--corrupted", required=True, help="corrupted prompt with the same number of tokens")
+    pt.add_argument("--out", required=True, help="output dir (<sweep>.png, patching.safetensors, patching.json)")
+    pt.add_argument("--sweeps", nargs="+", default=["resid_pre", "attn_out", "mlp_out", "self_cond", "canvas"],
+                    help="resid_pre attn_out mlp_out self_cond canvas (default: all)")
+    pt.add_argument("--metric", default="logit_diff", help="logit_diff, prob or exact (default: %(default)s)")
+    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--batch-size", type=int, default=64, help="patched copies per generate")
+    pt.add_argument("--attribution", action="store_true", help="also attribution patching (gradient estimate)")
+    pt.add_argument("--quiet", action="store_true")
+    pt.set_defaults(func=_cmd_patch)
     return p
 
 

@@ -1,0 +1,139 @@
+"""`dgt-interp lens`: run the logit (and tuned) lens on one prompt and write figures + tensors.
+
+`lens_report(...)` is the whole command as a function: capture one generation, apply the lenses,
+save compact tensors (`lens_logit.safetensors`, `lens_tuned.safetensors`), PNG figures and a
+`summary.json` (answer, KL tables, last-layer check) into `out_dir`. Optionally trains a tuned
+lens first on the model's task (`fit_tuned=DIR`), reporting logit vs tuned KL on held-out prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from dgt_interp.lens import LensError, LogitLens, TunedLens, format_kl_table, lens_capture
+
+
+def _table(t) -> list[list[float | None]]:
+    """A `[step, layer]` tensor as JSON-safe nested lists (NaN -> None)."""
+    return [[None if math.isnan(v) else v for v in row] for row in t.tolist()]
+
+
+def _generation_kwargs(model, entropy_bound, max_denoising_steps) -> dict:
+    from dgt_interp.models import is_diffusion
+
+    kwargs = {}
+    if not is_diffusion(model):
+        if entropy_bound is not None or max_denoising_steps is not None:
+            raise LensError("--entropy-bound and --max-denoising-steps apply to diffusion models only; drop them for the AR twin")
+        return kwargs
+    if entropy_bound is not None:
+        from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
+
+        kwargs["sampler_config"] = EntropyBoundSamplerConfig(entropy_bound=float(entropy_bound))
+    if max_denoising_steps is not None:
+        kwargs["max_denoising_steps"] = int(max_denoising_steps)
+    return kwargs
+
+
+def _task_of(model_name: str, task: str | None):
+    from dgt_interp.models import resolve
+    from dgt_interp.tasks import get_task
+
+    if task is None:
+        recipe = Path(resolve(model_name)).expanduser() / "recipe.json"
+        task = json.loads(recipe.read_text()).get("task") if recipe.is_file() else None
+    if task is None:
+        raise LensError(f"no task known for {model_name!r} (no recipe.json); pass --task to train a tuned lens")
+    return get_task(task)
+
+
+def _target_id(tok, target: str) -> int:
+    tid = tok.convert_tokens_to_ids(target)
+    if tid is None or tok.convert_ids_to_tokens(tid) != target:
+        raise LensError(f"unknown target token {target!r}; pass one token of the model's vocabulary (e.g. a digit)")
+    return int(tid)
+
+
+def fit_tuned_lens(model, task, *, n: int = 256, iters: int = 300, step_buckets: int = 1, seed: int = 0,
+                   **generation_kwargs) -> tuple[TunedLens, dict]:
+    """Train a tuned lens on `n` train-split prompts of `task`; KL tables on `n // 2` held-out prompts.
+
+    Returns (lens, report) with report = {"logit": [step][layer], "tuned": [step][layer], "text": str}.
+    """
+    train = lens_capture(model, [p.prompt for p in task.problems("train", n, seed=seed)], seed=seed, **generation_kwargs)
+    lens = TunedLens(model, step_buckets=step_buckets)
+    lens.fit(train, iters=iters, seed=seed)
+    held = lens_capture(model, [p.prompt for p in task.problems("test", max(1, n // 2), seed=seed)], seed=seed + 1,
+                        **generation_kwargs)
+    logit_res, tuned_res = LogitLens(model).run(held), lens.run(held)
+    report = {"logit": _table(logit_res.kl_table()), "tuned": _table(tuned_res.kl_table()),
+              "steps": logit_res.steps, "layers": logit_res.layers,
+              "text": format_kl_table(logit_res, tuned_res)}
+    return lens, report
+
+
+def lens_report(model_name: str, prompt: str, out_dir: str | Path, *, position: int = 0, target: str | None = None,
+                tuned: str | Path | None = None, fit_tuned: str | Path | None = None, task: str | None = None,
+                fit_n: int = 256, fit_iters: int = 300, step_buckets: int = 1, seed: int = 0, k: int = 5,
+                entropy_bound: float | None = None, max_denoising_steps: int | None = None, print_fn=print) -> dict:
+    """Run the lens CLI: see the module docstring. Returns the summary written to `summary.json`."""
+    from dgt_interp.models import load_model, load_tokenizer
+    from dgt_interp.tasks import decode_answer
+    from dgt_interp.viz import canvas_figure, commit_heatmap, layer_step_heatmap
+
+    if tuned is not None and fit_tuned is not None:
+        raise LensError("pass either --tuned (load a lens) or --fit-tuned (train one), not both")
+    model = load_model(model_name)
+    tok = load_tokenizer(model_name)
+    gen = _generation_kwargs(model, entropy_bound, max_denoising_steps)
+    n_pos = getattr(model.config, "canvas_length", None) or model.generation_config.max_new_tokens
+    if not isinstance(position, int) or not 0 <= position < n_pos:
+        raise LensError(f"position {position!r} is out of range: the canvas has {n_pos} positions (0..{n_pos - 1})")
+    target_id = _target_id(tok, target) if target is not None else None
+    lenses = {"logit": LogitLens(model)}
+    if tuned is not None:
+        lenses["tuned"] = TunedLens.load(tuned, model)
+    traj = lens_capture(model, [prompt], seed=seed, record=["logits"], **gen)
+    answer = decode_answer(traj.sequences[0, traj.meta["prompt_length"]:])
+    if target_id is None:  # the token finally emitted at that position
+        target_id = int(traj.argmax_canvas[-1, 0, position])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    summary: dict = {"model": str(model_name), "prompt": prompt, "answer": answer, "position": position,
+                     "target": tok.convert_ids_to_tokens(target_id), "target_id": target_id, "steps": traj.n_steps,
+                     "seed": seed}
+    if fit_tuned is not None:
+        lens, report = fit_tuned_lens(model, _task_of(model_name, task), n=fit_n, iters=fit_iters,
+                                      step_buckets=step_buckets, seed=seed, **gen)
+        lens.save(fit_tuned)
+        lenses["tuned"] = lens
+        summary["heldout_kl"] = {key: report[key] for key in ("logit", "tuned", "steps", "layers")}
+        print_fn(f"tuned lens trained on {fit_n} prompts, saved to {fit_tuned}; held-out KL to final:\n{report['text']}")
+
+    stack = traj.stack("blocks.*.hook_resid_post")
+    last = lenses["logit"].logits(stack[:, -1], lenses["logit"].n_layers - 1)
+    summary["last_layer_max_abs_diff"] = float((last - traj["logits"]).abs().max())
+    files = []
+    for name, lens in lenses.items():
+        res = lens.run(traj, targets=[target_id], k=k)
+        res.save(out / f"lens_{name}.safetensors")
+        layer_step_heatmap(res, position=position, metric="target", tokenizer=tok).savefig(out / f"{name}_target.png", dpi=90)
+        layer_step_heatmap(res, metric="kl", tokenizer=tok).savefig(out / f"{name}_kl.png", dpi=90)
+        files += [f"lens_{name}.safetensors", f"{name}_target.png", f"{name}_kl.png"]
+        summary[f"kl_{name}"] = _table(res.kl_table())
+        print_fn(format_kl_table(res))
+    canvas_figure(traj, tokenizer=tok).savefig(out / "canvas.png", dpi=90)
+    commit_heatmap(traj, tokenizer=tok).savefig(out / "commit.png", dpi=90)
+    files += ["canvas.png", "commit.png", "summary.json"]
+    summary["files"] = files
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print_fn(f"{prompt} -> {answer!r} in {traj.n_steps} steps; target {summary['target']!r} at position {position}; "
+             f"last-layer lens vs model logits: max |diff| = {summary['last_layer_max_abs_diff']:.1e}")
+    print_fn(f"wrote {', '.join(files)} to {out}")
+    return summary
+
+
+__all__ = ["lens_report", "fit_tuned_lens"]

@@ -1,0 +1,113 @@
+"""Figures: the plotted values are the lens/trajectory values; commit categories against a hand-made run."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from dgt_interp.lens import LensError, LensResult
+from dgt_interp.trajectory import Trajectory
+from dgt_interp.viz import canvas_figure, commit_grid, commit_heatmap, layer_step_heatmap, token_labeler
+
+
+def _traj(kind: str = "diffusion") -> Trajectory:
+    """A hand-made 3-step run, batch 2, canvas of 3; row 1 finishes after step 0; steps 0-1 canvas 0, step 2 canvas 1."""
+    argmax = torch.tensor([[[5, 6, 7], [4, 4, 4]], [[5, 8, 7], [4, 4, 4]], [[5, 8, 9], [4, 4, 4]]])
+    accepted = torch.tensor([[[1, 0, 1], [1, 1, 1]], [[0, 1, 0], [0, 0, 0]], [[0, 0, 1], [0, 0, 0]]]).bool()
+    records = {
+        "input_canvas": torch.zeros(3, 2, 3, dtype=torch.long), "sampled_canvas": argmax.clone(),
+        "argmax_canvas": argmax, "accepted": accepted,
+        "entropy": torch.arange(18, dtype=torch.float).reshape(3, 2, 3) / 10,
+        "active": torch.tensor([[True, True], [True, False], [True, False]]),
+        "has_self_cond": torch.tensor([[False, False], [True, True], [True, True]]),
+        "cur_step": torch.tensor([3, 2, 1]), "canvas": torch.tensor([0, 0, 0]),
+    }
+    meta = {"kind": kind, "recorded_steps": [], "positions": [0, 1, 2], "canvas_length": 3, "prompt_length": 2}
+    return Trajectory(meta=meta, sequences=torch.zeros(2, 5, dtype=torch.long), records=records, activations={}, fired={})
+
+
+def _result() -> LensResult:
+    s, ly, b, p = 2, 3, 1, 2
+    target = torch.arange(s * ly * p, dtype=torch.float).reshape(s, ly, b, p, 1) / 20
+    valid = torch.tensor([[[True, True]], [[True, False]]])
+    return LensResult("logit", [0, 1], [0, 1, 2], [0, 1], [4], top_ids=torch.full((s, ly, b, p, 2), 7),
+                      top_probs=torch.full((s, ly, b, p, 2), 0.5), entropy=torch.ones(s, ly, b, p),
+                      kl_to_final=torch.arange(s * ly * p, dtype=torch.float).reshape(s, ly, b, p),
+                      target_probs=target, valid=valid)
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=50)
+    return buf.getvalue()
+
+
+def test_commit_grid_matches_hand_computed_categories():
+    grid, steps = commit_grid(_traj(), batch=0)
+    # 0 argmax not final, 1 argmax final from here on, 2 accepted + changes later, 3 accepted + final
+    assert steps == [0, 1, 2]
+    assert grid.tolist() == [[3, 0, 2], [1, 3, 0], [1, 1, 3]]
+    assert commit_grid(_traj(), batch=1)[0].tolist() == [[3, 3, 3], [-1, -1, -1], [-1, -1, -1]]
+
+
+def test_commit_grid_per_canvas():
+    traj = _traj()
+    traj.records["canvas"] = torch.tensor([0, 0, 1])
+    grid, steps = commit_grid(traj, canvas=0)
+    assert steps == [0, 1] and grid.tolist() == [[3, 0, 3], [1, 3, 1]]  # final = step 1's argmax [5, 8, 7]
+    assert commit_grid(traj, canvas=1)[0].tolist() == [[1, 1, 3]]
+    with pytest.raises(LensError, match="canvas 2 is out of range"):
+        commit_grid(traj, canvas=2)
+
+
+def test_layer_step_heatmap_plots_the_result_values():
+    res = _result()
+    fig = layer_step_heatmap(res, position=1)
+    assert isinstance(fig, Figure) and _png(fig)[:4] == b"\x89PNG"
+    shown = np.ma.filled(fig.axes[0].images[0].get_array(), np.nan)  # [layer, step]
+    want = res.target_probs[:, :, 0, 1, 0].T.numpy().copy()
+    want[:, 1] = np.nan  # step 1, position 1 is not valid
+    np.testing.assert_allclose(shown, want)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["0", "1"]
+    kl = np.ma.filled(layer_step_heatmap(res, metric="kl").axes[0].images[0].get_array(), np.nan)
+    np.testing.assert_allclose(kl, res.kl_table().T.numpy())  # mean over valid positions
+
+
+def test_layer_step_heatmap_errors():
+    res = _result()
+    for kwargs, needle in [({"position": 1, "metric": "nope"}, "unknown metric"),
+                           ({"metric": "target"}, "needs a position"),
+                           ({"position": 5}, "position 5"),
+                           ({"position": 0, "target": 9}, "target token 9 was not tracked"),
+                           ({"position": 0, "batch": 3}, "batch row 3")]:
+        with pytest.raises(LensError, match=needle):
+            layer_step_heatmap(res, **kwargs)
+
+
+def test_canvas_figure_shows_entropy_tokens_and_accepted_boxes():
+    traj = _traj()
+    fig = canvas_figure(traj, batch=0)
+    ax = fig.axes[0]
+    np.testing.assert_allclose(np.ma.filled(ax.images[0].get_array(), np.nan), traj.records["entropy"][:, 0].numpy())
+    boxes = [p for p in ax.patches if isinstance(p, Rectangle)]
+    assert len(boxes) == int(traj.records["accepted"][:, 0].sum())
+    label = token_labeler()
+    assert [t.get_text() for t in ax.texts[:3]] == [label(5), label(6), label(7)]
+    row1 = np.ma.filled(canvas_figure(traj, batch=1).axes[0].images[0].get_array(), np.nan)
+    assert np.isnan(row1[1:]).all()  # finished after step 0
+    assert _png(commit_heatmap(traj))[:4] == b"\x89PNG"
+    with pytest.raises(LensError, match="unknown canvas record"):
+        canvas_figure(traj, show="logits")
+    with pytest.raises(LensError, match="batch row 2"):
+        commit_heatmap(traj, batch=2)
+
+
+def test_token_labels_are_short():
+    label = token_labeler()
+    assert (label(1), label(0), label(3)) == ("$", "_", "0")
+    assert len(label(30)) <= 4
