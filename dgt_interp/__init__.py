@@ -18,6 +18,10 @@ _LAZY["interpretable"] = ("dgt_interp.depth", "interpretable")
 # Lenses (dgt_interp.lens).
 _LAZY.update(LogitLens=("dgt_interp.lens", "LogitLens"), TunedLens=("dgt_interp.lens", "TunedLens"))
 
+# Patching across steps (dgt_interp.patching, dgt_interp.attribution).
+_LAZY.update(Patching=("dgt_interp.patching", "Patching"), Site=("dgt_interp.patching", "Site"),
+             attribution_patch=("dgt_interp.attribution", "attribution_patch"))
+
 
 def __getattr__(name):
     if name in _LAZY:
