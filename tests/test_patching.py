@@ -200,3 +200,13 @@ def test_errors(multi_step, tiny_diffusion):
         multi_step.run(Site("self_cond.hook_logits_in", step=0))
     with pytest.raises(PatchingError, match="no head axis"):
         multi_step.run(Site("blocks.0.hook_resid_pre", step=0, head=0))
+
+
+def test_cli_bad_input_is_one_line_error(tmp_path, capsys):
+    from dgt_interp.cli import main
+
+    argv = ["patch", "--model", "addition-diffusion", "--clean", "1+2=", "--corrupted", "1+3=", "--out", str(tmp_path)]
+    assert main(argv + ["--sweeps", "bogus"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown sweep 'bogus'") and "\n" not in err
+    assert main(argv + ["--metric", "nope"]) == 2
