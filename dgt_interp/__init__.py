@@ -22,6 +22,9 @@ _LAZY.update(LogitLens=("dgt_interp.lens", "LogitLens"), TunedLens=("dgt_interp.
 _LAZY.update(Patching=("dgt_interp.patching", "Patching"), Site=("dgt_interp.patching", "Site"),
              attribution_patch=("dgt_interp.attribution", "attribution_patch"))
 
+# Case studies (dgt_interp.casestudy).
+_LAZY.update(CaseStudy=("dgt_interp.casestudy", "CaseStudy"), register_case_study=("dgt_interp.casestudy", "register"))
+
 
 def __getattr__(name):
     if name in _LAZY:

@@ -103,6 +103,31 @@ def _cmd_patch(args) -> None:
           f"{s['clean_metric']:.3f}, corrupted {s['corrupted_metric']:.3f})")
 
 
+def _cmd_case_study_list(args) -> None:
+    from dgt_interp.casestudy import list_studies
+
+    studies = list_studies()
+    if not studies:
+        print("(no case studies registered)")
+    for st in studies:
+        models = ", ".join(f"{k}={v}" for k, v in st.models.items())
+        print(f"{st.name:16s} task={st.task.name:9s} {st.description}" + (f"  [{models}]" if models else ""))
+
+
+def _cmd_case_study_run(args) -> None:
+    from dgt_interp.casestudy import get_study, run_study
+
+    study = get_study(args.name)
+    models = {}
+    if args.model:
+        models["diffusion"] = args.model
+    if args.ar_model:
+        models["ar"] = args.ar_model
+    out = args.out or f"case_study_{study.name}"
+    report = run_study(study, models=models, out=out, seed=args.seed, quick=args.quick, progress=not args.quiet)
+    print(f"wrote {out}: report.md, report.json, {len(report.figures)} figures ({report.numbers['seconds']:.0f} s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dgt-interp", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -188,6 +213,20 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--attribution", action="store_true", help="also attribution patching (gradient estimate)")
     pt.add_argument("--quiet", action="store_true")
     pt.set_defaults(func=_cmd_patch)
+
+    cs = sub.add_parser("case-study", help="packaged case studies (case_studies/<name>/): list them or run one")
+    cssub = cs.add_subparsers(dest="case_study_command", required=True)
+    csl = cssub.add_parser("list", help="list registered case studies")
+    csl.set_defaults(func=_cmd_case_study_list)
+    csr = cssub.add_parser("run", help="run a case study and write report.md, PNGs and report.json")
+    csr.add_argument("name", help="a registered study (see `case-study list`) or a path to a study .py file / package")
+    csr.add_argument("--model", default=None, help="DiffusionGemma zoo name or dir (default: the study's)")
+    csr.add_argument("--ar-model", default=None, help="AR twin zoo name or dir (default: the study's)")
+    csr.add_argument("--out", default=None, help="output dir (default: ./case_study_<name>)")
+    csr.add_argument("--seed", type=int, default=0)
+    csr.add_argument("--quick", action="store_true", help="reduced settings (minutes, small n): a smoke run")
+    csr.add_argument("--quiet", action="store_true", help="no progress bar")
+    csr.set_defaults(func=_cmd_case_study_run)
     return p
 
 
