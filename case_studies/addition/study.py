@@ -49,7 +49,7 @@ def sampler_settings(quick: bool) -> dict[str, dict]:
     if quick:
         return {"eb=0.1 (default)": eb(0.1), "eb=1e-4": eb(1e-4)}
     return {"eb=0.1 (default)": eb(0.1), "eb=0.01": eb(0.01), "eb=1e-3": eb(1e-3), "eb=1e-4": eb(1e-4),
-            "eb=1e-4, T=1.5": eb(1e-4, t_min=1.5, t_max=1.5)}  # hotter: more entropy, more steps
+            "eb=1e-4, T=1.2-1.6": eb(1e-4, t_min=1.2, t_max=1.6)}  # hotter: more entropy, more steps
 
 
 def _phenomena(model, prompts, seed, **gen):
@@ -108,9 +108,9 @@ def _iia_figure(rows) -> Figure:
 
 def run(ctx: StudyContext) -> Report:
     quick = ctx.quick
-    n_pheno = 6 if quick else 48
+    n_pheno = 6 if quick else 32
     n_causal = 3 if quick else 8
-    n_pairs = 8 if quick else 40
+    n_pairs = 8 if quick else 24
     carries = [2] if quick else [1, 2, 3]
     diff, ar = ctx.load("diffusion"), ctx.load("ar")
     n_layers = diff.config.get_text_config().num_hidden_layers
@@ -192,7 +192,7 @@ def run(ctx: StudyContext) -> Report:
                      "selection_answer": [x.to_dict() for x in sel_full],
                      "held_out_digit": [x.to_dict() for x in held_local],
                      "held_out_answer": [x.to_dict() for x in held_full]}
-            n_draws = 3 if quick else 6
+            n_draws = 3 if quick else 4
             for hyp, res in ((local[best], held_local[best]), (full[best], held_full[best])):
                 rnd = random_site_baseline(diff, hyp, runs=runs_held, draws=n_draws, seed=ctx.seed, batch_size=16)
                 entry[f"random_sites_{hyp.name.split('/')[1]}"] = rnd.to_dict()
