@@ -206,7 +206,7 @@ def test_zoo_tuned_lens_beats_logit_lens_on_heldout(addition_diffusion):
     from dgt_interp.lens_report import fit_tuned_lens
     from dgt_interp.tasks import ADDITION
 
-    _, report = fit_tuned_lens(addition_diffusion, ADDITION, n=64, iters=150, seed=0)
+    _, report = fit_tuned_lens(addition_diffusion, ADDITION, n=32, iters=100, seed=0, max_denoising_steps=6)
     logit, tuned = (torch.tensor(report[k], dtype=torch.float).nan_to_num(0.0) for k in ("logit", "tuned"))
     inner = slice(0, logit.shape[1] - 1)
     assert tuned[:, inner].nanmean() < logit[:, inner].nanmean()

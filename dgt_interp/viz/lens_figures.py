@@ -67,7 +67,8 @@ def _cell_text(ax, grid_labels, values, vmin, vmax, fontsize, dark_high: bool = 
 
 
 def _fontsize(rows: int, cols: int) -> float:
-    return max(5.0, min(10.0, 160 / max(rows, cols, 1)))
+    """Cells keep a fixed size in inches up to the figure's cap, so labels can too (smaller past it)."""
+    return 8.0 if max(rows, cols) <= 30 else max(5.0, 240 / max(rows, cols))
 
 
 def layer_step_heatmap(result: LensResult, *, position: int | None = None, metric: str = "target",
@@ -118,18 +119,18 @@ def layer_step_heatmap(result: LensResult, *, position: int | None = None, metri
                   for ly in range(top.shape[1])]
     n_ly, n_s = values.shape
     vmin, vmax = fixed if fixed else (0.0, float(np.nanmax(values)) if np.isfinite(values).any() else 1.0)
-    fig = Figure(figsize=(min(14, 1.6 + 0.55 * n_s), min(10, 1.4 + 0.45 * n_ly)), layout="constrained")
+    fig = Figure(figsize=(min(14, max(5.0, 2.2 + 0.55 * n_s)), min(10, max(2.8, 1.4 + 0.45 * n_ly))), layout="constrained")
     ax = fig.add_subplot()
     im = ax.imshow(values, origin="lower", aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax or 1.0,
                    interpolation="nearest")
     ax.set_facecolor("0.85")  # NaN (no residual at that step) shows grey
     ax.set_xticks(range(n_s), [str(s) for s in result.steps])
     ax.set_yticks(range(n_ly), [str(ly) for ly in result.layers])
-    ax.set_xlabel("denoising step (execution order)")
+    ax.set_xlabel("denoising step")
     ax.set_ylabel("layer (resid_post)")
     name = {"target": f"P({title_target})", "top1": "top-1 probability", "entropy": "entropy",
             "kl": "KL to final"}[metric]
-    ax.set_title(f"{result.lens} lens: {name}, {where}", fontsize=10)
+    ax.set_title(f"{result.lens} lens: {name}\n{where}", fontsize=9)
     fig.colorbar(im, ax=ax, label=cbar_label)
     if annotate and labels is not None and n_s * n_ly <= 1600:
         _cell_text(ax, labels, values, vmin, vmax or 1.0, _fontsize(n_ly, n_s))
@@ -156,7 +157,7 @@ def _canvas_axes(fig, n_s: int, n_p: int, steps: list[int]):
     ax.set_xticks(range(n_p))
     ax.set_yticks(range(n_s), [str(s) for s in steps])
     ax.set_xlabel("canvas position")
-    ax.set_ylabel("denoising step (execution order)")
+    ax.set_ylabel("denoising step")
     return ax
 
 
@@ -191,17 +192,17 @@ def canvas_figure(traj, *, batch: int = 0, canvas: int | None = None, show: str 
     n_s, n_p = values.shape
     label = token_labeler(tokenizer)
     vmax = float(np.nanmax(values)) if np.isfinite(values).any() else 1.0
-    fig = Figure(figsize=(min(16, 1.8 + 0.5 * n_p), min(14, 1.3 + 0.38 * n_s)), layout="constrained")
+    fig = Figure(figsize=(min(16, max(5.5, 2.4 + 0.5 * n_p)), min(14, max(2.6, 1.3 + 0.38 * n_s))), layout="constrained")
     ax = _canvas_axes(fig, n_s, n_p, steps)
     ax.set_facecolor("0.85")
     im = ax.imshow(values, aspect="auto", cmap="Blues", vmin=0.0, vmax=vmax or 1.0, interpolation="nearest")
-    fig.colorbar(im, ax=ax, label="entropy of the processed logits (nats)")
+    fig.colorbar(im, ax=ax, label="sampler entropy (nats)")
     labels = [[label(tokens[s, p]) for p in range(n_p)] for s in range(n_s)]
     _cell_text(ax, labels, values, 0.0, vmax or 1.0, _fontsize(n_s, n_p), dark_high=True)
     for s, p in acc.nonzero().tolist():
         ax.add_patch(Rectangle((p - 0.5, s - 0.5), 1, 1, fill=False, edgecolor="darkorange", lw=2))
     _canvas_boundaries(ax, traj, steps, n_p)
-    ax.set_title(f"{show.replace('_', ' ')} per step (batch {batch}); orange box = accepted", fontsize=10)
+    ax.set_title(f"{show.replace('_', ' ')} per step (batch {batch}); orange box = accepted", fontsize=9)
     return fig
 
 
@@ -243,7 +244,7 @@ def commit_heatmap(traj, *, batch: int = 0, canvas: int | None = None, tokenizer
     colors = ["#d9d9d9", "#9ecae1", "#fdae6b", "#e6550d"]
     values = grid.float().numpy()
     values[values < 0] = np.nan
-    fig = Figure(figsize=(min(16, 2.6 + 0.5 * n_p), min(14, 1.3 + 0.38 * n_s)), layout="constrained")
+    fig = Figure(figsize=(min(16, max(6.5, 3.4 + 0.5 * n_p)), min(14, max(2.6, 1.3 + 0.38 * n_s))), layout="constrained")
     ax = _canvas_axes(fig, n_s, n_p, steps)
     ax.set_facecolor("white")
     ax.imshow(values, aspect="auto", cmap=ListedColormap(colors), vmin=-0.5, vmax=3.5, interpolation="nearest")
@@ -258,7 +259,7 @@ def commit_heatmap(traj, *, batch: int = 0, canvas: int | None = None, tokenizer
     _canvas_boundaries(ax, traj, steps, n_p)
     fig.legend(handles=[Patch(color=c, label=n) for c, n in zip(colors, COMMIT_CATEGORIES)], loc="outside right upper",
                fontsize=8)
-    ax.set_title(f"commit timing (batch {batch}); labels = argmax token", fontsize=10)
+    ax.set_title(f"commit timing (batch {batch}); labels = argmax token", fontsize=9)
     return fig
 
 
