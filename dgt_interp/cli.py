@@ -15,7 +15,8 @@ def _cmd_train(args) -> None:
 
     size = TinySize(hidden_size=args.hidden, num_hidden_layers=args.layers)
     cfg = TrainConfig(task=args.task, kind=args.kind, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                      seed=args.seed, eval_n=args.eval_n, size=size, threads=args.threads)
+                      seed=args.seed, eval_n=args.eval_n, size=size, threads=args.threads, mix=args.mix,
+                      init_from=args.init_from, warmup=args.warmup)
     command = "dgt-interp " + " ".join(sys.argv[1:])
     _, recipe = train(cfg, args.out, progress=not args.quiet, command=command)
     acc = recipe.get("heldout_exact_match", {}).get("accuracy")
@@ -144,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hidden", type=int, default=128)
     t.add_argument("--layers", type=int, default=4)
     t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--mix", default=None, help="a named training distribution of the task (e.g. addition: unequal)")
+    t.add_argument("--init-from", default=None, help="continue training from this model dir")
+    t.add_argument("--warmup", type=int, default=100)
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_cmd_train)
 

@@ -50,6 +50,8 @@ class TrainConfig:
     eval_n: int = 1000
     size: TinySize = field(default_factory=TinySize)
     threads: int | None = None
+    mix: str | None = None  # a named training distribution of the task (Task.train_mixes)
+    init_from: str | None = None  # continue training from this model dir (recipe recorded as parent)
 
 
 # ----------------------------------------------------------------------------- batches
@@ -161,8 +163,19 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, progress: bool
     task: Task = get_task(cfg.task)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    build = build_diffusion if cfg.kind == "diffusion" else build_ar
-    model = build(cfg.size, seed=cfg.seed).train()
+    task.train_sampler(cfg.mix)  # fail fast on an unknown mix
+    parent = None
+    if cfg.init_from:
+        from dgt_interp.models import is_diffusion, load_model
+
+        model = load_model(cfg.init_from).train()
+        if is_diffusion(model) != (cfg.kind == "diffusion"):
+            raise ValueError(f"--init-from {cfg.init_from!r} is not a {cfg.kind} model; pass a matching dir")
+        recipe_file = Path(cfg.init_from) / "recipe.json"
+        parent = json.loads(recipe_file.read_text()) if recipe_file.is_file() else None
+    else:
+        build = build_diffusion if cfg.kind == "diffusion" else build_ar
+        model = build(cfg.size, seed=cfg.seed).train()
     loss_fn = diffusion_loss if cfg.kind == "diffusion" else ar_loss
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -191,9 +204,11 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, progress: bool
         "kind": cfg.kind,
         "command": command or " ".join(sys.argv),
         "train_config": asdict(cfg),
-        "train_distribution": (task.train_sample.__doc__ or task.train_sample.__name__).split("\n\n")[0].strip()
-        if task.train_sample is not None else "the task's own distribution (train split)",
+        "train_distribution": _describe(task.train_sampler(cfg.mix)),
         "train_seconds": round(train_seconds, 1),
+        "total_train_seconds": round(train_seconds + (parent or {}).get("total_train_seconds",
+                                                                        (parent or {}).get("train_seconds", 0)), 1),
+        "parent_recipe": parent,
         "torch_threads": torch.get_num_threads(),
         "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])),
         "transformers_version": __import__("transformers").__version__,
@@ -212,11 +227,15 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, progress: bool
     return model, recipe
 
 
+def _describe(sampler) -> str:
+    return (sampler.__doc__ or sampler.__name__).split("\n\n")[0].strip()
+
+
 def _train_stream(task: Task, cfg: TrainConfig):
     """Endless training batches, drawn deterministically from the training split."""
     chunk = 0
     while True:
-        problems = task.problems("train", cfg.batch_size * 50, seed=cfg.seed * 100_003 + chunk)
+        problems = task.problems("train", cfg.batch_size * 50, seed=cfg.seed * 100_003 + chunk, mix=cfg.mix)
         for i in range(0, len(problems), cfg.batch_size):
             yield problems[i:i + cfg.batch_size]
         chunk += 1

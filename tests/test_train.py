@@ -65,3 +65,19 @@ def test_cli_train_smoke_and_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and err.strip() == "error: unknown task 'division'; choose one of: addition, sort"
     assert not (tmp_path / "x").exists()
+
+
+def test_continue_training_records_its_parent_and_mix(tmp_path):
+    first = tmp_path / "first"
+    train(TrainConfig(task="addition", kind="ar", steps=2, batch_size=8, size=SMALL, eval_n=0), first,
+          progress=False, command="first")
+    _, recipe = train(TrainConfig(task="addition", kind="ar", steps=2, batch_size=8, eval_n=0, mix="unequal",
+                                  init_from=str(first)), tmp_path / "second", progress=False, command="second")
+    assert recipe["parent_recipe"]["command"] == "first"
+    assert recipe["total_train_seconds"] >= recipe["train_seconds"]
+    assert "4-digit operand" in recipe["train_distribution"]
+    with pytest.raises(ValueError, match="no training mix 'odd'; choose one of: unequal"):
+        train(TrainConfig(task="addition", kind="ar", steps=1, mix="odd", eval_n=0), None, progress=False)
+    with pytest.raises(ValueError, match="is not a diffusion model"):
+        train(TrainConfig(task="addition", kind="diffusion", steps=1, eval_n=0, init_from=str(first)), None,
+              progress=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 Split = Literal["train", "test"]
@@ -27,8 +27,8 @@ class Task:
 
     `sample(rng)` draws one problem from the task's distribution (what held-out problems follow);
     `train_sample(rng)`, if given, is the distribution training draws from (e.g. oversampling rare
-    cases); both are filtered by the split, which keeps every 1 in `test_every` prompts (by hash)
-    for testing.
+    cases); `train_mixes` names alternative training distributions (`problems(..., mix=name)`).
+    All are filtered by the split, which keeps every 1 in `test_every` prompts (by hash) for testing.
     """
 
     name: str
@@ -38,18 +38,30 @@ class Task:
     max_answer_chars: int
     test_every: int = 20
     train_sample: Callable[[random.Random], Problem] | None = None
+    train_mixes: dict[str, Callable[[random.Random], Problem]] = field(default_factory=dict)
+
+    def train_sampler(self, mix: str | None = None) -> Callable[[random.Random], Problem]:
+        """The training distribution: `mix` from `train_mixes`, else `train_sample`, else `sample`."""
+        if mix is not None:
+            if mix not in self.train_mixes:
+                known = ", ".join(sorted(self.train_mixes)) or "(none)"
+                raise ValueError(f"task {self.name!r} has no training mix {mix!r}; choose one of: {known}")
+            return self.train_mixes[mix]
+        return self.train_sample or self.sample
 
     def is_test(self, prompt: str) -> bool:
         digest = hashlib.sha256(f"{self.name}:{prompt}".encode()).digest()
         return int.from_bytes(digest[:8], "little") % self.test_every == 0
 
-    def problems(self, split: Split, n: int, seed: int = 0) -> list[Problem]:
-        """`n` problems of `split`, the same list for the same seed (duplicates allowed)."""
+    def problems(self, split: Split, n: int, seed: int = 0, mix: str | None = None) -> list[Problem]:
+        """`n` problems of `split`, the same list for the same seed (duplicates allowed).
+
+        `mix` picks a named training distribution (train split only)."""
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         rng = random.Random(f"{self.name}:{split}:{seed}")
         want_test = split == "test"
-        sample = self.train_sample if split == "train" and self.train_sample is not None else self.sample
+        sample = self.train_sampler(mix) if split == "train" else self.sample
         out: list[Problem] = []
         while len(out) < n:
             p = sample(rng)

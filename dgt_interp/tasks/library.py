@@ -21,11 +21,22 @@ def _addition_train(rng: random.Random) -> Problem:
     return Problem(prompt=f"{a}+{b}=", answer=str(a + b))
 
 
+def _addition_unequal(rng: random.Random) -> Problem:
+    """Half uniform values, half one 4-digit operand with a 2- or 3-digit one (either order): the
+    cases where digits must be aligned across operands of different length."""
+    if rng.random() < 0.5:
+        return _addition(rng)
+    long, short = rng.randint(1000, 9999), rng.randint(10, 999)
+    a, b = (long, short) if rng.random() < 0.5 else (short, long)
+    return Problem(prompt=f"{a}+{b}=", answer=str(a + b))
+
+
 ADDITION = Task(
     name="addition",
     description="a+b= with a, b uniform in [0, 9999]; answer most-significant digit first, then EOS",
     sample=_addition,
     train_sample=_addition_train,
+    train_mixes={"unequal": _addition_unequal},
     max_prompt_chars=len("9999+9999="),
     max_answer_chars=len("19998"),
 )
