@@ -13,7 +13,7 @@ def _cmd_train(args) -> None:
     from dgt_interp.models import TinySize
     from dgt_interp.train import TrainConfig, train
 
-    size = TinySize(hidden_size=args.hidden, num_hidden_layers=args.layers)
+    size = TinySize(hidden_size=args.hidden, num_hidden_layers=args.layers, attention=args.attention)
     cfg = TrainConfig(task=args.task, kind=args.kind, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                       seed=args.seed, eval_n=args.eval_n, size=size, threads=args.threads, mix=args.mix,
                       init_from=args.init_from, warmup=args.warmup)
@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hidden", type=int, default=128)
     t.add_argument("--layers", type=int, default=4)
     t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--attention", choices=["full", "gemma"], default="full",
+                   help="full: every layer full attention; gemma: sliding-window layers + a full last layer")
     t.add_argument("--mix", default=None, help="a named training distribution of the task (e.g. addition: unequal)")
     t.add_argument("--init-from", default=None, help="continue training from this model dir")
     t.add_argument("--warmup", type=int, default=100)

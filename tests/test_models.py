@@ -116,3 +116,13 @@ def test_builders_are_seeded():
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     c = build_ar(TinySize(hidden_size=64, num_hidden_layers=2))
     assert c.config.hidden_size == 64 and c.config.num_hidden_layers == 2
+
+
+def test_gemma_attention_layout_uses_sliding_layers_with_a_full_last_layer():
+    size = TinySize(attention="gemma")
+    for model in (build_diffusion(size), build_ar(size)):
+        types = model.config.get_text_config().layer_types
+        assert types == ["sliding_attention"] * 3 + ["full_attention"]
+        assert size_of(model) == size
+    with pytest.raises(ValueError, match="unknown attention layout 'local'"):
+        build_ar(TinySize(attention="local"))

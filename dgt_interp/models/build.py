@@ -41,6 +41,10 @@ class TinySize:
     intermediate_size: int = 256
     max_position_embeddings: int = 128
     canvas_length: int = 8
+    # "full": every layer full attention (proportional RoPE on 25% of head dims, theta 1e6);
+    # "gemma": Gemma 4's layout, sliding-window layers (standard RoPE on all dims, theta 1e4; the
+    # 512 window exceeds every sequence here, so attention stays global) with a full last layer.
+    attention: str = "full"
     pad_token_id: int = 0
     eos_token_id: int = 1
     bos_token_id: int = 2
@@ -58,6 +62,14 @@ class TinySize:
         )
 
 
+def _layer_types(size: TinySize) -> list[str]:
+    if size.attention == "full":
+        return ["full_attention"] * size.num_hidden_layers
+    if size.attention == "gemma":
+        return ["sliding_attention"] * (size.num_hidden_layers - 1) + ["full_attention"]
+    raise ValueError(f"unknown attention layout {size.attention!r}; use 'full' or 'gemma'")
+
+
 def _text_kwargs(size: TinySize) -> dict:
     return dict(
         vocab_size=size.vocab_size,
@@ -69,7 +81,7 @@ def _text_kwargs(size: TinySize) -> dict:
         head_dim=size.head_dim,
         global_head_dim=size.head_dim,
         max_position_embeddings=size.max_position_embeddings,
-        layer_types=["full_attention"] * size.num_hidden_layers,
+        layer_types=_layer_types(size),
         num_experts=size.num_experts,
         top_k_experts=size.top_k_experts,
         moe_intermediate_size=size.moe_intermediate_size,
@@ -189,6 +201,7 @@ def size_of(model) -> TinySize:
         intermediate_size=text.intermediate_size,
         max_position_embeddings=text.max_position_embeddings,
         canvas_length=getattr(cfg, "canvas_length", None) or 8,
+        attention="full" if all(t == "full_attention" for t in text.layer_types) else "gemma",
         pad_token_id=text.pad_token_id,
         eos_token_id=text.eos_token_id if isinstance(text.eos_token_id, int) else text.eos_token_id[0],
         bos_token_id=text.bos_token_id,
