@@ -27,8 +27,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from dgt_interp.evaluate import evaluate, prompt_batch
 from dgt_interp.models import TinySize, build_ar, build_diffusion
-from dgt_interp.tasks import BOS_ID, EOS_ID, PAD_ID, Problem, Task, build_tokenizer, encode, get_task
+from dgt_interp.tasks import EOS_ID, PAD_ID, Problem, Task, build_tokenizer, encode, get_task
 
 
 @dataclass
@@ -68,13 +69,9 @@ def canvas_targets(problems: list[Problem], canvas_length: int) -> torch.Tensor:
     return torch.tensor(rows)
 
 
-def prompt_ids(problems: list[Problem]) -> tuple[torch.Tensor, torch.Tensor]:
-    enc = build_tokenizer()([p.prompt for p in problems], padding=True, return_tensors="pt")
-    return enc["input_ids"], enc["attention_mask"]
-
-
 def diffusion_loss(model, problems: list[Problem], gen: torch.Generator, cfg: TrainConfig) -> torch.Tensor:
-    ids, mask = prompt_ids(problems)
+    batch = prompt_batch([p.prompt for p in problems])
+    ids, mask = batch["input_ids"], batch["attention_mask"]
     clean = canvas_targets(problems, model.config.canvas_length)
     b, c = clean.shape
     vocab = model.config.text_config.vocab_size
@@ -99,7 +96,6 @@ def diffusion_loss(model, problems: list[Problem], gen: torch.Generator, cfg: Tr
 
 
 def ar_loss(model, problems: list[Problem], gen: torch.Generator, cfg: TrainConfig) -> torch.Tensor:
-    tok = build_tokenizer()
     seqs, labels = [], []
     for p in problems:
         prompt = encode(p.prompt)
@@ -110,7 +106,6 @@ def ar_loss(model, problems: list[Problem], gen: torch.Generator, cfg: TrainConf
     ids = torch.tensor([[PAD_ID] * (width - len(s)) + s for s in seqs])
     lab = torch.tensor([[-100] * (width - len(s)) + s for s in labels])
     mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(s) for s in seqs])[:, None]).long()
-    del tok
     logits = model(input_ids=ids, attention_mask=mask).logits
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1), ignore_index=-100)
 
@@ -156,8 +151,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, progress: bool = True,
           command: str | None = None) -> tuple[torch.nn.Module, dict]:
     """Train one model; if `out_dir` is given, evaluate on `cfg.eval_n` held-out problems and save it."""
-    from dgt_interp.evaluate import evaluate
-
     if cfg.kind not in ("diffusion", "ar"):
         raise ValueError(f"unknown kind {cfg.kind!r}; choose 'diffusion' or 'ar'")
     task: Task = get_task(cfg.task)

@@ -7,7 +7,7 @@ count stays that of the text model.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from transformers import (
@@ -229,5 +229,4 @@ __all__ = [
     "build_ar",
     "size_of",
     "text_parameter_count",
-    "asdict",
 ]
