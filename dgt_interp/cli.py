@@ -11,12 +11,15 @@ import sys
 
 def _cmd_train(args) -> None:
     from dgt_interp.models import TinySize
+    from dgt_interp.tasks import get_task
     from dgt_interp.train import TrainConfig, train
 
-    size = TinySize(hidden_size=args.hidden, num_hidden_layers=args.layers, attention=args.attention)
+    canvas = args.canvas or max(TinySize.canvas_length, get_task(args.task).max_answer_chars + 1)
+    size = TinySize(hidden_size=args.hidden, num_hidden_layers=args.layers, attention=args.attention,
+                    canvas_length=canvas)
     cfg = TrainConfig(task=args.task, kind=args.kind, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                       seed=args.seed, eval_n=args.eval_n, size=size, threads=args.threads, mix=args.mix,
-                      init_from=args.init_from, warmup=args.warmup)
+                      init_from=args.init_from, warmup=args.warmup, eval_every=args.eval_every)
     command = "dgt-interp " + " ".join(sys.argv[1:])
     _, recipe = train(cfg, args.out, progress=not args.quiet, command=command)
     acc = recipe.get("heldout_exact_match", {}).get("accuracy")
@@ -145,11 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hidden", type=int, default=128)
     t.add_argument("--layers", type=int, default=4)
     t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--canvas", type=int, default=None,
+                   help="canvas length (diffusion) / max new tokens (AR); default: the task's longest answer + EOS, at least 8")
     t.add_argument("--attention", choices=["full", "gemma"], default="full",
                    help="full: every layer full attention; gemma: sliding-window layers + a full last layer")
     t.add_argument("--mix", default=None, help="a named training distribution of the task (e.g. addition: unequal)")
     t.add_argument("--init-from", default=None, help="continue training from this model dir")
     t.add_argument("--warmup", type=int, default=100)
+    t.add_argument("--eval-every", type=int, default=0,
+                   help="print held-out exact match on 200 problems every this many steps (0: never)")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_cmd_train)
 

@@ -21,14 +21,14 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from dgt_interp.evaluate import evaluate, prompt_batch
-from dgt_interp.models import TinySize, build_ar, build_diffusion
+from dgt_interp.models import TinySize, build_ar, build_diffusion, size_of
 from dgt_interp.tasks import EOS_ID, PAD_ID, Problem, Task, build_tokenizer, encode, get_task
 
 
@@ -53,6 +53,8 @@ class TrainConfig:
     threads: int | None = None
     mix: str | None = None  # a named training distribution of the task (Task.train_mixes)
     init_from: str | None = None  # continue training from this model dir (recipe recorded as parent)
+    eval_every: int = 0  # every this many steps, score `eval_every_n` held-out problems (0: never)
+    eval_every_n: int = 200
 
 
 # ----------------------------------------------------------------------------- batches
@@ -166,6 +168,7 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, progress: bool
             raise ValueError(f"--init-from {cfg.init_from!r} is not a {cfg.kind} model; pass a matching dir")
         recipe_file = Path(cfg.init_from) / "recipe.json"
         parent = json.loads(recipe_file.read_text()) if recipe_file.is_file() else None
+        cfg = replace(cfg, size=size_of(model))  # the recipe records the architecture actually trained
     else:
         build = build_diffusion if cfg.kind == "diffusion" else build_ar
         model = build(cfg.size, seed=cfg.seed).train()
@@ -178,7 +181,7 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, progress: bool
         from tqdm.auto import tqdm
 
         bar = tqdm(bar, desc=f"train {cfg.task}/{cfg.kind}", unit="step")
-    start, losses = time.time(), []
+    start, losses, curve = time.time(), [], []
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
@@ -190,6 +193,8 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, progress: bool
         losses.append(loss.item())
         if progress and step % 10 == 0:
             bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.4f}")
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+            curve.append(_checkpoint_eval(model, task, cfg, step + 1, losses, progress))
     train_seconds = time.time() - start
     model.eval()
     recipe = {
@@ -204,6 +209,7 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, progress: bool
         "parent_recipe": parent,
         "torch_threads": torch.get_num_threads(),
         "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])),
+        "learning_curve": curve,
         "transformers_version": __import__("transformers").__version__,
         "torch_version": torch.__version__,
     }
@@ -218,6 +224,20 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, progress: bool
             recipe["generation_config"] = model.generation_config.to_dict()
         save_atomically(model, out_dir, recipe)
     return model, recipe
+
+
+def _checkpoint_eval(model, task: Task, cfg: TrainConfig, step: int, losses: list[float], progress: bool) -> dict:
+    """Held-out exact match on `cfg.eval_every_n` problems mid-training (seed 1, unlike the final 1,000)."""
+    model.eval()
+    res = evaluate(model, task, n=cfg.eval_every_n, seed=1)
+    model.train()
+    point = {"step": step, "loss": sum(losses[-20:]) / len(losses[-20:]), "heldout_exact_match": res.accuracy}
+    if progress:
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"step {step}: loss {point['loss']:.4f}, held-out exact match {res.accuracy:.1%} "
+                   f"(n={cfg.eval_every_n})")
+    return point
 
 
 def _describe(sampler) -> str:

@@ -3,7 +3,7 @@
 import pytest
 from transformers import AutoTokenizer
 
-from dgt_interp.tasks import ADDITION, SORT, build_tokenizer, decode_answer, encode, get_task
+from dgt_interp.tasks import ADDITION, COUNT, SORT, build_tokenizer, decode_answer, encode, get_task
 
 
 def test_addition_problems_are_correct_and_deterministic():
@@ -55,7 +55,7 @@ def test_tokenizer_roundtrips_and_loads_with_autotokenizer(tmp_path):
 
 
 def test_bad_input_is_one_line():
-    with pytest.raises(ValueError, match="unknown task 'nope'; choose one of: addition, sort"):
+    with pytest.raises(ValueError, match="unknown task 'nope'; choose one of: addition, count, sort"):
         get_task("nope")
     with pytest.raises(ValueError, match="not in the task vocabulary"):
         encode("12 + x")
@@ -72,3 +72,27 @@ def test_addition_training_oversamples_unequal_operand_lengths_but_tests_stay_un
     for p in train:
         a, b = p.prompt[:-1].split("+")
         assert p.answer == str(int(a) + int(b)) and not ADDITION.is_test(p.prompt)
+
+
+def test_addition_lengths_mix_covers_every_operand_length_pairing():
+    train = ADDITION.problems("train", 4000, seed=0, mix="lengths")
+    pairs = {tuple(len(x) for x in p.prompt[:-1].split("+")) for p in train}
+    assert pairs == {(i, j) for i in range(1, 5) for j in range(1, 5)}
+    short_second = sum(len(p.prompt[:-1].split("+")[1]) < 4 for p in train) / len(train)
+    assert short_second > 0.5  # uniform values would give 10%
+    assert all(p.answer == str(eval(p.prompt[:-1])) for p in train)
+
+
+def test_count_task_counts_then_lists_in_input_order():
+    probs = COUNT.problems("train", 1000, seed=0)
+    assert {len(p.prompt) - len("[0-9]?") for p in probs} == set(range(3, 9))
+    counts = set()
+    for p in probs:
+        digits, rng = p.prompt[:-1].split("[")
+        lo, hi = map(int, rng[:-1].split("-"))
+        inside = "".join(d for d in digits if lo <= int(d) <= hi)
+        assert p.answer == f"{len(inside)}:{inside}"
+        assert len(p.answer) <= COUNT.max_answer_chars
+        counts.add(len(inside))
+    assert {0, 1, 2, 3, 4, 5} <= counts  # the output length varies
+    assert get_task("count") is COUNT

@@ -63,7 +63,7 @@ def test_cli_train_smoke_and_errors(tmp_path, capsys):
     assert "saved" in capsys.readouterr().out
     rc = main(["train", "--task", "division", "--kind", "ar", "--out", str(tmp_path / "x"), "--quiet"])
     err = capsys.readouterr().err
-    assert rc == 2 and err.strip() == "error: unknown task 'division'; choose one of: addition, sort"
+    assert rc == 2 and err.strip() == "error: unknown task 'division'; choose one of: addition, count, sort"
     assert not (tmp_path / "x").exists()
 
 
@@ -74,10 +74,28 @@ def test_continue_training_records_its_parent_and_mix(tmp_path):
     _, recipe = train(TrainConfig(task="addition", kind="ar", steps=2, batch_size=8, eval_n=0, mix="unequal",
                                   init_from=str(first)), tmp_path / "second", progress=False, command="second")
     assert recipe["parent_recipe"]["command"] == "first"
+    assert recipe["train_config"]["size"] == recipe["parent_recipe"]["train_config"]["size"]  # not the default size
     assert recipe["total_train_seconds"] >= recipe["train_seconds"]
     assert "4-digit operand" in recipe["train_distribution"]
-    with pytest.raises(ValueError, match="no training mix 'odd'; choose one of: unequal"):
+    with pytest.raises(ValueError, match="no training mix 'odd'; choose one of: lengths, unequal"):
         train(TrainConfig(task="addition", kind="ar", steps=1, mix="odd", eval_n=0), None, progress=False)
     with pytest.raises(ValueError, match="is not a diffusion model"):
         train(TrainConfig(task="addition", kind="diffusion", steps=1, eval_n=0, init_from=str(first)), None,
               progress=False)
+
+
+def test_eval_every_records_a_learning_curve(tmp_path):
+    _, recipe = train(TrainConfig(task="sort", kind="diffusion", steps=4, batch_size=8, size=SMALL, eval_n=0,
+                                  eval_every=2, eval_every_n=8), tmp_path / "m", progress=False, command="c")
+    (point,) = recipe["learning_curve"]  # step 2 only: the final step is scored by the full evaluation
+    assert point["step"] == 2 and 0.0 <= point["heldout_exact_match"] <= 1.0 and point["loss"] > 0
+    saved = json.loads((tmp_path / "m" / "recipe.json").read_text())
+    assert saved["learning_curve"] == recipe["learning_curve"]
+
+
+def test_cli_canvas_defaults_to_the_tasks_longest_answer(tmp_path):
+    out = tmp_path / "count"
+    rc = main(["train", "--task", "count", "--kind", "diffusion", "--steps", "1", "--batch-size", "4",
+               "--hidden", "32", "--layers", "1", "--eval-n", "0", "--quiet", "--out", str(out)])
+    assert rc in (0, None)
+    assert json.loads((out / "config.json").read_text())["canvas_length"] == 11  # "8:" + 8 digits + EOS

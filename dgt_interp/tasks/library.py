@@ -31,12 +31,21 @@ def _addition_unequal(rng: random.Random) -> Problem:
     return Problem(prompt=f"{a}+{b}=", answer=str(a + b))
 
 
+def _addition_lengths(rng: random.Random) -> Problem:
+    """A quarter uniform values, three quarters uniform digit counts (1-4 per operand): every
+    pairing of operand lengths, including a short second operand, is common."""
+    if rng.random() < 0.25:
+        return _addition(rng)
+    a, b = (rng.randint(0 if n == 1 else 10 ** (n - 1), 10**n - 1) for n in (rng.randint(1, 4), rng.randint(1, 4)))
+    return Problem(prompt=f"{a}+{b}=", answer=str(a + b))
+
+
 ADDITION = Task(
     name="addition",
     description="a+b= with a, b uniform in [0, 9999]; answer most-significant digit first, then EOS",
     sample=_addition,
     train_sample=_addition_train,
-    train_mixes={"unequal": _addition_unequal},
+    train_mixes={"unequal": _addition_unequal, "lengths": _addition_lengths},
     max_prompt_chars=len("9999+9999="),
     max_answer_chars=len("19998"),
 )
@@ -58,7 +67,29 @@ SORT = Task(
     max_answer_chars=SORT_MAX_LEN,
 )
 
-TASKS: dict[str, Task] = {t.name: t for t in (ADDITION, SORT)}
+COUNT_MIN_LEN, COUNT_MAX_LEN = 3, 8
+
+
+def _count(rng: random.Random) -> Problem:
+    n = rng.randint(COUNT_MIN_LEN, COUNT_MAX_LEN)
+    digits = [rng.randint(0, 9) for _ in range(n)]
+    lo = rng.randint(0, 9)
+    hi = rng.randint(lo, 9)
+    inside = [d for d in digits if lo <= d <= hi]
+    return Problem(prompt="".join(map(str, digits)) + f"[{lo}-{hi}]?",
+                   answer=f"{len(inside)}:" + "".join(map(str, inside)))
+
+
+COUNT = Task(
+    name="count",
+    description=(f"how many of {COUNT_MIN_LEN}-{COUNT_MAX_LEN} digits lie in [lo, hi], count first, then the list in "
+                 "input order: '7291538[3-7]?' -> '3:753'"),
+    sample=_count,
+    max_prompt_chars=COUNT_MAX_LEN + len("[0-9]?"),
+    max_answer_chars=2 + COUNT_MAX_LEN,
+)
+
+TASKS: dict[str, Task] = {t.name: t for t in (ADDITION, SORT, COUNT)}
 
 
 def get_task(name: str) -> Task:
