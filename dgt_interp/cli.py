@@ -49,6 +49,10 @@ def _cmd_demo(args) -> None:
     from dgt_interp.demo import run_demo
 
     run_demo(args.model, n=args.n, seed=args.seed, entropy_bound=args.entropy_bound)
+    if args.study != "none":
+        from dgt_interp.demo import run_flagship_study
+
+        run_flagship_study(args.study, out=args.out, quick=args.quick, progress=not args.quiet)
 
 
 def _cmd_bottleneck(args) -> None:
@@ -177,12 +181,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=_cmd_bottleneck)
 
-    d = sub.add_parser("demo", help="denoise a few additions with the bundled model, printing every step")
+    d = sub.add_parser("demo", help="denoise a few additions step by step, then run the flagship case study")
     d.add_argument("--model", default="addition-diffusion", help="zoo name or model dir")
     d.add_argument("-n", type=int, default=3, help="number of problems")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--entropy-bound", type=float, default=None,
                    help="sampler entropy bound (smaller = fewer tokens accepted per step = more steps)")
+    d.add_argument("--study", default="addition",
+                   help="case study to run after the trace, end to end ('none' to skip; default: %(default)s)")
+    d.add_argument("--out", default="dgt_interp_demo", help="where the study report goes (default: %(default)s/)")
+    d.add_argument("--quick", action="store_true", help="run the study's reduced setting (seconds, for smoke tests)")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=_cmd_demo)
 
     dp = sub.add_parser("depth", help="opaque serial depth of a released architecture (meta device, no weights)")

@@ -1,4 +1,5 @@
-"""`make demo`: denoise a few additions with the bundled diffusion model and show every step.
+"""`make demo`: denoise a few additions with the bundled diffusion model and show every step, then
+run the flagship case study (addition) end to end and say where its report is.
 
 For each problem it prints, per denoising step, the canvas the decoder read, the argmax canvas it
 proposed, and which positions the entropy-bound sampler accepted (the rest are re-noised).
@@ -50,6 +51,21 @@ def run_demo(model_name: str = "addition-diffusion", n: int = 3, seed: int = 0, 
     print_fn(f"{sum(results)}/{len(results)} correct. Next: docs/usage.md shows how to capture activations, "
              "apply the logit lens and patch across steps.")
     return results
+
+
+def run_flagship_study(name: str = "addition", out: str = "dgt_interp_demo", quick: bool = False,
+                       progress: bool = True, print_fn=print):
+    """Run case study `name` on its zoo models, write the report to `out/name/`, print where it is."""
+    from pathlib import Path
+
+    from dgt_interp.casestudy import run_study
+
+    target = Path(out) / name
+    print_fn(f"running case study {name!r}{' (quick setting)' if quick else ''} ...")
+    report = run_study(name, out=target, quick=quick, progress=progress)
+    print_fn(f"case study {name!r} done in {report.numbers['seconds']:.0f} s. Report: {target / 'report.md'} "
+             f"(numbers in report.json, {len(report.figures)} figures beside it)")
+    return report
 
 
 def _sampler(entropy_bound: float):
