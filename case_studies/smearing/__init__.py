@@ -1,0 +1,26 @@
+"""Case study `smearing`: do list tokens smear across positions, and does the count decide where they land?
+
+The count task's answer length varies with the count (`3:753`), so positions are uncertain while the
+canvas is denoised. `hypothesis.py` holds the hypotheses as code (the count aligned to the count
+position, three models of how it places the list); `study.py` holds `run(ctx) -> Report`. Run it with
+`dgt-interp case-study run smearing`.
+"""
+
+from dgt_interp.casestudy import CaseStudy, register
+from dgt_interp.tasks import COUNT
+
+from .hypothesis import MODELS, count_at, smearing_pairs
+from .study import run
+
+STUDY = register(CaseStudy(
+    name="smearing",
+    task=COUNT,
+    description="token/sequence smearing on the count task and whether the count decides where the list lands "
+                "(IIA of count sites under three layout models, sampler settings, AR twin baseline)",
+    run=run,
+    models={"diffusion": "count-diffusion", "ar": "count-ar"},
+    hypotheses=tuple(count_at(w, m, c) for w in (0, 1, 2, 3, "selfcond", "canvas") for m in MODELS
+                     for c in ("answer", "length")),
+))
+
+__all__ = ["STUDY", "MODELS", "count_at", "smearing_pairs", "run"]
