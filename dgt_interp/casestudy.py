@@ -232,15 +232,20 @@ def random_sites(runs: PairRuns, like: list, rng: random.Random) -> list:
         step = site.step
         for _ in range(100):
             step = rng.randrange(runs.ctx.n_steps) if isinstance(site.step, int) else site.step
-            probe = step if isinstance(step, int) else 0
+            probe = step if isinstance(step, int) else _first_firing(runs, name)
             if runs.p.positions(name, probe) > 0:
                 break
         pos = site.pos
         if isinstance(site.pos, int):
-            n_pos = runs.p.positions(name, step if isinstance(step, int) else 0)
+            n_pos = runs.p.positions(name, step if isinstance(step, int) else _first_firing(runs, name))
             pos = rng.randrange(max(n_pos, 1))
         out.append(Site(name, step, pos, site.head))
     return out
+
+
+def _first_firing(runs: PairRuns, name: str) -> int:
+    """The first step where hook `name` fires (self-conditioning is absent at step 0); 0 if none."""
+    return next((s for s in range(runs.ctx.n_steps) if runs.p.positions(name, s) > 0), 0)
 
 
 @dataclass

@@ -1,0 +1,26 @@
+"""Case study `intermediate_context`: does the diffusion model draft the list and read the count off it?
+
+The count task writes the count first (`3:753`) although it depends on the list written after it.
+`hypothesis.py` holds the hypothesis as code (count := len(drafted list), the list aligned to the
+list positions' canvas tokens / self-conditioning logits); `study.py` holds `run(ctx) -> Report`. Run
+it with `dgt-interp case-study run intermediate_context`.
+"""
+
+from dgt_interp.casestudy import CaseStudy, register
+from dgt_interp.tasks import COUNT
+
+from .hypothesis import CHANNELS, STEPS, context_pairs, count_draft_at, list_at
+from .study import run
+
+STUDY = register(CaseStudy(
+    name="intermediate_context",
+    task=COUNT,
+    description="intermediate-context reasoning on the count task: wrong counts drafted and corrected, causal effect "
+                "of drafted list tokens on the count, IIA of count := len(drafted list), AR twin baseline",
+    run=run,
+    models={"diffusion": "count-diffusion", "ar": "count-ar"},
+    hypotheses=tuple(list_at(ch, st, c) for ch in CHANNELS for st in STEPS for c in ("count", "answer"))
+    + tuple(count_draft_at("both", c) for c in ("count", "answer")),
+))
+
+__all__ = ["STUDY", "CHANNELS", "STEPS", "context_pairs", "count_draft_at", "list_at", "run"]
