@@ -256,7 +256,10 @@ class _Recorder:
             self.buf = {}
             return
         for name, t in self.buf.items():
-            self.specs.setdefault(name, {"shape": list(t.shape), "dtype": str(t.dtype)})
+            spec = self.specs.setdefault(name, {"shape": list(t.shape), "dtype": str(t.dtype)})
+            if list(t.shape) != spec["shape"]:
+                raise CaptureError(f"{name} changes shape between recorded steps ({spec['shape']} -> {list(t.shape)}: "
+                                   "the encoder cache grows by a canvas); record it within one canvas with steps=")
         if self.disk_root is not None:
             _atomic_save(self.buf, step_file(self.disk_root, step))
             for name in self.buf:

@@ -10,6 +10,8 @@ Names of note (shapes for one decoder pass, `pos` = canvas positions):
   self_cond.hook_soft_embed  [batch, pos, d]      softmax(logits) @ E * sqrt(d)
   self_cond.hook_signal      [batch, pos, d]      what self-conditioning adds to the token embeddings (editable)
   self_cond.hook_out         [batch, pos, d]      = blocks.0.hook_resid_pre
+  blocks.{l}.hook_cache_k / hook_cache_v  [batch, cached_pos, kv_head, d_head]  the encoder KV cache layer l
+                             reads (prompt + earlier canvases): the prompt's only path into the decoder (editable)
 Known limits (TransformerLens on this model): `attn.hook_pattern`/`hook_attn_scores`/`hook_q`/`hook_k`/
 `hook_z` do not fire (attention runs inside HF with its own kernel); `router.hook_out` is read-only
 (routing runs inside HF); `hook_embed` is taken before self-conditioning is added.
@@ -27,6 +29,7 @@ import torch
 from dgt_interp.backends.tl import DIFFUSION_ARCH, LEVELS, bridge_for
 
 READ_ONLY = ("router.hook_out",)
+CACHE_HOOKS = ("hook_cache_k", "hook_cache_v")
 NOTES = {
     "self_cond.hook_logits_in": "editable; absent at a canvas's first step",
     "self_cond.hook_signal": "editable; added to the token embeddings",
@@ -34,6 +37,8 @@ NOTES = {
     "self_cond.hook_out": "= blocks.0.hook_resid_pre",
     "hook_embed": "token embeddings before self-conditioning",
     "embed.hook_out": "token embeddings before self-conditioning",
+    "hook_cache_k": "editable; the encoder KV cache (prompt + earlier canvases) this layer reads",
+    "hook_cache_v": "editable; the encoder KV cache (prompt + earlier canvases) this layer reads",
 }
 
 
@@ -96,13 +101,16 @@ def _probe(model, level: str) -> dict[str, tuple[tuple[int, ...], str | None]]:
         if shape is None:
             continue
         n_pos = canvas if bridged.arch == DIFFUSION_ARCH else 1  # AR: the last step sees one position
-        if len(shape) >= 2 and shape[0] == 2 and shape[1] == n_pos:
+        if name.endswith(CACHE_HOOKS):  # positions are cached (prompt) positions, never canvas ones
+            layout = None
+        elif len(shape) >= 2 and shape[0] == 2 and shape[1] == n_pos:
             layout = "bp"
         elif len(shape) >= 1 and shape[0] == 2 * n_pos:
             layout = "flat"
         else:
             layout = None
         out[name] = (shape, layout)
+    out = {n: out[n] for n in sorted(out, key=natural_key)}  # natural order once, not per lookup
     per_model[key] = out
     return out
 
@@ -112,8 +120,7 @@ def list_names(model, pattern: str | None = None) -> list[str]:
 
     `pattern` is an optional glob, e.g. `"blocks.*.hook_resid_post"`.
     """
-    names = sorted(_probe(model, "full"), key=natural_key)
-    return [n for n in names if pattern is None or fnmatch.fnmatchcase(n, pattern)]
+    return [n for n in _probe(model, "full") if pattern is None or fnmatch.fnmatchcase(n, pattern)]
 
 
 def describe_names(model) -> str:
@@ -121,7 +128,7 @@ def describe_names(model) -> str:
     info = _probe(model, "full")
     rows = []
     for n in list_names(model):
-        note = NOTES.get(n, "")
+        note = NOTES.get(n) or NOTES.get(n.rsplit(".", 1)[-1], "")  # per-layer names: by suffix
         if any(n.endswith(r) for r in READ_ONLY):
             note = "read-only (editing does not change the run)"
         rows.append(f"{n:<48} {str(list(info[n][0])):<18} {note}".rstrip())

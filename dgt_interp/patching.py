@@ -25,7 +25,10 @@ on the AR twin step 0 is the prompt forward (prompt positions) and each later st
 Special sites: `self_cond.hook_logits_in` (the previous step's processed logits entering the decoder:
 the self-conditioning channel; absent at a canvas's first step) and `hook_embed` (the canvas tokens:
 tokens enter a step only through their embeddings, since the sampler overwrites every position, so
-patching the embedding at step s is patching the input canvas at step s).
+patching the embedding at step s is patching the input canvas at step s). The prompt path:
+`blocks.{l}.hook_cache_k` / `hook_cache_v` (the encoder KV cache decoder layer l reads at a step;
+positions = cached positions). `layer_sites(p, l, step)` lists every site of a layer: patched
+together they make that step's decoder output the clean one exactly.
 
 Metrics are per row `[batch]` (TL's `reduce="mean"` convention) and are evaluated on the final
 output (each canvas's logits at the row's last active step; AR: the logits of each generated token)
@@ -573,6 +576,26 @@ class Patching:
         return out
 
 
+def layer_sites(p: Patching, layer: int, step: Index = None, *, prompt: bool = True) -> list[Site]:
+    """Every site of decoder layer `layer` at `step` (None = every step): a complete cut of the run there.
+
+    On DiffusionGemma the canvas reaches layer `layer` as `blocks.{layer}.hook_resid_pre` (all
+    positions), and the prompt as the encoder KV cache: the prompt's residual at that layer enters
+    the decoder only through the cached keys/values of layers `layer`..L-1
+    (`blocks.{l}.hook_cache_k/v`), so with `prompt=True` those are patched too. Patched from the
+    clean run, the step's decoder output is the clean one exactly (at every step: the clean run).
+    `prompt=False` gives the canvas side alone. AR twin: the prompt is step 0's positions, so the
+    residual alone is the whole layer.
+    """
+    n_layers = p.model.config.get_text_config().num_hidden_layers
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_layers:
+        raise PatchingError(f"layer {layer!r} is out of range: the model has {n_layers} layers (0..{n_layers - 1})")
+    sites = [Site(f"blocks.{layer}.hook_resid_pre", step)]
+    if prompt and p.kind == "diffusion":
+        sites += [Site(f"blocks.{l}.hook_cache_{kv}", step) for l in range(layer, n_layers) for kv in "kv"]
+    return sites
+
+
 def patch_run(model, clean_ids, corrupted_ids, sites, *, seed: int = 0, **kwargs):
     """One-shot: the corrupted run with `sites` patched from the clean run (Trajectory, with logits)."""
     return Patching(model, clean_ids, corrupted_ids, seed=seed, **kwargs).run(sites)
@@ -700,7 +723,7 @@ def _require_diffusion(p: Patching, what: str) -> None:
 
 
 __all__ = [
-    "Site", "Patching", "PatchingError", "NoiseTable", "patch_run", "LogitDiff", "AnswerProb", "ExactMatch",
+    "Site", "Patching", "PatchingError", "NoiseTable", "patch_run", "layer_sites", "LogitDiff", "AnswerProb", "ExactMatch",
     "normalise", "metric_values", "run_outputs", "select_outputs", "get_act_patch", "get_act_patch_resid_pre",
     "get_act_patch_resid_post", "get_act_patch_attn_out", "get_act_patch_mlp_out",
     "get_act_patch_attn_head_out_by_pos", "get_act_patch_self_cond", "get_act_patch_canvas",

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import DynamicCache
 
 from dgt_interp import capture, describe_names, list_names
+from dgt_interp.capture import CaptureError
 from dgt_interp.backends.tl import DIFFUSION_ARCH, DiffusionGemmaArchitectureAdapter, bridge_for, structural_twin
 from dgt_interp.evaluate import prompt_batch
+from dgt_interp.names import level_for
 
 
 def test_adapter_registered_with_transformer_lens(tiny_diffusion):
@@ -44,9 +47,28 @@ def test_name_registry(tiny_diffusion, tiny_ar):
         "self_cond.hook_soft_embed"]
 
 
-def test_cheapest_bridge_level(tiny_diffusion):
-    from dgt_interp.names import level_for
+def test_cache_hooks_are_the_encoder_cache(tiny_diffusion):
+    """blocks.{l}.hook_cache_k/v = the encoder's own KV cache of the prompt (HF's encoder, run directly), and editable."""
+    ids = torch.tensor([[2, 5, 6, 7]])
+    text = tiny_diffusion.config.get_text_config()
+    cache = DynamicCache(config=text)
+    with torch.no_grad():
+        tiny_diffusion.model.encoder(input_ids=ids, cache=cache)
+    names = ["blocks.*.hook_cache_k", "blocks.*.hook_cache_v"]
+    traj = capture(tiny_diffusion, ids, names=names, max_denoising_steps=2, record="logits")
+    for layer in range(text.num_hidden_layers):
+        for s in range(traj.n_steps):  # [batch, cached_pos, kv_head, d_head], every decoder pass
+            assert torch.equal(traj[f"blocks.{layer}.hook_cache_k"][s], cache.layers[layer].keys.transpose(1, 2))
+            assert torch.equal(traj[f"blocks.{layer}.hook_cache_v"][s], cache.layers[layer].values.transpose(1, 2))
+    zeroed = capture(tiny_diffusion, ids, max_denoising_steps=2, record="logits",
+                     fwd_hooks=[("blocks.1.hook_cache_v", lambda t, hook: torch.zeros_like(t))])
+    assert not torch.equal(zeroed["logits"][0], traj["logits"][0])
+    assert level_for(tiny_diffusion, ["blocks.0.hook_cache_k"]) == "blocks"  # as cheap as the residual
+    with pytest.raises(CaptureError, match="changes shape between recorded steps"):  # canvas 1 caches 8 more
+        capture(tiny_diffusion, ids, names=names, max_denoising_steps=2, max_new_tokens=16)
 
+
+def test_cheapest_bridge_level(tiny_diffusion):
     assert level_for(tiny_diffusion, ["blocks.0.hook_resid_post"]) == "blocks"
     assert level_for(tiny_diffusion, ["self_cond.hook_signal"]) == "resid"
     assert level_for(tiny_diffusion, ["blocks.0.attn.hook_out"]) == "full"

@@ -24,6 +24,7 @@ from dgt_interp.patching import (
     get_act_patch_mlp_out,
     get_act_patch_resid_pre,
     get_act_patch_self_cond,
+    layer_sites,
     metric_values,
     normalise,
 )
@@ -124,6 +125,40 @@ def test_complete_cut_reproduces_the_clean_run(multi_step, single_step):
     assert torch.equal(run["logits"], multi_step.clean["logits"])
     one = single_step.run(Site(f"blocks.{last}.hook_resid_post", step=0))
     assert torch.equal(one["logits"], single_step.clean["logits"])
+
+
+def test_whole_layer_with_prompt_path_reproduces_clean(multi_step, single_step):
+    """Every site of a layer (canvas residual + the encoder KV cache from that layer up), patched at one
+    step, gives that step's clean decoder output exactly; patched at every step, the clean run."""
+    n = ids(CLEAN).shape[1]
+    clean = multi_step.clean
+    assert not torch.equal(clean.sequences[:, n:], multi_step.corrupted.sequences[:, n:])  # the prompts matter
+    for layer in range(4):
+        run = multi_step.run(layer_sites(multi_step, layer))
+        assert torch.equal(run.sequences[:, n:], clean.sequences[:, n:])
+        assert torch.equal(run["logits"], clean["logits"])
+        for s in range(multi_step.n_steps):
+            assert torch.equal(multi_step.run(layer_sites(multi_step, layer, s))["logits"][s], clean["logits"][s])
+        one = single_step.run(layer_sites(single_step, layer, 0))
+        assert torch.equal(one.sequences[:, n:], single_step.clean.sequences[:, n:])
+        assert torch.equal(one["logits"], single_step.clean["logits"])
+        # the canvas side alone leaves the prompt path corrupted
+        assert not torch.equal(multi_step.run(layer_sites(multi_step, layer, prompt=False))["logits"], clean["logits"])
+    with pytest.raises(PatchingError, match="layer 4 is out of range"):
+        layer_sites(multi_step, 4)
+
+
+def test_zoo_whole_layer_restores_the_clean_answer(addition_diffusion):
+    """A real model whose answers differ (8577 vs 8077): the whole layer restores the clean answer at every
+    layer, nothing patched gives the corrupted one, and the canvas side alone fails at layer 0."""
+    p = Patching(addition_diffusion, ids("4721+3856="), ids("4721+3356="), seed=0)
+    n = ids("4721+3856=").shape[1]
+    clean, corrupted = p.clean.sequences[:, n:], p.corrupted.sequences[:, n:]
+    assert not torch.equal(clean, corrupted)
+    for layer in range(addition_diffusion.config.get_text_config().num_hidden_layers):
+        assert torch.equal(p.run(layer_sites(p, layer)).sequences[:, n:], clean)
+    assert torch.equal(p.run([]).sequences, p.corrupted.sequences)
+    assert torch.equal(p.run(layer_sites(p, 0, prompt=False)).sequences[:, n:], corrupted)
 
 
 def test_ar_complete_layer_at_a_step_reproduces_clean(tiny_ar):

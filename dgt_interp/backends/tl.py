@@ -14,6 +14,8 @@ Self-conditioning hook points (all editable; shapes for one decoder pass):
   `self_cond.hook_signal`     [batch, pos, d]      the gated-MLP signal added to the token embeddings
   `self_cond.hook_in`         [batch, pos, d]      the canvas token embeddings (= `hook_embed`)
   `self_cond.hook_out`        [batch, pos, d]      post-norm(embeddings + signal) = `blocks.0.hook_resid_pre`
+Prompt path (every level): `blocks.{l}.hook_cache_k` / `hook_cache_v` [batch, cached_pos, kv_head, d_head],
+the encoder's cached keys/values (prompt + earlier canvases) decoder layer l attends to at a pass.
 
 Bridging replaces submodules in place, so we never bridge the user's model: `bridge_for(model)`
 bridges a structural twin that shares every parameter and buffer tensor with it (no weight copy)
@@ -171,6 +173,35 @@ def _install_logits_in_hook(twin, bridge) -> None:
     twin.model.decoder.register_forward_pre_hook(pre_hook, with_kwargs=True)
 
 
+def _install_cache_hooks(twin, bridge) -> None:
+    """Fire `blocks.{l}.hook_cache_k` / `hook_cache_v` on the encoder KV cache decoder layer l reads.
+
+    The decoder sees the prompt (and earlier canvases) only through the keys and values the causal
+    encoder cached; each decoder pass reads layer l's entry in `append_to_cache`. The hook sees it
+    as `[batch, cached_pos, kv_head, d_head]` (TL's `hook_k` layout); its return value is what the
+    decoder attends to at that pass, while the cache itself stays unchanged for later passes.
+    """
+    for block in bridge.blocks:
+        block.hook_cache_k, block.hook_cache_v = HookPoint().train(block.training), HookPoint().train(block.training)
+        layer_attn = block.original_component.self_attn
+        attn = getattr(layer_attn, "original_component", layer_attn)  # "full" level wraps it
+        append = attn.append_to_cache
+
+        def hooked(cache, key_states, value_states, append=append, idx=attn.layer_idx, k=block.hook_cache_k,
+                   v=block.hook_cache_v):
+            entry = cache.layers[idx]
+            keys, values = entry.keys, entry.values
+            entry.keys = k(keys.transpose(1, 2)).transpose(1, 2)
+            entry.values = v(values.transpose(1, 2)).transpose(1, 2)
+            try:
+                return append(cache, key_states, value_states)
+            finally:
+                entry.keys, entry.values = keys, values
+
+        attn.append_to_cache = hooked
+    bridge._scan_existing_hooks(bridge, "")  # register the new names (TL re-scans the same way)
+
+
 def bridge_for(model, level: str = "full") -> Bridged:
     """The cached bridged twin of `model` at `level` ("blocks", "resid" or "full"); built on first use.
 
@@ -197,6 +228,7 @@ def bridge_for(model, level: str = "full") -> Bridged:
     if arch == DIFFUSION_ARCH:
         if hasattr(bridge, "self_cond"):
             _install_logits_in_hook(twin, bridge)
+        _install_cache_hooks(twin, bridge)
     bridged = Bridged(twin, bridge, level, fp, arch)
     per_model[level] = bridged
     return bridged
