@@ -11,14 +11,18 @@ metric's units and estimates `patched - corrupted`, the quantity `get_act_patch_
 corrupted baseline measures exactly.
 
 Across steps. The corrupted run is the real HF `generate` (through `capture`, replaying the same
-noise as `Patching`), with autograd switched on from the first decoder pass: the gradient of the
-final metric reaches step s through every differentiable path, in particular the self-conditioning
-channel (step s's processed logits -> softmax -> soft embedding -> step s+1's decoder) and, on the
-AR twin, the KV cache. What it does not see: sampling, acceptance, re-noising and argmax are
-discrete, so the sampled and accepted canvases are held fixed (replayed as in the corrupted run).
-A patch that would flip a sampled or accepted token, or the step at which the run stops, changes
-the real run in a way the linear estimate misses; so do large, non-linear changes (softmax
-saturation, the logit soft-cap). Compare with the exact sweep on a few cells (bench/patching.py).
+noise as `Patching`), recorded for autograd from the first selected site on (earlier computation
+cannot depend on any site); one backward pass then gives d metric / d act for every site at once,
+and (clean - corrupted) . grad is one vectorised product per group of same-shape tensors. The
+gradient of the final metric reaches step s through every differentiable path, in particular the
+self-conditioning channel (step s's processed logits -> softmax -> soft embedding -> step s+1's
+decoder) and, on the AR twin, the KV cache. What it does not see: sampling, acceptance,
+re-noising, argmax and MoE routing are discrete, so they are held fixed (replayed as in the
+corrupted run). A patch that would flip a sampled or accepted token, an expert choice, or the step
+at which the run stops (adaptive stopping: a flipped argmax makes the run go on, and later steps
+can undo the patch) changes the real run in a way the linear estimate misses; so do large,
+non-linear changes (softmax saturation, the logit soft-cap). Compare with the exact sweep on a few
+cells (bench/patching.py).
 
     >>> est = attribution_patch(p, metric, "blocks.*.hook_resid_pre")     # [step, layer, pos]
 """
@@ -30,7 +34,6 @@ import torch
 from dgt_interp.names import natural_key
 from dgt_interp.patching import Patching, PatchingError, _call_metric, _indices, select_outputs
 
-EMBED = "embed.hook_out"  # the decoder's token embeddings: the first hook of every decoder pass
 UNEMBED = "unembed.hook_out"  # lm_head output, before the soft-cap
 
 
@@ -40,42 +43,51 @@ def attribution_patch(p: Patching, metric, pattern: str = "blocks.*.hook_resid_p
 
     Returns `[step, layer, pos]` (by="pos"), `[step, layer, pos, head]` (by="head") or
     `[step, layer]` (by="layer": all positions patched at once = the sum over positions), averaged
-    over the prompt batch; NaN where the hook does not fire. One corrupted run with gradients
-    (plus the clean run's activations, which `p` holds).
+    over the prompt batch; NaN where the hook does not fire. Cost: one corrupted run, recorded for
+    autograd only from the first selected site on, and one backward pass for every cell at once
+    (the clean activations are the ones `p` holds).
     """
     if by not in ("pos", "head", "layer"):
         raise PatchingError(f"by={by!r}: use 'pos', 'head' or 'layer'")
     names = sorted(p.resolve([pattern]), key=natural_key)
     p.need(names)
     step_idx = _indices(steps, p.n_steps, "step", f"both runs reached {p.n_steps} steps")
+    wanted = set(step_idx)
     live: dict[tuple[str, int], torch.Tensor] = {}
     logits_live: dict[int, torch.Tensor] = {}
 
-    def root(t, hook, step):
-        torch.set_grad_enabled(True)  # generate runs under no_grad; restored when it returns
-        return t.detach().requires_grad_()
-
     def keep(name):
         def fn(t, hook, step):
-            live[(name, step)] = t
+            if step not in wanted:
+                return None
+            if t.requires_grad:  # an earlier site reaches it: already in the graph
+                live[(name, step)] = t
+                return None
+            # the first site (or one no earlier site reaches): the graph starts here. generate runs
+            # under no_grad; its decorator restores that when it returns
+            torch.set_grad_enabled(True)
+            live[(name, step)] = t = t.detach().requires_grad_()
+            return t
 
         return fn
 
     def unembed(t, hook, step):
         logits_live[step] = t
 
-    hooks = [(EMBED, root)] + [(n, keep(n)) for n in names] + [(UNEMBED, unembed)]
-    traj = p._capture("corrupted", fwd_hooks=hooks)
+    traj = p._capture("corrupted", fwd_hooks=[(n, keep(n)) for n in names] + [(UNEMBED, unembed)], record=())
     if not torch.equal(traj.sequences, p.corrupted.sequences):
         raise PatchingError("the gradient run diverged from the corrupted run; report this (sampler replay broken)")
     logits = _stack_logits(p, traj, logits_live)
-    if not torch.allclose(logits.detach().cpu(), traj["logits"], atol=1e-4, rtol=1e-4):
+    if not torch.allclose(logits.detach().cpu(), p.corrupted["logits"], atol=1e-4, rtol=1e-4):
         raise PatchingError("rebuilt logits differ from the recorded ones (soft-cap changed?); report this")
     out_logits, tokens = select_outputs(traj.kind, logits, traj.argmax_canvas.to(logits.device),
                                         traj.active.to(logits.device), traj.canvas, getattr(metric, "step", None))
     value = _call_metric(metric, out_logits, tokens).sum()
-    keys = [k for k in live if k[1] in step_idx and live[k].requires_grad]
-    grads = torch.autograd.grad(value, [live[k] for k in keys], allow_unused=True)
+    keys = [k for k in live if p._acts.get(k) is not None]
+    grads = [None] * len(keys)
+    if keys and value.requires_grad:  # the one backward pass
+        grads = list(torch.autograd.grad(value, [live[k] for k in keys], allow_unused=True))
+    grads = [torch.zeros_like(live[k]) if g is None else g for k, g in zip(keys, grads)]
 
     n_pos = max((p.positions(n, s) for n in names for s in step_idx), default=0)
     n_heads = 0
@@ -87,23 +99,25 @@ def attribution_patch(p: Patching, metric, pattern: str = "blocks.*.hook_resid_p
     shape = {"pos": (len(step_idx), len(names), n_pos), "head": (len(step_idx), len(names), n_pos, n_heads),
              "layer": (len(step_idx), len(names))}[by]
     out = torch.full(shape, float("nan"))
+    # (clean - corrupted) . grad for all (step, layer) tensors of one shape at once
+    groups: dict[tuple, list[int]] = {}
+    for i, (name, s) in enumerate(keys):
+        groups.setdefault((tuple(live[(name, s)].shape), p._layout(name) == "flat"), []).append(i)
     b = p.batch
-    for (name, s), g in zip(keys, grads):
-        clean = p._acts.get((name, s))
-        if clean is None:
-            continue
-        corr = live[(name, s)].detach()
-        g = torch.zeros_like(corr) if g is None else g
-        diff = (clean.to(corr.dtype) - corr) * g
-        if p._layout(name) == "flat":
-            diff = diff.view(b, -1, *diff.shape[1:])
-        keep_dims = 3 if by == "head" else 2
-        eff = diff.float().sum(dim=tuple(range(keep_dims, diff.dim()))).mean(0).cpu()  # [pos(, head)]
-        i, j = step_idx.index(s), names.index(name)
+    for (_, flat), idx in groups.items():
+        corr = torch.stack([live[keys[i]].detach() for i in idx])
+        clean = torch.stack([p._acts[keys[i]] for i in idx]).to(corr)
+        diff = (clean - corr) * torch.stack([grads[i] for i in idx])  # [K, batch, pos, ...]
+        if flat:  # [K, rows * pos, ...] -> [K, rows, pos, ...]
+            diff = diff.view(len(idx), b, -1, *diff.shape[2:])
+        rest = tuple(range(4 if by == "head" else 3, diff.dim()))
+        eff = (diff.float().sum(dim=rest) if rest else diff.float()).mean(1).cpu()  # [K, pos(, head)]
+        rows = torch.tensor([step_idx.index(keys[i][1]) for i in idx])
+        cols = torch.tensor([names.index(keys[i][0]) for i in idx])
         if by == "layer":
-            out[i, j] = eff.sum()
+            out[rows, cols] = eff.sum(1)
         else:
-            out[i, j, :eff.shape[0]] = eff
+            out[rows, cols, :eff.shape[1]] = eff
     return out
 
 
@@ -119,7 +133,7 @@ def _stack_logits(p: Patching, traj, logits_live: dict[int, torch.Tensor]) -> to
     if traj.kind == "diffusion":
         return torch.stack([softcap(logits_live[s]) for s in range(n_steps)])
     # AR: step s holds generated tokens 0..s (the newest from this step's last position), zeros after
-    length = traj["logits"].shape[2]
+    length = p.corrupted["logits"].shape[2]
     cols = [softcap(logits_live[s][:, -1]) for s in range(n_steps)]
     rows = []
     for s in range(n_steps):

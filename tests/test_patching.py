@@ -222,6 +222,31 @@ def test_attribution_through_self_conditioning(multi_step, single_step):
     assert torch.isnan(sc[0]).all() and sc[1:].abs().max() > 0
 
 
+def test_attribution_is_the_derivative_of_the_real_run(multi_step, tiny_diffusion):
+    """A cell = d metric / d eps of the real run (public capture, same seed) with that site moved eps of the
+    way to its clean value: central differences at step 0 (only the self-conditioning channel reaches the
+    output) and at the last step. eps stays below the MoE routing flips of this model."""
+    est = attribution_patch(multi_step, METRIC, "blocks.*.hook_resid_pre")
+    for s, eps, rel in ((0, 1e-1, 5e-2), (multi_step.n_steps - 1, 1e-3, 1e-2)):
+        layer, q = divmod(int(est[s].abs().argmax()), est.shape[2])
+        name = f"blocks.{layer}.hook_resid_pre"
+        clean = multi_step.clean_activation(name, s)
+
+        def metric_at(e):
+            def move(t, hook):
+                out = t.clone()
+                out[:, q] += e * (clean[:, q] - t[:, q])
+                return out
+
+            traj = capture(tiny_diffusion, ids(CORRUPTED), seed=SEED, record="logits", max_denoising_steps=3,
+                           fwd_hooks=[(name, move)], hook_steps=s)
+            return metric_values(traj, METRIC).item()
+
+        derivative = (metric_at(eps) - metric_at(-eps)) / (2 * eps)
+        assert abs(est[s, layer, q].item()) > 1e-3
+        assert est[s, layer, q].item() == pytest.approx(derivative, rel=rel)
+
+
 def test_errors(multi_step, tiny_diffusion):
     with pytest.raises(PatchingError, match="differ in shape"):
         Patching(tiny_diffusion, ids("1+2="), ids("12+34="), seed=0, max_denoising_steps=1)
