@@ -4,8 +4,8 @@ __version__ = "0.1.0"
 
 # Lazy exports (importing dgt_interp stays cheap; torch/TL load on first use).
 _LAZY = {
-    "capture": ("dgt_interp.capture", "capture"),
-    "estimate_bytes": ("dgt_interp.capture", "estimate_bytes"),
+    "capture": ("dgt_interp.capturing", "capture"),
+    "estimate_bytes": ("dgt_interp.capturing", "estimate_bytes"),
     "Trajectory": ("dgt_interp.trajectory", "Trajectory"),
     "list_names": ("dgt_interp.names", "list_names"),
     "describe_names": ("dgt_interp.names", "describe_names"),

@@ -267,7 +267,7 @@ def lens_capture(model, prompts: list[str], *, seed: int = 0, record=(), **gener
     A left-padded batch with BOS (`evaluate.prompt_batch`); `record=["logits"]` also keeps the
     model's own per-step logits. `generation_kwargs` go to `generate` unchanged.
     """
-    from dgt_interp.capture import capture
+    from dgt_interp.capturing import capture
     from dgt_interp.evaluate import prompt_batch
 
     batch = prompt_batch(list(prompts))

@@ -7,7 +7,7 @@ import torch
 from transformers import DynamicCache
 
 from dgt_interp import capture, describe_names, list_names
-from dgt_interp.capture import CaptureError
+from dgt_interp.capturing import CaptureError
 from dgt_interp.backends.tl import DIFFUSION_ARCH, DiffusionGemmaArchitectureAdapter, bridge_for, structural_twin
 from dgt_interp.evaluate import prompt_batch
 from dgt_interp.names import level_for

@@ -12,7 +12,7 @@ from transformers.models.diffusion_gemma.generation_diffusion_gemma import Entro
 
 import dgt_interp
 from dgt_interp import capture
-from dgt_interp.capture import CaptureBudgetError, CaptureError, estimate_bytes, plan_capture
+from dgt_interp.capturing import CaptureBudgetError, CaptureError, estimate_bytes, plan_capture
 from dgt_interp.evaluate import prompt_batch
 from dgt_interp.names import HookNameError
 

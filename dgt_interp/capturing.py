@@ -1,6 +1,7 @@
 """`capture`: run a model's own `generate` and record the (step × layer × position) grid it computed.
 
-(`dgt_interp.capture` is both this module and, callable, the function: see the end of the file.)
+Use it as `dgt_interp.capture(...)` (the function); this module also holds the planning, budget and
+error types (`dgt_interp.capturing.plan_capture`, `CaptureBudgetError`, ...).
 
 Faithful by construction: we do not reimplement the sampler. `capture` calls the real
 `generate` of a bridged twin of the model (`backends.tl.bridge_for`: same parameter tensors, TL hook
@@ -25,8 +26,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import sys
-import types
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -605,15 +604,5 @@ def _build(plan, rec, records, sequences, model, backend, seed, generation_kwarg
     fired = {n: fired[n] for n in acts}
     return Trajectory(meta=meta, sequences=sequences, records=records, activations=acts, fired=fired, model=model)
 
-
-class _CallableModule(types.ModuleType):
-    """Importing `dgt_interp.capture` binds the package attribute `capture` to this module; making the
-    module callable keeps `dgt_interp.capture(model, ids, ...)` working either way."""
-
-    def __call__(self, *args, **kwargs) -> Trajectory:
-        return capture(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
 
 __all__ = ["capture", "estimate_bytes", "plan_capture", "Plan", "CaptureBudgetError", "CaptureError", "BACKENDS"]
