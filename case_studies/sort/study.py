@@ -97,6 +97,7 @@ def _phenomena(model, prompts, seed, **gen):
 
 
 POSITION_KINDS = ("unique digit", "repeated digit", "EOS")
+RANK_CLASSES = ("smallest digit", "interior digit", "largest digit")
 
 
 def position_kinds(final: torch.Tensor) -> torch.Tensor:
@@ -111,39 +112,57 @@ def position_kinds(final: torch.Tensor) -> torch.Tensor:
     return kinds
 
 
+def rank_classes(final: torch.Tensor) -> torch.Tensor:
+    """`[B, L]` which order statistic each answer digit is: 0 = the smallest (position 0), 2 = the
+    largest (the last digit), 1 = in between, -1 = EOS and after."""
+    digits = answer_mask(final, EOS_ID, include_eos=False)
+    out = torch.full(final.shape, -1)
+    for b in range(final.shape[0]):
+        pos = torch.nonzero(digits[b]).flatten().tolist()
+        for p in pos:
+            out[b, p] = 0 if p == pos[0] else 2 if p == pos[-1] else 1
+    return out
+
+
 def confidence_structure(traj, commit=None) -> dict:
-    """Step-0 entropy (what the entropy-bound sampler sorts by) per kind of answer position and per
-    position, and the mean sampler commit step per kind (`commit`: a sampler `CommitOrder`)."""
+    """Step-0 entropy (what the entropy-bound sampler sorts by) per kind of answer position (unique /
+    repeated digit / EOS; smallest / interior / largest digit) and per position, and the mean sampler
+    commit step per kind (`commit`: a sampler `CommitOrder`)."""
     final = final_canvas(traj)
-    kinds = position_kinds(final)
     ent = traj.records["entropy"][0].float()  # [B, L] at the canvas's first step
-    out: dict = {"step0_entropy_by_kind": {}, "commit_step_by_kind": {}}
-    for k, name in enumerate(POSITION_KINDS):
-        sel = kinds == k
-        out["step0_entropy_by_kind"][name] = {"n": int(sel.sum()),
-                                              "mean": float(ent[sel].mean()) if sel.any() else float("nan"),
-                                              "median": float(ent[sel].median()) if sel.any() else float("nan")}
-        if commit is not None:
-            c = commit.commit_step[sel]
-            c = c[torch.isfinite(c)]
-            out["commit_step_by_kind"][name] = float(c.mean()) if c.numel() else float("nan")
-    ans = (kinds == 0) | (kinds == 1)  # answer digits (EOS apart)
-    out["step0_entropy_by_position"] = [float(ent[ans[:, p], p].mean()) if ans[:, p].any() else float("nan")
+    out: dict = {}
+    for key, classes, names in (("kind", position_kinds(final), POSITION_KINDS),
+                                ("rank", rank_classes(final), RANK_CLASSES)):
+        out[f"step0_entropy_by_{key}"], out[f"commit_step_by_{key}"] = {}, {}
+        for k, name in enumerate(names):
+            sel = classes == k
+            out[f"step0_entropy_by_{key}"][name] = {
+                "n": int(sel.sum()), "mean": float(ent[sel].mean()) if sel.any() else float("nan"),
+                "median": float(ent[sel].median()) if sel.any() else float("nan")}
+            if commit is not None:
+                c = commit.commit_step[sel]
+                c = c[torch.isfinite(c)]
+                out[f"commit_step_by_{key}"][name] = float(c.mean()) if c.numel() else float("nan")
+    digits = answer_mask(final, EOS_ID, include_eos=False)
+    out["step0_entropy_by_position"] = [float(ent[digits[:, p], p].mean()) if digits[:, p].any() else float("nan")
                                         for p in range(ent.shape[1])]
     return out
 
 
 def _confidence_figure(conf: dict, title: str) -> Figure:
-    fig = Figure(figsize=(7.5, 2.8), layout="constrained")
-    a, b = fig.subplots(1, 2)
+    fig = Figure(figsize=(9.5, 2.9), layout="constrained")
+    a, b = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.4]})
     by_pos = [max(x, 1e-12) if x == x else float("nan") for x in conf["step0_entropy_by_position"]]
     a.semilogy(range(len(by_pos)), by_pos, marker="o")
     a.set_xlabel("canvas position")
     a.set_ylabel("mean step-0 entropy, digits (nats)")
-    kinds = [k for k in POSITION_KINDS if conf["step0_entropy_by_kind"][k]["n"]]
-    b.bar(range(len(kinds)), [max(conf["step0_entropy_by_kind"][k]["mean"], 1e-12) for k in kinds], log=True,
-          color=["tab:blue", "tab:orange", "tab:gray"][:len(kinds)])
-    b.set_xticks(range(len(kinds)), [f"{k}\n(n={conf['step0_entropy_by_kind'][k]['n']})" for k in kinds], fontsize=8)
+    groups = [(k, conf["step0_entropy_by_rank"][k]) for k in RANK_CLASSES] + \
+        [(k, conf["step0_entropy_by_kind"][k]) for k in POSITION_KINDS]
+    groups = [(k, v) for k, v in groups if v["n"]]
+    b.bar(range(len(groups)), [max(v["mean"], 1e-12) for _, v in groups], log=True,
+          color=["tab:green"] * sum(k in RANK_CLASSES for k, _ in groups)
+          + ["tab:blue"] * sum(k not in RANK_CLASSES for k, _ in groups))
+    b.set_xticks(range(len(groups)), [f"{k.replace(' ', chr(10))}\n(n={v['n']})" for k, v in groups], fontsize=7)
     b.set_ylabel("mean step-0 entropy")
     fig.suptitle(title, fontsize=10)
     return fig
@@ -525,7 +544,8 @@ def _pheno_row(name, kind, r, conf) -> str:
                                          "drafts"))
     fmt = (lambda x: "n/a" if x is None or x != x else f"{x:+.2f}")
     pk = ts["peak"]
-    ent = (" / ".join(_sci(conf["step0_entropy_by_kind"][k]["mean"]) for k in POSITION_KINDS) if conf else "–")
+    ent = (" / ".join(_sci(conf["step0_entropy_by_rank"][k]["mean"]) for k in RANK_CLASSES) + " / "
+           + _sci(conf["step0_entropy_by_kind"]["EOS"]["mean"]) if conf else "–")
     return (f"| {name} | {kind} | {r['accuracy']:.2f} | {ca['mean_steps']:.1f} | "
             f"{_f(ca['fraction_committed_at_step0'], 2)} | {ca['rows_with_order']}/{ca['rows']} | "
             f"{cs['rows_with_order']}/{cs['rows']} | {fmt(cs['mean_rho'])} | {_sci(pk['mass'])} (step {pk['step']}, "
@@ -547,6 +567,24 @@ def _ar_smear_note(numbers: dict) -> str:
     return f" AR twin: {_sci(m)}."
 
 
+def _extremes_sentence(numbers: dict) -> str:
+    """Which order statistics the many-step sampler holds first, next to their step-0 entropies."""
+    conf = numbers["confidence"].get(MANY)
+    if not conf:
+        return ""
+    c, e = conf["commit_step_by_rank"], conf["step0_entropy_by_rank"]
+    ext = max(c["smallest digit"], c["largest digit"])
+    if not (ext == ext and c["interior digit"] == c["interior digit"]):
+        return ""
+    return (f" With {MANY}, the sampler holds the smallest and the largest digit at mean step "
+            f"{_f(c['smallest digit'], 2)} and {_f(c['largest digit'], 2)}, interior digits at "
+            f"{_f(c['interior digit'], 2)}; their step-0 entropies are {_sci(e['smallest digit']['mean'])}, "
+            f"{_sci(e['largest digit']['mean'])} and {_sci(e['interior digit']['mean'])}"
+            + (": the extreme order statistics are the most certain and are held first."
+               if c["interior digit"] > ext and e["interior digit"]["mean"] > max(e["smallest digit"]["mean"],
+                                                                               e["largest digit"]["mean"]) else "."))
+
+
 def _presence(numbers: dict) -> list[str]:
     """Plain statements: does each phenomenon appear, under which setting, with the numbers."""
     ph = {k: v for k, v in numbers["phenomena"].items() if k != "AR twin (greedy)"}
@@ -563,8 +601,8 @@ def _presence(numbers: dict) -> list[str]:
         + ", ".join(f"{k}: {v}/{rows}" for k, v in argmax_rows.items())
         + "). What the *sampler* holds does show an order where the bound is tight: "
         + ", ".join(f"{k}: {n}/{rows} rows, mean rho {_f(r, 2)}" for k, (n, r) in samp.items())
-        + ". That order follows the entropy ranking at step 0 (table: entropy by kind of position), not a "
-        "sequence of computations: the model's argmax never changes.")
+        + ". That order follows the entropy ranking at step 0, not a sequence of computations: the model's argmax "
+        "never changes." + _extremes_sentence(numbers))
     causal = numbers["causal"]
     loe = [c["positions"]["later_on_earlier"] for c in causal.values()]
     lines.append(
@@ -687,16 +725,16 @@ def _markdown(numbers: dict, figures: dict) -> str:
     ph, conf = numbers["phenomena"], numbers["confidence"]
     table = ["| setting | model | accuracy | mean steps | answer positions final at step 0 (argmax) | rows with an "
              "argmax order | rows with a sampler order | mean rho (sampler) | peak token-smear mass | fraction of "
-             "steps sequence-smeared | overwritten drafts | step-0 entropy: unique / repeated digit / EOS |",
+             "steps sequence-smeared | overwritten drafts | step-0 entropy: smallest / interior / largest digit / EOS |",
              "|" + "---|" * 12]
     for name in numbers["settings"]:
         table.append(_pheno_row(name, "diffusion", ph[name], conf[name]))
     table.append(_pheno_row("greedy", "AR twin", ph["AR twin (greedy)"], None))
-    commit_kind = ["| setting | " + " | ".join(f"sampler commit step, {k}" for k in POSITION_KINDS[:2]) + " |",
-                   "|---|---|---|"]
+    groups = (("rank", RANK_CLASSES), ("kind", POSITION_KINDS[:2]))
+    commit_kind = ["| setting | " + " | ".join(k for _, ks in groups for k in ks) + " |", "|---|" + "---|" * 5]
     for name in numbers["settings"]:
-        c = conf[name]["commit_step_by_kind"]
-        commit_kind.append(f"| {name} | " + " | ".join(_f(c[k], 2) for k in POSITION_KINDS[:2]) + " |")
+        commit_kind.append(f"| {name} | " + " | ".join(_f(conf[name][f"commit_step_by_{g}"][k], 2)
+                                                       for g, ks in groups for k in ks) + " |")
 
     iia_lines = []
     for name, e in s["iia"].items():
@@ -761,7 +799,8 @@ def _markdown(numbers: dict, figures: dict) -> str:
         "rho = Spearman correlation of commit step with position over the answer digits (+1 left to right). "
         "Entropies are means over answer positions at the canvas's first step (nats).",
         "",
-        "Mean sampler commit step by kind of answer digit (a digit that occurs once vs. a digit of a run):",
+        "Mean sampler commit step by kind of answer digit (which order statistic it is; a digit that occurs once "
+        "vs. a digit of a run):",
         "",
         *commit_kind,
         "",

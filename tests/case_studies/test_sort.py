@@ -87,7 +87,7 @@ def test_alignment_sites():
 
 
 def test_position_kinds_and_confidence_on_a_constructed_trajectory():
-    from case_studies.sort.study import confidence_structure, position_kinds
+    from case_studies.sort.study import confidence_structure, position_kinds, rank_classes
     from dgt_interp.phenomena import commit_order, constructed_trajectory
 
     t = {c: VOCAB.index(c) for c in "1359"}
@@ -103,6 +103,9 @@ def test_position_kinds_and_confidence_on_a_constructed_trajectory():
     assert conf["step0_entropy_by_kind"]["EOS"]["n"] == 1
     assert conf["commit_step_by_kind"] == {"unique digit": 0.0, "repeated digit": 1.0, "EOS": 0.0}
     assert conf["step0_entropy_by_position"][:4] == [0.0, 1.0, 1.0, 0.0]
+    assert rank_classes(arg[-1]).tolist() == [[0, 1, 1, 2, -1, -1, -1, -1]]
+    assert conf["commit_step_by_rank"] == {"smallest digit": 0.0, "interior digit": 1.0, "largest digit": 0.0}
+    assert conf["step0_entropy_by_rank"]["interior digit"] == {"n": 2, "mean": 1.0, "median": 1.0}
 
 
 def test_last_layer_alignment_is_exact_on_both_zoo_models(sort_diffusion, sort_ar):
