@@ -733,6 +733,32 @@ def draft_effects(drafts: Drafts, flips: CanvasFlips) -> DraftEffects:
 # ---------------------------------------------------------------------------------------------
 
 
+def detect_phenomena(model, prompts, *, seed: int = 0, **generation_kwargs):
+    """Run `model` on `prompts` (`Problem`s, one batch) and apply every trajectory detector.
+
+    Returns `(traj, results)`: the captured `Trajectory` (with processed logits) and a dict with the
+    exact-match `accuracy`, `commit_argmax` / `commit_sampler` (`CommitOrder`, EOS excluded),
+    `token_smearing`, `sequence_smearing` and `drafts`. `generation_kwargs` choose the sampler
+    setting (e.g. `sampler_config=...`, or `do_sample=False` for an AR twin).
+    """
+    from dgt_interp.capturing import capture
+    from dgt_interp.evaluate import prompt_batch
+    from dgt_interp.tasks import EOS_ID, decode_answer
+
+    batch = prompt_batch([p.prompt for p in prompts])
+    traj = capture(model, batch["input_ids"], attention_mask=batch["attention_mask"], seed=seed,
+                   record=("processed_logits",), **generation_kwargs)
+    n_prompt = batch["input_ids"].shape[1]
+    answers = [decode_answer(r) for r in traj.sequences[:, n_prompt:]]
+    results = {"accuracy": sum(a == p.answer for a, p in zip(answers, prompts)) / len(prompts),
+               "commit_argmax": commit_order(traj, by="argmax", eos_id=EOS_ID, include_eos=False),
+               "commit_sampler": commit_order(traj, by="sampler", eos_id=EOS_ID, include_eos=False),
+               "token_smearing": token_smearing(traj, eos_id=EOS_ID),
+               "sequence_smearing": sequence_smearing(traj, eos_id=EOS_ID),
+               "drafts": find_drafts(traj, eos_id=EOS_ID)}
+    return traj, results
+
+
 def constructed_trajectory(argmax_canvas: torch.Tensor, *, accepted: torch.Tensor | None = None,
                            sampled_canvas: torch.Tensor | None = None, processed_logits: torch.Tensor | None = None,
                            active: torch.Tensor | None = None, kind: str = "diffusion", noise_token: int = 0,
@@ -776,6 +802,7 @@ def constructed_trajectory(argmax_canvas: torch.Tensor, *, accepted: torch.Tenso
 
 
 __all__ = [
+    "detect_phenomena",
     "PhenomenaError", "COMMIT_BY", "CHANNELS", "row_steps", "final_canvas", "answer_mask", "spearman",
     "CommitOrder", "commit_order", "TokenSmearing", "token_smearing", "SequenceSmearing", "sequence_smearing",
     "Draft", "Drafts", "find_drafts", "CanvasFlips", "canvas_flips", "patched_outputs", "DraftEffects",

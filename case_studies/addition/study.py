@@ -28,13 +28,13 @@ from dgt_interp.casestudy import (
 )
 from dgt_interp.phenomena import (
     canvas_flips,
-    commit_order,
+    detect_phenomena,
     draft_effects,
     find_drafts,
     sequence_smearing,
     token_smearing,
 )
-from dgt_interp.tasks import EOS_ID, decode_answer
+from dgt_interp.tasks import EOS_ID
 
 from .hypothesis import carry_at, carry_pairs, sample_problem
 
@@ -50,25 +50,6 @@ def sampler_settings(quick: bool) -> dict[str, dict]:
         return {"eb=0.1 (default)": eb(0.1), "eb=1e-4": eb(1e-4)}
     return {"eb=0.1 (default)": eb(0.1), "eb=0.01": eb(0.01), "eb=1e-3": eb(1e-3), "eb=1e-4": eb(1e-4),
             "eb=1e-4, T=1.2-1.6": eb(1e-4, t_min=1.2, t_max=1.6)}  # hotter: more entropy, more steps
-
-
-def _phenomena(model, prompts, seed, **gen):
-    from dgt_interp import capture
-    from dgt_interp.evaluate import prompt_batch
-
-    batch = prompt_batch([p.prompt for p in prompts])
-    traj = capture(model, batch["input_ids"], attention_mask=batch["attention_mask"], seed=seed,
-                   record=("processed_logits",), **gen)
-    n_prompt = batch["input_ids"].shape[1]
-    answers = [decode_answer(r) for r in traj.sequences[:, n_prompt:]]
-    acc = sum(a == p.answer for a, p in zip(answers, prompts)) / len(prompts)
-    res = {"accuracy": acc,
-           "commit_argmax": commit_order(traj, by="argmax", eos_id=EOS_ID, include_eos=False),
-           "commit_sampler": commit_order(traj, by="sampler", eos_id=EOS_ID, include_eos=False),
-           "token_smearing": token_smearing(traj, eos_id=EOS_ID),
-           "sequence_smearing": sequence_smearing(traj, eos_id=EOS_ID),
-           "drafts": find_drafts(traj, eos_id=EOS_ID)}
-    return traj, res
 
 
 def _row(name, kind, r) -> str:
@@ -128,11 +109,11 @@ def run(ctx: StudyContext) -> Report:
              "sequence-smeared | overwritten drafts |", "|" + "---|" * 11]
     trajs, results = {}, {}
     for name in ctx.progress(settings, desc="phenomena"):
-        traj, res = _phenomena(diff, prompts, ctx.seed, **settings[name])
+        traj, res = detect_phenomena(diff, prompts, seed=ctx.seed, **settings[name])
         trajs[name], results[name] = traj, res
         numbers["phenomena"][name] = {k: (v if isinstance(v, float) else v.to_dict()) for k, v in res.items()}
         table.append(_row(name, "diffusion", res))
-    traj_ar, res_ar = _phenomena(ar, prompts, ctx.seed, do_sample=False)
+    traj_ar, res_ar = detect_phenomena(ar, prompts, seed=ctx.seed, do_sample=False)
     numbers["phenomena"]["AR twin (greedy)"] = {k: (v if isinstance(v, float) else v.to_dict()) for k, v in res_ar.items()}
     table.append(_row("greedy", "AR twin", res_ar))
     tight = list(settings)[-1] if quick else "eb=1e-4"

@@ -27,14 +27,14 @@ from dgt_interp.evaluate import wilson_interval
 from dgt_interp.phenomena import (
     answer_mask,
     canvas_flips,
-    commit_order,
+    detect_phenomena,
     draft_effects,
     final_canvas,
     find_drafts,
     sequence_smearing,
     token_smearing,
 )
-from dgt_interp.tasks import EOS_ID, decode_answer
+from dgt_interp.tasks import EOS_ID
 
 from .hypothesis import (
     RANK_MODEL,
@@ -75,25 +75,6 @@ WHERE_STEPS = [(w, s) for w in (0, 1, 2, 3) for s in ("all", "first", "later")] 
 # ---------------------------------------------------------------------------------------------
 # 1. phenomena
 # ---------------------------------------------------------------------------------------------
-
-
-def _phenomena(model, prompts, seed, **gen):
-    from dgt_interp import capture
-    from dgt_interp.evaluate import prompt_batch
-
-    batch = prompt_batch([p.prompt for p in prompts])
-    traj = capture(model, batch["input_ids"], attention_mask=batch["attention_mask"], seed=seed,
-                   record=("processed_logits",), **gen)
-    n_prompt = batch["input_ids"].shape[1]
-    answers = [decode_answer(r) for r in traj.sequences[:, n_prompt:]]
-    acc = sum(a == p.answer for a, p in zip(answers, prompts)) / len(prompts)
-    res = {"accuracy": acc,
-           "commit_argmax": commit_order(traj, by="argmax", eos_id=EOS_ID, include_eos=False),
-           "commit_sampler": commit_order(traj, by="sampler", eos_id=EOS_ID, include_eos=False),
-           "token_smearing": token_smearing(traj, eos_id=EOS_ID),
-           "sequence_smearing": sequence_smearing(traj, eos_id=EOS_ID),
-           "drafts": find_drafts(traj, eos_id=EOS_ID)}
-    return traj, res
 
 
 POSITION_KINDS = ("unique digit", "repeated digit", "EOS")
@@ -396,11 +377,11 @@ def run(ctx: StudyContext) -> Report:
     # 1. phenomena per sampler setting (+ the AR twin, greedy)
     trajs, results = {}, {}
     for name, gen in settings.items():
-        trajs[name], results[name] = _phenomena(diff, prompts, ctx.seed, **gen)
+        trajs[name], results[name] = detect_phenomena(diff, prompts, seed=ctx.seed, **gen)
         numbers["phenomena"][name] = {k: (v if isinstance(v, float) else v.to_dict()) for k, v in results[name].items()}
         numbers["confidence"][name] = confidence_structure(trajs[name], results[name]["commit_sampler"])
         tick()
-    traj_ar, res_ar = _phenomena(ar, prompts, ctx.seed, do_sample=False)
+    traj_ar, res_ar = detect_phenomena(ar, prompts, seed=ctx.seed, do_sample=False)
     numbers["phenomena"]["AR twin (greedy)"] = {k: (v if isinstance(v, float) else v.to_dict())
                                                 for k, v in res_ar.items()}
     tick()
