@@ -74,13 +74,14 @@ def layout_model(anchor: str) -> CausalModel:
 
 
 LEFT_MODEL, RIGHT_MODEL = layout_model("left"), layout_model("right")
-COMPARE = ("answer", "count", "length")
+COMPARE = ("answer", "count", "length", "list")
 
 
 @dataclass(frozen=True)
 class CountHypothesis(Hypothesis):
     """A `Hypothesis` compared on `compare`: "answer" (every character, '#' matching any digit),
-    "count" (the count character only), "length" (where EOS lands: the answer's length only)."""
+    "count" (the count character only), "length" (where EOS lands: the answer's length only), "list"
+    (everything after the count: the list and where EOS lands, whatever count was emitted)."""
 
     compare: str = "answer"
 
@@ -95,7 +96,8 @@ class CountHypothesis(Hypothesis):
             return False
         if self.compare == "length":
             return True
-        return all(e == o or (e == WILDCARD and o.isdigit()) for o, e in zip(output, expected))
+        start = 1 if self.compare == "list" else 0
+        return all(e == o or (e == WILDCARD and o.isdigit()) for o, e in zip(output[start:], expected[start:]))
 
 
 def sample_problem(rng: random.Random, min_count: int = 1) -> Problem:
@@ -331,6 +333,25 @@ def iia_figure(rows, title: str):
     return fig
 
 
+def offcentre_mass(ts, min_rows: float = 0.25) -> dict:
+    """Token smearing (`phenomena.TokenSmearing`) in two numbers robust to late steps where few rows are
+    still active: `mean` = sum over offsets d != 0 of the (row, position)-weighted mean mass at d over
+    all steps; `peak` (+ its step and offset) = the largest off-centre mass among steps where at least
+    `min_rows` of the step-0 (row, position) pairs are still counted."""
+    zero = ts.offsets.index(0)
+    cnt, mass = ts.counts, torch.nan_to_num(ts.mass)
+    mean = sum(float((mass[:, j] * cnt[:, j]).sum() / cnt[:, j].sum().clamp(min=1))
+               for j, d in enumerate(ts.offsets) if d != 0)
+    ok = cnt[:, zero] >= min_rows * cnt[0, zero]
+    m = mass.clone()
+    m[:, zero] = -1
+    m[~ok] = -1
+    i = int(m.argmax())
+    k, j = divmod(i, m.shape[1])
+    return {"mean": mean, "peak": float(m[k, j]) if m.numel() else float("nan"), "peak_step": k,
+            "peak_offset": ts.offsets[j], "min_rows": min_rows}
+
+
 def f3(x) -> str:
     """A number for a markdown table (n/a for None/NaN)."""
     return "n/a" if x is None or x != x else f"{x:.3f}"
@@ -343,4 +364,5 @@ def slug(name: str) -> str:
 __all__ = ["COUNT_POS", "COLON_POS", "LIST_START", "WILDCARD", "parse", "COUNT_MODEL", "layout", "layout_model",
            "LEFT_MODEL", "RIGHT_MODEL", "CountHypothesis", "sample_problem", "count_pairs", "sampler_settings",
            "run_prompts", "digit_of", "CountTrace", "count_trace", "EosSmearing", "eos_smearing", "iia_figure",
+           "offcentre_mass",
            "f3", "slug"]

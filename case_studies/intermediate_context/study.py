@@ -120,11 +120,11 @@ def _score(runs, hyps):
 
 def run(ctx: StudyContext) -> Report:
     quick = ctx.quick
-    n_rec = 8 if quick else 64
-    n_causal = 3 if quick else 8
-    n_pairs = 6 if quick else 40
+    n_rec = 8 if quick else 128
+    n_causal = 3 if quick else 16
+    n_pairs = 6 if quick else 80
     draws = 2 if quick else 4
-    max_flip_steps = 3 if quick else 12
+    max_flip_steps = 3 if quick else 16
     diff, ar = ctx.load("diffusion"), ctx.load("ar")
     settings = sampler_settings(quick)
     default, slow = list(settings)[0], list(settings)[-1]

@@ -10,7 +10,7 @@ from dgt_interp.casestudy import CaseStudy, register
 from dgt_interp.tasks import COUNT
 
 from .hypothesis import MODELS, count_at, smearing_pairs
-from .study import run
+from .study import COMBOS, run
 
 STUDY = register(CaseStudy(
     name="smearing",
@@ -19,8 +19,7 @@ STUDY = register(CaseStudy(
                 "(IIA of count sites under three layout models, sampler settings, AR twin baseline)",
     run=run,
     models={"diffusion": "count-diffusion", "ar": "count-ar"},
-    hypotheses=tuple(count_at(w, m, c) for w in (0, 1, 2, 3, "selfcond", "canvas") for m in MODELS
-                     for c in ("answer", "length")),
+    hypotheses=tuple(count_at(w, m, c) for w in (0, 1, 2, 3, "selfcond", "canvas") for m, c in COMBOS),
 ))
 
-__all__ = ["STUDY", "MODELS", "count_at", "smearing_pairs", "run"]
+__all__ = ["STUDY", "COMBOS", "MODELS", "count_at", "smearing_pairs", "run"]

@@ -24,6 +24,7 @@ from dgt_interp.tasks import EOS_ID
 from case_studies.count_common import (
     count_trace,
     eos_smearing,
+    offcentre_mass,
     f3,
     iia_figure,
     run_prompts,
@@ -32,9 +33,13 @@ from case_studies.count_common import (
     slug,
 )
 
-from .hypothesis import MODELS, count_at, smearing_pairs
+from .hypothesis import count_at, smearing_pairs
 
-COMPARES = ("answer", "length")
+# (model, compared on): the count itself, the list untouched (independent), EOS moved to 2 + n (left = right
+# there), the list laid out from the start or the end (whatever count character was emitted). independent/length is left out: a patch that does
+# nothing already keeps the base length, so no pair is informative for it.
+COMBOS = (("independent", "count"), ("independent", "answer"), ("left", "length"), ("left", "list"),
+          ("right", "list"))
 
 
 def _phenomena(model, problems, seed, ar: bool, **gen) -> tuple:
@@ -53,12 +58,13 @@ def _numbers(res) -> dict:
     out = {}
     for k, v in res.items():
         out[k] = v if isinstance(v, float) else v.summary() if k == "count_trace" else v.to_dict()
+    out["token_smearing_robust"] = offcentre_mass(res["token_smearing"])
     return out
 
 
-def _score_sites(runs, wheres, layers_ar=False):
+def _score_sites(runs, wheres):
     """{(where, model, compare): IIAResult} for every candidate site on `runs` (one patched run per site)."""
-    hyps = {(w, m, c): count_at(w, m, c) for w in wheres for m in MODELS for c in COMPARES}
+    hyps = {(w, m, c): count_at(w, m, c) for w in wheres for m, c in COMBOS}
     site_sets = [count_at(w).sites(runs.ctx) for w in wheres]
     outs = runs.outputs(site_sets, batch_size=32)
     res = {}
@@ -74,8 +80,8 @@ def _nz(x: float) -> float:
 
 def run(ctx: StudyContext) -> Report:
     quick = ctx.quick
-    n_pheno = 8 if quick else 64
-    n_pairs = 8 if quick else 48
+    n_pheno = 8 if quick else 128
+    n_pairs = 8 if quick else 96
     draws = 2 if quick else 4
     diff, ar = ctx.load("diffusion"), ctx.load("ar")
     n_layers = diff.config.get_text_config().num_hidden_layers
@@ -121,16 +127,18 @@ def run(ctx: StudyContext) -> Report:
                                     "dropped": [runs_sel.dropped, runs_held.dropped]}
             continue
         s_sel, s_held = _score_sites(runs_sel, wheres), _score_sites(runs_held, wheres)
-        # the site chosen on the selection half: best left-model length IIA (EOS follows the count)
-        best = max(wheres, key=lambda w: (_nz(s_sel[(w, "left", "length")].iia_informative), -wheres.index(w)))
+        # the site chosen on the selection half: where the count is held (the emitted count follows the patch),
+        # then EOS following it; the last block is left out (its residual at position 0 *is* the count's logits)
+        cands = [w for w in wheres if w != n_layers - 1]
+        best = max(cands, key=lambda w: (_nz(s_sel[(w, "independent", "count")].iia_informative),
+                                         _nz(s_sel[(w, "left", "length")].iia_informative), -cands.index(w)))
         entry = {"selected_site": str(best), "pairs_kept_selection": len(runs_sel.pairs),
                  "pairs_kept_held_out": len(runs_held.pairs),
                  "held_out": {f"{w}|{m}|{c}": r.to_dict() for (w, m, c), r in s_held.items()},
                  "selection": {f"{w}|{m}|{c}": r.to_dict() for (w, m, c), r in s_sel.items()}}
-        for m in MODELS:
-            for c in COMPARES:
-                iia_rows.append((f"{count_at(best, m, c).name} [{name}]", s_held[(best, m, c)]))
-        for c in COMPARES:
+        for m, c in COMBOS:
+            iia_rows.append((f"{count_at(best, m, c).name} [{name}]", s_held[(best, m, c)]))
+        for c in ("length", "list"):
             hyp = count_at(best, "left", c)
             rnd = random_site_baseline(diff, hyp, runs=runs_held, draws=draws, seed=ctx.seed, batch_size=32)
             entry[f"random_sites_left_{c}"] = rnd.to_dict()
@@ -139,19 +147,18 @@ def run(ctx: StudyContext) -> Report:
             runs_ar = PairRuns(ar, held, seed=ctx.seed, do_sample=False)
             entry["ar_twin"] = {"pairs_kept": len(runs_ar.pairs)}
             if runs_ar.pairs:
-                ar_wheres = [n_layers - 1 if not isinstance(best, int) and best != "canvas" else best]
-                if "canvas" not in ar_wheres:
-                    ar_wheres.append("canvas")
+                ar_wheres = list(range(n_layers)) + ["canvas"]  # selfcond has no AR analogue
                 s_ar = _score_sites(runs_ar, ar_wheres)
-                entry["ar_twin"]["scores"] = {f"{w}|{m}|{c}": r.to_dict() for (w, m, c), r in s_ar.items()}
-                for w in ar_wheres:
-                    for m in MODELS:
-                        for c in COMPARES:
-                            iia_rows.append((f"{count_at(w, m, c).name} AR twin", s_ar[(w, m, c)]))
-                rnd = random_site_baseline(ar, count_at(ar_wheres[0], "left", "length"), runs=runs_ar, draws=draws,
-                                           seed=ctx.seed, batch_size=32)
-                entry["ar_twin"]["random_sites_left_length"] = rnd.to_dict()
-                iia_rows.append(("random sites [left]/length AR twin", rnd))
+                entry["ar_twin"]["held_out"] = {f"{w}|{m}|{c}": r.to_dict() for (w, m, c), r in s_ar.items()}
+                ar_best = best if isinstance(best, int) else n_layers - 1
+                for w in dict.fromkeys([ar_best, "canvas"]):
+                    for m, c in COMBOS:
+                        iia_rows.append((f"{count_at(w, m, c).name} AR twin", s_ar[(w, m, c)]))
+                for w in dict.fromkeys([ar_best, "canvas"]):
+                    rnd = random_site_baseline(ar, count_at(w, "left", "length"), runs=runs_ar, draws=draws,
+                                               seed=ctx.seed, batch_size=32)
+                    entry["ar_twin"][f"random_sites_{w}_left_length"] = rnd.to_dict()
+                    iia_rows.append((f"random sites like n@{w if w == 'canvas' else f'L{w}'}[left]/length AR twin", rnd))
         numbers["iia"][name] = entry
     numbers["iia_rows"] = [(label, r.to_dict()) for label, r in iia_rows]
     if iia_rows:
@@ -161,15 +168,16 @@ def run(ctx: StudyContext) -> Report:
 
 
 def _pheno_rows(numbers) -> list[str]:
-    out = ["| setting | model | accuracy | mean steps | peak token-smear mass (step, d) | token-smear mass at d≠0, "
-           "step 0 | fraction of steps sequence-smeared | rows with a smeared step | peak off-centre P(EOS) | "
+    out = ["| setting | model | accuracy | mean steps | off-centre token mass (mean over steps) | peak (step, d) | "
+           "off-centre token mass, step 0 | fraction of steps sequence-smeared | rows with a smeared step | peak off-centre P(EOS) | "
            "drafted count = drafted list length |", "|" + "---|" * 10]
     for name, ph in numbers["phenomena"].items():
         ts, ss, es, ct = ph["token_smearing"], ph["sequence_smearing"], ph["eos_smearing"], ph["count_trace"]
         kind = "AR twin" if name.startswith("AR") else "diffusion"
         step0 = ts["neighbour_mass_by_step"][0] if ts["neighbour_mass_by_step"] else float("nan")
-        out.append(f"| {name} | {kind} | {ph['accuracy']:.3f} | {ph['commit']['mean_steps']:.1f} | "
-                   f"{f3(ts['peak']['mass'])} ({ts['peak']['step']}, {ts['peak']['offset']:+d}) | {f3(step0)} | "
+        rb = ph["token_smearing_robust"]
+        out.append(f"| {name} | {kind} | {ph['accuracy']:.3f} | {ph['commit']['mean_steps']:.1f} | {f3(rb['mean'])} | "
+                   f"{f3(rb['peak'])} ({rb['peak_step']}, {rb['peak_offset']:+d}) | {f3(step0)} | "
                    f"{f3(ss['fraction_steps_smeared'])} | {ss['rows_with_smearing']}/{ss['rows']} | "
                    f"{f3(es['peak_off_centre'])} | {f3(ct['fraction_steps_count_matches_drafted_list'])} "
                    f"({ct['steps_with_count_and_list']} steps) |")
@@ -178,17 +186,18 @@ def _pheno_rows(numbers) -> list[str]:
 
 def _site_table(numbers, wheres) -> list[str]:
     out = []
-    for name, e in numbers["iia"].items():
+    blocks = [(name, e) for name, e in numbers["iia"].items()]
+    blocks += [("AR twin (greedy)", e["ar_twin"]) for _, e in blocks if "held_out" in e.get("ar_twin", {})]
+    for name, e in blocks:
         if "held_out" not in e:
             continue
         if not out:
             out = ["| setting | model / compared on | " + " | ".join(f"L{w}" if isinstance(w, int) else w
                                                                      for w in wheres) + " |",
                    "|---|---|" + "---|" * len(wheres)]
-        for m in MODELS:
-            for c in COMPARES:
-                cells = [f3(e["held_out"][f"{w}|{m}|{c}"]["iia_informative"]) for w in wheres]
-                out.append(f"| {name} | {m} / {c} | " + " | ".join(cells) + " |")
+        for m, c in COMBOS:
+            cells = [f3(e["held_out"].get(f"{w}|{m}|{c}", {}).get("iia_informative")) for w in wheres]
+            out.append(f"| {name} | {m} / {c} | " + " | ".join(cells) + " |")
     return out
 
 
@@ -198,14 +207,15 @@ def _verdict(numbers, settings, slow) -> list[str]:
     lines = []
     for name in (list(settings)[0], slow):
         p = ph[name]
-        ts, ss, es = p["token_smearing"], p["sequence_smearing"], p["eos_smearing"]
-        smear = ts["peak"]["mass"] >= 0.05 or ss["fraction_steps_smeared"] >= 0.05
+        rb, ss, es = p["token_smearing_robust"], p["sequence_smearing"], p["eos_smearing"]
+        smear = rb["peak"] >= 0.05 or ss["fraction_steps_smeared"] >= 0.05
         lines.append(f"- **{name}** ({p['commit']['mean_steps']:.1f} steps on average, accuracy {p['accuracy']:.3f}): "
                      + ("smearing **appears**" if smear else "smearing is **absent**")
-                     + f" (peak off-centre token mass {f3(ts['peak']['mass'])} at step {ts['peak']['step']}, offset "
-                     f"{ts['peak']['offset']:+d}; {f3(ss['fraction_steps_smeared'])} of row-steps best aligned at a "
+                     + f" (off-centre token mass {f3(rb['mean'])} on average, peak {f3(rb['peak'])} at step "
+                     f"{rb['peak_step']}, offset {rb['peak_offset']:+d}; {f3(ss['fraction_steps_smeared'])} of row-steps best aligned at a "
                      f"shift, in {ss['rows_with_smearing']}/{ss['rows']} rows; peak off-centre EOS mass "
-                     f"{f3(es['peak_off_centre'])}). Threshold for 'appears': peak mass ≥ 0.05 or ≥ 5% smeared steps.")
+                     f"{f3(es['peak_off_centre'])}). Threshold for 'appears': peak off-centre mass ≥ 0.05 (steps with "
+                     "≥ 25% of rows active) or ≥ 5% smeared steps.")
     ar = ph["AR twin (greedy)"]
     lines.append(f"- **AR twin**: accuracy {ar['accuracy']:.3f}; sequence-smeared steps "
                  f"{f3(ar['sequence_smearing']['fraction_steps_smeared'])} (AR writes each token once, in place).")
@@ -214,12 +224,13 @@ def _verdict(numbers, settings, slow) -> list[str]:
             continue
         w = e["selected_site"]
         g = (lambda m, c: e["held_out"][f"{w}|{m}|{c}"])
-        lines.append(f"- **IIA [{name}]**, site {w} (chosen on the selection half): EOS follows the patched count "
+        lines.append(f"- **IIA [{name}]**, site {w} (chosen on the selection half): the emitted count follows "
+                     f"{f3(g('independent', 'count')['iia_informative'])}; EOS follows the patched count "
                      f"(length) {f3(g('left', 'length')['iia_informative'])} "
                      f"(CI {f3(g('left', 'length')['ci95_informative'][0])}–{f3(g('left', 'length')['ci95_informative'][1])}, "
-                     f"n={g('left', 'length')['n_informative']}); whole answer as the left-anchored model "
-                     f"{f3(g('left', 'answer')['iia_informative'])}, right-anchored "
-                     f"{f3(g('right', 'answer')['iia_informative'])}, independent (only the count changes) "
+                     f"n={g('left', 'length')['n_informative']}); list laid out as the left-anchored model "
+                     f"{f3(g('left', 'list')['iia_informative'])}, right-anchored "
+                     f"{f3(g('right', 'list')['iia_informative'])}, independent (only the count changes) "
                      f"{f3(g('independent', 'answer')['iia_informative'])}; random sites (length) "
                      f"{f3(e['random_sites_left_length']['mean_iia_informative'])}.")
     return lines
@@ -257,14 +268,17 @@ def _markdown(numbers, iia_rows, wheres, settings, slow, figures) -> str:
         "Variable: the count n, aligned to canvas position 0 (the count character): the residual after block L, "
         "the self-conditioning channel or the count token read there, at every step. Patched from a source problem "
         "with another count. Predictions: *independent* (the list ignores n: only the count character changes), "
-        "*left* (n slots filled from the start; EOS at 2 + n), *right* (n slots filled from the end). `/length`: "
-        "only where EOS lands is compared (left = right there); `/answer`: every character ('#' = a slot with no "
-        "member, any digit matches). Held-out pairs only; random sites have the same shape (random layer and "
-        "position). Informative pairs: the prediction differs from the base answer.",
+        "*left* (n slots filled from the start; EOS at 2 + n), *right* (n slots filled from the end). `/count`: "
+        "only the count character is compared (every model predicts the source's count); `/length`: only where EOS "
+        "lands (left = right there); `/list`: everything after the count character (the list and its EOS); "
+        "`/answer`: every character ('#' = a slot with no "
+        "member, any digit matches). The site is chosen on the selection half (where the emitted count follows the patch, "
+        "the last block excluded: its residual at position 0 is the count's logits) and scored on the held-out "
+        "half; random sites have the same shape (random layer and position). Informative pairs: the prediction differs from the base answer.",
         "",
         iia_table(iia_rows) if iia_rows else "(no IIA: the model answered no pair correctly)",
         "",
-        "Held-out IIA (informative pairs) of every candidate site:",
+        "Held-out IIA (informative pairs) of every candidate site (AR twin: no self-conditioning channel, n/a):",
         "",
         *_site_table(numbers, wheres),
         "",

@@ -114,17 +114,20 @@ def test_count_trace_and_eos_smearing_on_a_constructed_run():
 
 @pytest.mark.slow
 def test_known_answer_iia(count_diffusion):
-    """The last block's residual at the count position, patched at every step, fixes the count
-    character (IIA 1.0 on 'count'); the canvas token at step 0 is the shared replayed noise in both
-    runs, so patching it is a no-op: the base answer stays (IIA 0.0 on informative pairs)."""
+    """One-step runs (stop after the first step: always 'stable', and 'confident' below a huge bound):
+    the last block's residual at the count position, patched from the source, *is* the count's logits,
+    so the emitted count follows the source (IIA 1.0 on 'count') and the list does not move (0.0 on
+    'length' under the left model); the canvas token at step 0 is the replayed noise shared by both
+    runs, so patching it is a no-op (0.0)."""
     from dgt_interp.casestudy import PairRuns, interchange_accuracy
     from dgt_interp.patching import Site
 
     last = count_diffusion.config.get_text_config().num_hidden_layers - 1
-    runs = PairRuns(count_diffusion, count_pairs(4, seed=0), seed=0)
-    assert runs.pairs, "the zoo count model should answer some pairs correctly"
+    runs = PairRuns(count_diffusion, count_pairs(6, seed=0), seed=0, stability_threshold=0, confidence_threshold=1e9)
+    assert runs.ctx.n_steps == 1 and runs.pairs, "one step; the zoo count model should answer some pairs"
     r = interchange_accuracy(count_diffusion, count_at(last, "independent", "count"), runs=runs)
     assert r.iia == 1.0 and r.n_informative == r.n == len(runs.pairs)
+    assert interchange_accuracy(count_diffusion, count_at(last, "left", "length"), runs=runs).iia == 0.0
     noop = CountHypothesis("noop", COUNT_MODEL, ("n",), lambda ctx: [Site("hook_embed", 0, 0)], compare="count")
     assert interchange_accuracy(count_diffusion, noop, runs=runs).iia == 0.0
 
