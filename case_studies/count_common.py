@@ -307,11 +307,11 @@ def eos_smearing(traj, canvas: int = 0, max_offset: int = 2, source: str = "auto
 
 
 def iia_figure(rows, title: str):
-    """Bar chart of IIA on informative pairs with 95% Wilson CIs (random-site baselines: mean of draws, grey;
-    AR twin rows orange)."""
+    """Horizontal bars of IIA on informative pairs with 95% Wilson CIs, one row per hypothesis / baseline
+    (random-site baselines: mean of the draws, grey; AR twin rows orange; DiffusionGemma blue)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(max(6.0, 0.45 * len(rows) + 2), 3.4), layout="constrained")
+    fig = Figure(figsize=(8.0, 1.2 + 0.24 * len(rows)), layout="constrained")
     ax = fig.add_subplot()
     vals, errs, labels = [], [], []
     for label, r in rows:
@@ -323,12 +323,13 @@ def iia_figure(rows, title: str):
             v, (lo, hi) = r.iia_informative, r.ci95_informative
             vals.append(v)
             errs.append((0.0, 0.0) if v != v else (max(v - lo, 0), max(hi - v, 0)))
-    x = list(range(len(vals)))
-    ax.bar(x, [0 if v != v else v for v in vals], yerr=list(zip(*errs)) if errs else None, capsize=3,
-           color=["tab:gray" if "random" in lab else "tab:orange" if "AR" in lab else "tab:blue" for lab in labels])
-    ax.set_xticks(x, labels, rotation=60, ha="right", fontsize=7)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("IIA (informative pairs)")
+    y = list(range(len(vals)))
+    ax.barh(y, [0 if v != v else v for v in vals], xerr=list(zip(*errs)) if errs else None, capsize=2,
+            color=["tab:gray" if "random" in lab else "tab:orange" if "AR" in lab else "tab:blue" for lab in labels])
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.05)
+    ax.set_xlabel("IIA (informative pairs)")
     ax.set_title(title, fontsize=9)
     return fig
 

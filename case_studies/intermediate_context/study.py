@@ -121,7 +121,7 @@ def _score(runs, hyps):
 def run(ctx: StudyContext) -> Report:
     quick = ctx.quick
     n_rec = 8 if quick else 128
-    n_causal = 3 if quick else 16
+    n_causal = 3 if quick else 32
     n_pairs = 6 if quick else 80
     draws = 2 if quick else 4
     max_flip_steps = 3 if quick else 16

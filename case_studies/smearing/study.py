@@ -136,8 +136,9 @@ def run(ctx: StudyContext) -> Report:
                  "pairs_kept_held_out": len(runs_held.pairs),
                  "held_out": {f"{w}|{m}|{c}": r.to_dict() for (w, m, c), r in s_held.items()},
                  "selection": {f"{w}|{m}|{c}": r.to_dict() for (w, m, c), r in s_sel.items()}}
-        for m, c in COMBOS:
-            iia_rows.append((f"{count_at(best, m, c).name} [{name}]", s_held[(best, m, c)]))
+        for w in dict.fromkeys([best, "canvas"]):  # the chosen site, and the count token read (as on the AR twin)
+            for m, c in COMBOS:
+                iia_rows.append((f"{count_at(w, m, c).name} [{name}]", s_held[(w, m, c)]))
         for c in ("length", "list"):
             hyp = count_at(best, "left", c)
             rnd = random_site_baseline(diff, hyp, runs=runs_held, draws=draws, seed=ctx.seed, batch_size=32)
