@@ -138,18 +138,15 @@ def sampler_settings(quick: bool) -> dict[str, dict]:
 
 
 def run_prompts(model, problems: list[Problem], seed: int, **generation_kwargs):
-    """Capture a batch of problems (with processed logits); returns (trajectory, decoded answers, accuracy)."""
-    from dgt_interp import capture
+    """`phenomena.detect_phenomena` on a batch of problems, plus the decoded answers:
+    returns (trajectory, answers, detector results incl. "accuracy")."""
     from dgt_interp.evaluate import prompt_batch
+    from dgt_interp.phenomena import detect_phenomena
     from dgt_interp.tasks import decode_answer
 
-    batch = prompt_batch([p.prompt for p in problems])
-    traj = capture(model, batch["input_ids"], attention_mask=batch["attention_mask"], seed=seed,
-                   record=("processed_logits",),
-                   **generation_kwargs)
-    answers = [decode_answer(r) for r in traj.sequences[:, batch["input_ids"].shape[1]:]]
-    acc = sum(a == p.answer for a, p in zip(answers, problems)) / len(problems)
-    return traj, answers, acc
+    traj, res = detect_phenomena(model, problems, seed=seed, **generation_kwargs)
+    n_prompt = prompt_batch([p.prompt for p in problems])["input_ids"].shape[1]
+    return traj, [decode_answer(r) for r in traj.sequences[:, n_prompt:]], res
 
 
 def digit_of(token: int) -> int | None:

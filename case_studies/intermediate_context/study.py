@@ -21,7 +21,7 @@ import random
 import torch
 
 from dgt_interp.casestudy import PairRuns, Report, StudyContext, expected_answers, iia_table, random_site_baseline
-from dgt_interp.phenomena import _nanmean, canvas_flips, commit_order, draft_effects, find_drafts
+from dgt_interp.phenomena import _nanmean, canvas_flips, draft_effects, find_drafts
 from dgt_interp.tasks import EOS_ID
 
 from case_studies.count_common import (
@@ -42,15 +42,15 @@ COMPARES = ("count", "answer")
 
 
 def _records(model, problems, seed, **gen) -> dict:
-    traj, answers, acc = run_prompts(model, problems, seed, **gen)
-    co = commit_order(traj, by="argmax", eos_id=EOS_ID)
+    traj, answers, det = run_prompts(model, problems, seed, **gen)
+    co = det["commit_argmax"]  # EOS excluded: the list's own characters
     cs = co.commit_step  # [B, L], NaN outside the answer
     after = [bool(cs[b, COUNT_POS] > torch.nan_to_num(cs[b, LIST_START:], nan=-1).max())
              for b in range(cs.shape[0]) if torch.isfinite(cs[b, LIST_START:]).any()]
     trace = count_trace(traj, problems)
-    return {"traj": traj, "accuracy": acc,
+    return {"traj": traj, "accuracy": det["accuracy"],
             "count_accuracy": sum(a[:1] == p.answer[:1] for a, p in zip(answers, problems)) / len(problems),
-            "trace": trace, "drafts": find_drafts(traj, eos_id=EOS_ID), "commit": co,
+            "trace": trace, "drafts": det["drafts"], "commit": co,
             "count_commit_step": _nanmean(cs[:, COUNT_POS]),
             "list_commit_step": _nanmean(cs[:, LIST_START:]),
             "fraction_count_commits_after_list": sum(after) / len(after) if after else float("nan")}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 
 from dgt_interp.casestudy import PairRuns, Report, StudyContext, expected_answers, iia_table, random_site_baseline
-from dgt_interp.phenomena import commit_order, sequence_smearing, token_smearing
+from dgt_interp.phenomena import token_smearing
 from dgt_interp.tasks import EOS_ID
 
 from case_studies.count_common import (
@@ -43,12 +43,11 @@ COMBOS = (("independent", "count"), ("independent", "answer"), ("left", "length"
 
 
 def _phenomena(model, problems, seed, ar: bool, **gen) -> tuple:
-    traj, answers, acc = run_prompts(model, problems, seed, **gen)
+    traj, _, det = run_prompts(model, problems, seed, **gen)
     src = "argmax" if ar else "probs"  # AR logits exist only where a token was written
-    res = {"accuracy": acc,
-           "commit": commit_order(traj, by="argmax", eos_id=EOS_ID),
-           "token_smearing": token_smearing(traj, eos_id=EOS_ID, source=src),
-           "sequence_smearing": sequence_smearing(traj, eos_id=EOS_ID),
+    res = {"accuracy": det["accuracy"], "commit": det["commit_argmax"],
+           "token_smearing": token_smearing(traj, eos_id=EOS_ID, source="argmax") if ar else det["token_smearing"],
+           "sequence_smearing": det["sequence_smearing"],
            "eos_smearing": eos_smearing(traj, source=src),
            "count_trace": count_trace(traj, problems)}
     return traj, res
@@ -225,7 +224,7 @@ def _verdict(numbers, settings, slow) -> list[str]:
             continue
         w = e["selected_site"]
         g = (lambda m, c: e["held_out"][f"{w}|{m}|{c}"])
-        lines.append(f"- **IIA [{name}]**, site {w} (chosen on the selection half): the emitted count follows "
+        lines.append(f"- **IIA [{name}]**, site {'L' + w if w.isdigit() else w} (chosen on the selection half): the emitted count follows "
                      f"{f3(g('independent', 'count')['iia_informative'])}; EOS follows the patched count "
                      f"(length) {f3(g('left', 'length')['iia_informative'])} "
                      f"(CI {f3(g('left', 'length')['ci95_informative'][0])}–{f3(g('left', 'length')['ci95_informative'][1])}, "
