@@ -272,8 +272,8 @@ def _markdown(numbers, iia_rows, default, slow, figures, headline) -> str:
         "",
         "A wrong count draft: the argmax canvas holds another count at an intermediate step than the one emitted. "
         "Corrected: the emitted count is right. 'With the list already final': the drafted list (argmax, up to "
-        "its EOS) equalled the emitted list at the step before the count settled. Commit step (argmax): the step "
-        "after which the position no longer changes; 'count commits after the list': the count's commit step is "
+        "its EOS) equalled the emitted list at the step before the count settled. Commit step (argmax, EOS excluded): the "
+        "step after which the position no longer changes; 'count commits after the list': the count's commit step is "
         "later than every list position's.",
         "",
         "![drafts](drafts_slow.png) ![commit](commit_order_slow.png)",
