@@ -126,3 +126,9 @@ def test_gemma_attention_layout_uses_sliding_layers_with_a_full_last_layer():
         assert size_of(model) == size
     with pytest.raises(ValueError, match="unknown attention layout 'local'"):
         build_ar(TinySize(attention="local"))
+
+
+def test_size_of_recovers_the_canvas_of_both_kinds():
+    size = TinySize(canvas_length=11)
+    for model in (build_diffusion(size), build_ar(size)):  # AR: the budget lives in max_new_tokens
+        assert size_of(model).canvas_length == 11

@@ -200,7 +200,9 @@ def size_of(model) -> TinySize:
         moe_intermediate_size=text.moe_intermediate_size,
         intermediate_size=text.intermediate_size,
         max_position_embeddings=text.max_position_embeddings,
-        canvas_length=getattr(cfg, "canvas_length", None) or 8,
+        # A diffusion model's canvas; an AR twin keeps the same budget as `max_new_tokens`.
+        canvas_length=getattr(cfg, "canvas_length", None) or getattr(model.generation_config, "max_new_tokens", None)
+        or 8,
         attention="full" if all(t == "full_attention" for t in text.layer_types) else "gemma",
         pad_token_id=text.pad_token_id,
         eos_token_id=text.eos_token_id if isinstance(text.eos_token_id, int) else text.eos_token_id[0],
