@@ -73,9 +73,9 @@ def main() -> None:
     clean, corrupted = prompt_batch([args.clean])["input_ids"], prompt_batch([args.corrupted])["input_ids"]
     gen = {}
     if args.entropy_bound is not None:
-        from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
+        from dgt_interp.bottleneck import entropy_bound_kwargs
 
-        gen["sampler_config"] = EntropyBoundSamplerConfig(entropy_bound=args.entropy_bound)
+        gen.update(entropy_bound_kwargs(args.entropy_bound))
     if args.temperature is not None:
         gen["t_min"], gen["t_max"] = args.temperature
     p = Patching(model, clean, corrupted, seed=args.seed, names=["blocks.*.hook_resid_pre"], **gen)

@@ -125,10 +125,7 @@ def sampler_settings(quick: bool) -> dict[str, dict]:
     canvas over more steps: tighter entropy bounds accept fewer tokens per step, a stricter stop
     (stable for 3 steps and mean entropy < 1e-4) keeps denoising after the argmax settles, and a hotter
     temperature keeps entropy up. The last entry is the slowest ("many steps")."""
-    from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
-
-    def eb(x, **kw):
-        return dict(sampler_config=EntropyBoundSamplerConfig(entropy_bound=x), **kw)
+    from dgt_interp.bottleneck import entropy_bound_kwargs as eb
 
     slow = dict(stability_threshold=3, confidence_threshold=1e-4)
     if quick:

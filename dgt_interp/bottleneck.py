@@ -167,6 +167,14 @@ def as_bottleneck(spec: "Bottleneck | LogitsFn | str | None") -> Bottleneck | No
 
 # ----------------------------------------------------------------------------- evaluation
 
+def entropy_bound_kwargs(entropy_bound: float, **generation_kwargs) -> dict:
+    """`generate` kwargs for DiffusionGemma's entropy-bound sampler with bound `entropy_bound` (smaller =
+    fewer tokens accepted per step = more steps), plus any other `generate` kwargs given."""
+    from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
+
+    return dict(sampler_config=EntropyBoundSamplerConfig(entropy_bound=float(entropy_bound)), **generation_kwargs)
+
+
 def sampler_settings(name: str) -> dict:
     """`generate` kwargs of a named sampler setting.
 
@@ -174,16 +182,13 @@ def sampler_settings(name: str) -> dict:
     - "gentle": the setting under which public follow-up work found top-1 harmless on GPQA
       (entropy bound 0.02, up to 96 steps, temperature 1.0 -> 0.5).
     """
-    from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
-
     presets = {
         "default": dict(entropy_bound=0.1, max_denoising_steps=48, t_max=0.8, t_min=0.4),
         "gentle": dict(entropy_bound=0.02, max_denoising_steps=96, t_max=1.0, t_min=0.5),
     }
     if name not in presets:
         raise ValueError(f"unknown sampler setting {name!r}; choose one of: {', '.join(presets)}")
-    p = dict(presets[name])
-    return dict(sampler_config=EntropyBoundSamplerConfig(entropy_bound=p.pop("entropy_bound")), **p)
+    return entropy_bound_kwargs(**presets[name])
 
 
 SAMPLERS = ("default", "gentle")

@@ -27,12 +27,13 @@ def run_demo(model_name: str = "addition-diffusion", n: int = 3, seed: int = 0, 
              print_fn=print) -> list[bool]:
     """Denoise `n` held-out additions step by step; returns whether each answer was right."""
     from dgt_interp import capture
+    from dgt_interp.bottleneck import entropy_bound_kwargs
     from dgt_interp.evaluate import prompt_batch
     from dgt_interp.models import load_model
 
     model = load_model(model_name)
     problems = ADDITION.problems("test", n, seed=seed)
-    kwargs = {} if entropy_bound is None else {"sampler_config": _sampler(entropy_bound)}
+    kwargs = {} if entropy_bound is None else entropy_bound_kwargs(entropy_bound)
     print_fn(f"model: {model_name} ({type(model).__name__}), canvas of {model.config.canvas_length} tokens\n"
              "legend: [x] accepted by the sampler this step, $ = EOS, _ = pad; other positions are re-noised\n")
     results = []
@@ -66,9 +67,3 @@ def run_flagship_study(name: str = "addition", out: str = "dgt_interp_demo", qui
     print_fn(f"case study {name!r} done in {report.numbers['seconds']:.0f} s. Report: {target / 'report.md'} "
              f"(numbers in report.json, {len(report.figures)} figures beside it)")
     return report
-
-
-def _sampler(entropy_bound: float):
-    from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
-
-    return EntropyBoundSamplerConfig(entropy_bound=float(entropy_bound))

@@ -29,9 +29,9 @@ def _generation_kwargs(model, entropy_bound, max_denoising_steps) -> dict:
             raise LensError("--entropy-bound and --max-denoising-steps apply to diffusion models only; drop them for the AR twin")
         return kwargs
     if entropy_bound is not None:
-        from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
+        from dgt_interp.bottleneck import entropy_bound_kwargs
 
-        kwargs["sampler_config"] = EntropyBoundSamplerConfig(entropy_bound=float(entropy_bound))
+        kwargs.update(entropy_bound_kwargs(entropy_bound))
     if max_denoising_steps is not None:
         kwargs["max_denoising_steps"] = int(max_denoising_steps)
     return kwargs

@@ -17,6 +17,7 @@ import random
 import torch
 from matplotlib.figure import Figure
 
+from dgt_interp.bottleneck import entropy_bound_kwargs
 from dgt_interp.casestudy import (
     PairRuns,
     Report,
@@ -41,11 +42,7 @@ from .hypothesis import carry_at, carry_pairs, sample_problem
 
 def sampler_settings(quick: bool) -> dict[str, dict]:
     """name -> generate kwargs. Tighter entropy bounds accept fewer tokens per step (more steps)."""
-    from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
-
-    def eb(x, **kw):
-        return dict(sampler_config=EntropyBoundSamplerConfig(entropy_bound=x), **kw)
-
+    eb = entropy_bound_kwargs
     if quick:
         return {"eb=0.1 (default)": eb(0.1), "eb=1e-4": eb(1e-4)}
     return {"eb=0.1 (default)": eb(0.1), "eb=0.01": eb(0.01), "eb=1e-3": eb(1e-3), "eb=1e-4": eb(1e-4),

@@ -52,12 +52,11 @@ DEFAULT, TIGHT, MANY, HOT, GENTLE = ("default (eb=0.1)", "eb=1e-4", "eb=1e-4, no
 
 def sampler_settings(quick: bool) -> dict[str, dict]:
     """name -> generate kwargs. The first is the zoo default; `MANY` resolves the canvas over many steps."""
-    from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
-
+    from dgt_interp.bottleneck import entropy_bound_kwargs
     from dgt_interp.bottleneck import sampler_settings as preset
 
     def eb(bound, base="default", **kw):
-        return {**preset(base), "sampler_config": EntropyBoundSamplerConfig(entropy_bound=bound), **kw}
+        return {**preset(base), **entropy_bound_kwargs(bound, **kw)}
 
     if quick:  # the many-step setting capped at 6 steps
         return {DEFAULT: preset("default"), MANY: eb(1e-4, confidence_threshold=1e-9, max_denoising_steps=6)}
