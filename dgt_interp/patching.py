@@ -575,6 +575,55 @@ class Patching:
             out[start:start + len(values)] = values
         return out
 
+    def rounding_noise(self, metric, pattern: str = "blocks.*.hook_resid_pre", *, n: int = 256, seed: int = 0,
+                       batch_size: int = 256) -> float:
+        """How far float rounding alone moves the metric: the largest |effect| of `n` one-ulp nudges.
+
+        Any patch perturbs every later float operation, so even a site whose true effect is 1e-30
+        (an early step whose influence has decayed) moves the metric by a few ulps. Sweep cells
+        with |patched - corrupted| at or below this are rounding, not effects, and their order is
+        noise (compare rankings, e.g. attribution vs the exact sweep, above it). Each copy nudges one
+        random (step, layer, position) site of `pattern` up by one ulp (`torch.nextafter`) in
+        batched corrupted runs; returns max |metric - corrupted metric| (averaged over the prompt batch).
+        """
+        names = sorted(self.resolve([pattern]), key=natural_key)
+        if not names:
+            raise PatchingError(f"no hook name matches {pattern!r}; print(dgt_interp.describe_names(model)) lists them")
+        self.need(names)
+        sites = [(nm, s, q) for nm in names for s in range(self.n_steps) for q in range(self.positions(nm, s))]
+        if not sites:
+            raise PatchingError(f"{pattern!r} fires at none of the {self.n_steps} steps; pick another hook")
+        if n < 1 or batch_size < 1:
+            raise PatchingError(f"n and batch_size must be >= 1, got n={n}, batch_size={batch_size}")
+        pick = torch.randint(len(sites), (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+        b, base, worst = self.batch, self.corrupted_metric(metric), 0.0
+        for start in range(0, n, batch_size):
+            chunk = [sites[i] for i in pick[start:start + batch_size]]
+            plan: dict[str, dict[int, list[tuple[int, int]]]] = {}
+            for k, (nm, s, q) in enumerate(chunk):
+                plan.setdefault(nm, {}).setdefault(s, []).append((k, q))
+
+            def hook_for(nm):
+                flat = self._layout(nm) == "flat"
+
+                def fn(t, hook, step):
+                    todo = plan[nm].get(step)
+                    if not todo:
+                        return None
+                    out = t.clone()
+                    view = out.view(len(chunk) * b, -1, *out.shape[1:]) if flat else out
+                    for k, q in todo:
+                        x = view[k * b:(k + 1) * b, q]
+                        view[k * b:(k + 1) * b, q] = torch.nextafter(x, torch.full_like(x, math.inf))
+                    return out
+
+                return fn
+
+            traj = self._capture("corrupted", copies=len(chunk), fwd_hooks=[(nm, hook_for(nm)) for nm in plan])
+            values = metric_values(traj, metric).view(len(chunk), b).mean(-1)
+            worst = max(worst, float((values - base).abs().max()))
+        return worst
+
 
 def layer_sites(p: Patching, layer: int, step: Index = None, *, prompt: bool = True) -> list[Site]:
     """Every site of decoder layer `layer` at `step` (None = every step): a complete cut of the run there.

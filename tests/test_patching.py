@@ -247,6 +247,22 @@ def test_attribution_is_the_derivative_of_the_real_run(multi_step, tiny_diffusio
         assert est[s, layer, q].item() == pytest.approx(derivative, rel=rel)
 
 
+def test_rounding_noise_is_a_few_ulps_and_causal(multi_step):
+    # one-ulp nudges move the final metric by rounding only: above zero, far below any real effect
+    noise = multi_step.rounding_noise(METRIC, n=64)
+    scale = abs(multi_step.corrupted_metric(METRIC))
+    assert 0 < noise < 64 * torch.finfo(torch.float32).eps * max(scale, 1.0)
+    assert multi_step.rounding_noise(METRIC, n=64) == noise  # seeded
+    # self-conditioning fires from step 1 on: nudges there cannot reach a metric read at step 0, so
+    # all that is left is the batched float path's offset from the batch-1 corrupted run
+    at_step0 = LogitDiff(pos=[0, 3], correct=[5, 7], wrong=[6, 9], step=0)
+    unpatched = multi_step.run_patches([[]] * 32, at_step0, batch_size=32)
+    offset = float((unpatched - multi_step.corrupted_metric(at_step0)).abs().max())
+    assert multi_step.rounding_noise(at_step0, "self_cond.hook_logits_in", n=32, batch_size=32) == offset
+    with pytest.raises(ValueError, match="unknown hook name"):
+        multi_step.rounding_noise(METRIC, "blocks.*.hook_nothing")
+
+
 def test_errors(multi_step, tiny_diffusion):
     with pytest.raises(PatchingError, match="differ in shape"):
         Patching(tiny_diffusion, ids("1+2="), ids("12+34="), seed=0, max_denoising_steps=1)
