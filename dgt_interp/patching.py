@@ -497,8 +497,10 @@ class Patching:
             self._layouts[name] = name_info(self.model, name, "full")[1]
         return self._layouts[name]
 
-    def _patch_hooks(self, copies: list[list[Site]]):
-        """One TL hook per hook name that writes each copy's sites (copy k = rows k*B .. k*B+B-1)."""
+    def _patch_hooks(self, copies: list[list[Site]], value=None):
+        """One TL hook per hook name that writes each copy's sites (copy k = rows k*B .. k*B+B-1).
+
+        What is written: `value(current, clean)` of the selected slices, default the clean activation."""
         plan: dict[str, dict[int, list[tuple[int, list[int], list[int] | None]]]] = {}
         for k, sites in enumerate(copies):
             for site in sites:
@@ -520,13 +522,11 @@ class Patching:
                     n_pos = clean.shape[0] // b
                     view, src = out.view(-1, n_pos, *out.shape[1:]), clean.view(b, n_pos, *clean.shape[1:])
                 for k, pos, heads in todo:
-                    rows = slice(k * b, (k + 1) * b)
                     p = torch.tensor(pos, device=out.device)
-                    if heads is None:
-                        view[rows, p] = src[:, p].to(out.dtype)
-                    else:
-                        h = torch.tensor(heads, device=out.device)
-                        view[rows, p[:, None], h] = src[:, p[:, None], h].to(out.dtype)
+                    at = (p,) if heads is None else (p[:, None], torch.tensor(heads, device=out.device))
+                    rows = slice(k * b, (k + 1) * b)
+                    new = src[(slice(None), *at)] if value is None else value(view[(rows, *at)], src[(slice(None), *at)])
+                    view[(rows, *at)] = new.to(out.dtype)
                 return out
 
             return fn
@@ -596,31 +596,16 @@ class Patching:
         if n < 1 or batch_size < 1:
             raise PatchingError(f"n and batch_size must be >= 1, got n={n}, batch_size={batch_size}")
         pick = torch.randint(len(sites), (n,), generator=torch.Generator().manual_seed(seed)).tolist()
-        b, base, worst = self.batch, self.corrupted_metric(metric), 0.0
+        copies = [[Site(nm, s, q)] for nm, s, q in (sites[i] for i in pick)]
+
+        def nudge(current, clean):
+            return torch.nextafter(current, torch.full_like(current, math.inf))
+
+        base, worst = self.corrupted_metric(metric), 0.0
         for start in range(0, n, batch_size):
-            chunk = [sites[i] for i in pick[start:start + batch_size]]
-            plan: dict[str, dict[int, list[tuple[int, int]]]] = {}
-            for k, (nm, s, q) in enumerate(chunk):
-                plan.setdefault(nm, {}).setdefault(s, []).append((k, q))
-
-            def hook_for(nm):
-                flat = self._layout(nm) == "flat"
-
-                def fn(t, hook, step):
-                    todo = plan[nm].get(step)
-                    if not todo:
-                        return None
-                    out = t.clone()
-                    view = out.view(len(chunk) * b, -1, *out.shape[1:]) if flat else out
-                    for k, q in todo:
-                        x = view[k * b:(k + 1) * b, q]
-                        view[k * b:(k + 1) * b, q] = torch.nextafter(x, torch.full_like(x, math.inf))
-                    return out
-
-                return fn
-
-            traj = self._capture("corrupted", copies=len(chunk), fwd_hooks=[(nm, hook_for(nm)) for nm in plan])
-            values = metric_values(traj, metric).view(len(chunk), b).mean(-1)
+            chunk = copies[start:start + batch_size]
+            traj = self._capture("corrupted", copies=len(chunk), fwd_hooks=self._patch_hooks(chunk, nudge))
+            values = metric_values(traj, metric).view(len(chunk), self.batch).mean(-1)
             worst = max(worst, float((values - base).abs().max()))
         return worst
 
