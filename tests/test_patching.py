@@ -263,6 +263,24 @@ def test_rounding_noise_is_a_few_ulps_and_causal(multi_step):
         multi_step.rounding_noise(METRIC, "blocks.*.hook_nothing")
 
 
+@pytest.mark.parametrize("which", ["addition_diffusion", "addition_ar"])
+def test_attribution_ranks_like_the_exact_sweep_on_zoo_models(which, request):
+    """bench/patching.py's comparison on a trained model: Spearman over the cells the exact sweep resolves
+    (above twice its measured rounding noise) meets the issue's 0.8 (measured 0.84 on 32 cells diffusion, 0.95 on 15 AR)."""
+    model = request.getfixturevalue(which)
+    kw = {"do_sample": False} if which.endswith("_ar") else {}
+    p = Patching(model, ids("4721+3856="), ids("4721+3356="), seed=0, **kw)
+    n = ids("4721+3856=").shape[1]
+    out_c, out_k = p.clean.sequences[0, n:], p.corrupted.sequences[0, n:]
+    pos = int((out_c != out_k).nonzero()[0])
+    metric = LogitDiff(pos=pos, correct=int(out_c[pos]), wrong=int(out_k[pos]))
+    exact = get_act_patch_resid_pre(p, metric, batch_size=256) - p.corrupted_metric(metric)
+    est = attribution_patch(p, metric, "blocks.*.hook_resid_pre")
+    resolved = exact.abs() > 2 * p.rounding_noise(metric)
+    assert resolved.sum() >= 10
+    assert rank_correlation(torch.where(resolved, exact, float("nan")), est) >= 0.8
+
+
 def test_errors(multi_step, tiny_diffusion):
     with pytest.raises(PatchingError, match="differ in shape"):
         Patching(tiny_diffusion, ids("1+2="), ids("12+34="), seed=0, max_denoising_steps=1)
