@@ -36,13 +36,8 @@ from transformers.models.diffusion_gemma.generation_diffusion_gemma import Entro
 
 from dgt_interp.backends.tl import DIFFUSION_ARCH, architecture_of, bridge_for, sync_generation_config
 from dgt_interp.names import HookNameError, level_for, name_info, resolve_names
-from dgt_interp.trajectory import (
-    OPTIONAL_RECORDS,
-    DiskActivations,
-    Trajectory,
-    _atomic_save,
-    step_file,
-)
+from dgt_interp.atomic import save_tensors
+from dgt_interp.trajectory import OPTIONAL_RECORDS, DiskActivations, Trajectory, step_file
 
 BACKENDS = ("tl", "nnsight")
 
@@ -260,7 +255,7 @@ class _Recorder:
                 raise CaptureError(f"{name} changes shape between recorded steps ({spec['shape']} -> {list(t.shape)}: "
                                    "the encoder cache grows by a canvas); record it within one canvas with steps=")
         if self.disk_root is not None:
-            _atomic_save(self.buf, step_file(self.disk_root, step))
+            save_tensors(step_file(self.disk_root, step), self.buf)
             for name in self.buf:
                 self.acts[name][step] = None  # marker: on disk
         else:

@@ -34,7 +34,6 @@ import pkgutil
 import random
 import re
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from dgt_interp.atomic import save_figure, write_text
 from dgt_interp.evaluate import wilson_interval
 from dgt_interp.tasks import Problem, Task
 
@@ -287,18 +287,6 @@ def random_site_baseline(model, hypothesis: Hypothesis, pairs=None, *, runs: Pai
 # ---------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _jsonable(x):
     if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
         return None
@@ -331,16 +319,9 @@ class Report:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         for name, fig in self.figures.items():
-            fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".png")
-            os.close(fd)
-            try:
-                fig.savefig(tmp, dpi=110, format="png")
-                os.replace(tmp, out / f"{name}.png")
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
-        _atomic_write(out / "report.md", f"# {self.title}\n\n{self.markdown.strip()}\n".encode())
-        _atomic_write(out / "report.json", json.dumps(_jsonable(self.numbers), indent=1).encode())
+            save_figure(out / f"{name}.png", fig, dpi=110)
+        write_text(out / "report.md", f"# {self.title}\n\n{self.markdown.strip()}\n")
+        write_text(out / "report.json", json.dumps(_jsonable(self.numbers), indent=1))
         return out
 
 

@@ -32,16 +32,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 from torch.func import functional_call
+
+from dgt_interp.atomic import save_tensors, write_text
 
 RESID = "blocks.{}.hook_resid_post"
 FORMAT_VERSION = 1
@@ -184,7 +183,7 @@ class LensResult:
         meta = {"lens": self.lens, "steps": self.steps, "layers": self.layers, "positions": self.positions,
                 "targets": self.targets, "meta": self.meta, "format_version": FORMAT_VERSION}
         tensors = {n: getattr(self, n).contiguous() for n in _RESULT_TENSORS}
-        _atomic(lambda tmp: save_file(tensors, tmp, metadata={"lens_result": json.dumps(meta)}), path)
+        save_tensors(path, tensors, metadata={"lens_result": json.dumps(meta)})
         return path
 
     @classmethod
@@ -196,17 +195,6 @@ class LensResult:
             tensors = {n: f.get_tensor(n) for n in _RESULT_TENSORS}
         meta.pop("format_version", None)
         return cls(**meta, **tensors)
-
-
-def _atomic(write, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -488,11 +476,11 @@ class TunedLens(Lens):
         root.mkdir(parents=True, exist_ok=True)
         u = self.unembed
         tensors = {"weight": self.weight.detach().cpu().contiguous(), "bias": self.bias.detach().cpu().contiguous()}
-        _atomic(lambda tmp: save_file(tensors, tmp), root / "tuned_lens.safetensors")
+        save_tensors(root / "tuned_lens.safetensors", tensors)
         meta = {"format_version": FORMAT_VERSION, "model_class": u.model_class, "d_model": u.d_model,
                 "n_layers": u.n_layers, "vocab_size": u.vocab_size, "step_buckets": self.step_buckets,
                 "training": self.training_info}
-        _atomic(lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)), root / "tuned_lens.json")
+        write_text(root / "tuned_lens.json", json.dumps(meta, indent=1))
         return root
 
     @classmethod

@@ -12,6 +12,7 @@ import json
 import math
 from pathlib import Path
 
+from dgt_interp.atomic import save_figure, write_text
 from dgt_interp.lens import LensError, LogitLens, TunedLens, format_kl_table, lens_capture
 
 
@@ -120,16 +121,17 @@ def lens_report(model_name: str, prompt: str, out_dir: str | Path, *, position: 
     for name, lens in lenses.items():
         res = lens.run(traj, targets=[target_id], k=k)
         res.save(out / f"lens_{name}.safetensors")
-        layer_step_heatmap(res, position=position, metric="target", tokenizer=tok).savefig(out / f"{name}_target.png", dpi=90)
-        layer_step_heatmap(res, metric="kl", tokenizer=tok).savefig(out / f"{name}_kl.png", dpi=90)
+        save_figure(out / f"{name}_target.png",
+                    layer_step_heatmap(res, position=position, metric="target", tokenizer=tok), dpi=90)
+        save_figure(out / f"{name}_kl.png", layer_step_heatmap(res, metric="kl", tokenizer=tok), dpi=90)
         files += [f"lens_{name}.safetensors", f"{name}_target.png", f"{name}_kl.png"]
         summary[f"kl_{name}"] = _table(res.kl_table())
         print_fn(format_kl_table(res))
-    canvas_figure(traj, tokenizer=tok).savefig(out / "canvas.png", dpi=90)
-    commit_heatmap(traj, tokenizer=tok).savefig(out / "commit.png", dpi=90)
+    save_figure(out / "canvas.png", canvas_figure(traj, tokenizer=tok), dpi=90)
+    save_figure(out / "commit.png", commit_heatmap(traj, tokenizer=tok), dpi=90)
     files += ["canvas.png", "commit.png", "summary.json"]
     summary["files"] = files
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_text(out / "summary.json", json.dumps(summary, indent=1))  # last: its presence means complete
     print_fn(f"{prompt} -> {answer!r} in {traj.n_steps} steps; target {summary['target']!r} at position {position}; "
              f"last-layer lens vs model logits: max |diff| = {summary['last_layer_max_abs_diff']:.1e}")
     print_fn(f"wrote {', '.join(files)} to {out}")

@@ -20,8 +20,8 @@ def run_patch(model_ref: str, clean: str, corrupted: str, out: str | Path, *, sw
               seed: int = 0, batch_size: int = 64, attribution: bool = False, progress: bool = True) -> dict:
     """Run the sweeps and write `out/<sweep>.png`, `out/patching.safetensors`, `out/patching.json`."""
     import torch
-    from safetensors.torch import save_file
 
+    from dgt_interp.atomic import save_figure, save_tensors, write_text
     from dgt_interp.evaluate import prompt_batch
     from dgt_interp.models import load_model
     from dgt_interp.patching import (AnswerProb, ExactMatch, LogitDiff, Patching, PatchingError, get_act_patch_attn_out,
@@ -64,20 +64,20 @@ def run_patch(model_ref: str, clean: str, corrupted: str, out: str | Path, *, sw
         tensors[s] = grid
         norm = normalise(grid, clean_v, corr_v)
         title = f"{s}: {clean!r} -> {corrupted!r}, {metric} (normalised)"
-        step_layer_pos_figure(norm, title=title, vmax=1.0).savefig(out / f"{s}.png")
+        save_figure(out / f"{s}.png", step_layer_pos_figure(norm, title=title, vmax=1.0))
         if attribution and s in ("resid_pre", "attn_out", "mlp_out"):
             from dgt_interp.attribution import attribution_patch
 
             est = attribution_patch(p, m, f"blocks.*.hook_{s}")
             tensors[f"attribution_{s}"] = est
-            step_layer_pos_figure(est / (clean_v - corr_v), title=f"attribution {s} (normalised)",
-                                  vmax=1.0).savefig(out / f"attribution_{s}.png")
-    save_file({k: v.contiguous().float() for k, v in tensors.items()}, str(out / "patching.safetensors"))
+            save_figure(out / f"attribution_{s}.png",
+                        step_layer_pos_figure(est / (clean_v - corr_v), title=f"attribution {s} (normalised)", vmax=1.0))
+    save_tensors(out / "patching.safetensors", {k: v.float() for k, v in tensors.items()})
     summary = {"model": model_ref, "clean": clean, "corrupted": corrupted, "seed": seed, "metric": metric,
                "metric_positions": diff if metric != "logit_diff" else [diff[0]], "clean_metric": clean_v,
                "corrupted_metric": corr_v, "steps": p.n_steps, "sweeps": list(sweeps),
                "layout": "[step, layer, pos] (self_cond, canvas: [step, pos]); NaN = hook absent"}
-    (out / "patching.json").write_text(json.dumps(summary, indent=1))
+    write_text(out / "patching.json", json.dumps(summary, indent=1))  # last: its presence means complete
     return summary
 
 

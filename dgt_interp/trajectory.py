@@ -41,16 +41,14 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
+from dgt_interp.atomic import save_tensors, write_text
 from dgt_interp.names import natural_key
 
 STEP_RECORDS = ("input_canvas", "sampled_canvas", "argmax_canvas", "accepted", "entropy", "active",
@@ -61,25 +59,6 @@ FORMAT_VERSION = 1
 
 class TrajectoryError(ValueError):
     """Bad access into a trajectory (one-line message that says what to do)."""
-
-
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def step_file(root: Path, step: int) -> Path:
@@ -250,10 +229,10 @@ class Trajectory:
         if root.resolve() != (self.root.resolve() if self.root else None):
             for i, s in enumerate(self.recorded_steps):
                 tensors = {n: self.activations[n][i] for n in self.activations if self._fired[n][i]}
-                _atomic_save(tensors, step_file(root, s))
-        _atomic_save({"sequences": self.sequences, **self.records}, root / "records.safetensors")
+                save_tensors(step_file(root, s), tensors)
+        save_tensors(root / "records.safetensors", {"sequences": self.sequences, **self.records})
         meta = dict(self.meta, format_version=FORMAT_VERSION, specs=self._specs(), fired=self._fired)
-        _atomic_write_text(json.dumps(meta, indent=1), root / "meta.json")
+        write_text(root / "meta.json", json.dumps(meta, indent=1))
         return root
 
     @classmethod
