@@ -108,7 +108,8 @@ def _cmd_patch(args) -> None:
     s = run_patch(args.model, args.clean, args.corrupted, args.out, sweeps=args.sweeps, metric=args.metric,
                   seed=args.seed, batch_size=args.batch_size, attribution=args.attribution, progress=not args.quiet)
     print(f"wrote {args.out}: {', '.join(s['sweeps'])} over {s['steps']} steps ({s['metric']}: clean "
-          f"{s['clean_metric']:.3f}, corrupted {s['corrupted_metric']:.3f})")
+          f"{s['clean_metric']:.3f}, corrupted {s['corrupted_metric']:.3f}; effects up to {s['rounding_noise']:.1g} "
+          "are float rounding)")
 
 
 def _cmd_case_study_list(args) -> None:

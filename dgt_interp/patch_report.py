@@ -4,7 +4,8 @@ The metric is chosen from the two runs: the first output position where the clea
 outputs differ; `logit_diff` = logit(clean token) - logit(corrupted token) there, `prob` = the
 probability of the clean answer tokens at every differing position, `exact` = exact match of those.
 Every sweep is normalised like TL's docs, (patched - corrupted) / (clean - corrupted); raw values
-and the baselines go to `patching.safetensors` as well.
+and the baselines go to `patching.safetensors` as well. `patching.json` also gives the metric's
+rounding noise (`Patching.rounding_noise`): raw effects at or below it are float rounding.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def run_patch(model_ref: str, clean: str, corrupted: str, out: str | Path, *, sw
     save_tensors(out / "patching.safetensors", {k: v.float() for k, v in tensors.items()})
     summary = {"model": model_ref, "clean": clean, "corrupted": corrupted, "seed": seed, "metric": metric,
                "metric_positions": diff if metric != "logit_diff" else [diff[0]], "clean_metric": clean_v,
-               "corrupted_metric": corr_v, "steps": p.n_steps, "sweeps": list(sweeps),
+               "corrupted_metric": corr_v, "rounding_noise": p.rounding_noise(m, n=64, batch_size=batch_size),
+               "steps": p.n_steps, "sweeps": list(sweeps),
                "layout": "[step, layer, pos] (self_cond, canvas: [step, pos]); NaN = hook absent"}
     write_text(out / "patching.json", json.dumps(summary, indent=1))  # last: its presence means complete
     return summary

@@ -3,6 +3,8 @@ complete patches reproduce the clean run, attribution patching through the self-
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from transformer_lens import patching as tl_patching
@@ -294,6 +296,29 @@ def test_errors(multi_step, tiny_diffusion):
         multi_step.run(Site("self_cond.hook_logits_in", step=0))
     with pytest.raises(PatchingError, match="no head axis"):
         multi_step.run(Site("blocks.0.hook_resid_pre", step=0, head=0))
+
+
+def test_cli_patch_writes_the_library_sweeps(tmp_path, addition_diffusion):
+    from safetensors.torch import load_file
+
+    from dgt_interp.cli import main
+
+    out = tmp_path / "out"
+    argv = ["patch", "--model", "addition-diffusion", "--clean", "4721+3856=", "--corrupted", "4721+3356=",
+            "--out", str(out), "--sweeps", "resid_pre", "--attribution", "--quiet"]
+    assert main(argv) == 0
+    summary = json.loads((out / "patching.json").read_text())
+    saved = load_file(out / "patching.safetensors")
+    p = Patching(addition_diffusion, ids("4721+3856="), ids("4721+3356="), seed=0)
+    n, pos = ids("4721+3856=").shape[1], summary["metric_positions"][0]  # 8577 vs 8077: position 1
+    metric = LogitDiff(pos=pos, correct=int(p.clean.sequences[0, n + pos]), wrong=int(p.corrupted.sequences[0, n + pos]))
+    assert summary["clean_metric"] == pytest.approx(p.clean_metric(metric))
+    torch.testing.assert_close(saved["resid_pre"], get_act_patch_resid_pre(p, metric), equal_nan=True)
+    torch.testing.assert_close(saved["attribution_resid_pre"], attribution_patch(p, metric, "blocks.*.hook_resid_pre"),
+                               equal_nan=True)
+    assert 0 < summary["rounding_noise"] < 1e-4
+    assert {f.name for f in out.iterdir()} == {"resid_pre.png", "attribution_resid_pre.png", "patching.safetensors",
+                                              "patching.json"}
 
 
 def test_cli_bad_input_is_one_line_error(tmp_path, capsys):
