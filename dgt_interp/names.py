@@ -12,9 +12,14 @@ Names of note (shapes for one decoder pass, `pos` = canvas positions):
   self_cond.hook_out         [batch, pos, d]      = blocks.0.hook_resid_pre
   blocks.{l}.hook_cache_k / hook_cache_v  [batch, cached_pos, kv_head, d_head]  the encoder KV cache layer l
                              reads (prompt + earlier canvases): the prompt's only path into the decoder (editable)
-Known limits (TransformerLens on this model): `attn.hook_pattern`/`hook_attn_scores`/`hook_q`/`hook_k`/
-`hook_z` do not fire (attention runs inside HF with its own kernel); `router.hook_out` is read-only
-(routing runs inside HF); `hook_embed` is taken before self-conditioning is added.
+  blocks.{l}.attn.hook_pattern / hook_attn_scores  [batch, head, pos, cached_pos + pos]  attention weights
+                             (after softmax) / scores of the canvas queries over the cached keys then the canvas
+                             keys. DiffusionGemma only. They exist only under eager attention, so naming one makes
+                             the run use TL's eager attention instead of the model's kernel (same maths, rounding may
+                             differ); name them explicitly (a glob that matches other names does not pull them in).
+Known limits (TransformerLens on this model): `router.hook_out` is read-only (routing runs inside HF);
+`hook_embed` is taken before self-conditioning is added; on the AR twin attention patterns are not
+recorded (use TL directly: `bridge_for(model, "attention").bridge.run_with_cache(ids)`).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import weakref
 
 import torch
 
-from dgt_interp.backends.tl import DIFFUSION_ARCH, LEVELS, bridge_for
+from dgt_interp.backends.tl import DIFFUSION_ARCH, LEVELS, architecture_of, bridge_for
 
 READ_ONLY = ("router.hook_out",)
 CACHE_HOOKS = ("hook_cache_k", "hook_cache_v")
@@ -39,7 +44,10 @@ NOTES = {
     "embed.hook_out": "token embeddings before self-conditioning",
     "hook_cache_k": "editable; the encoder KV cache (prompt + earlier canvases) this layer reads",
     "hook_cache_v": "editable; the encoder KV cache (prompt + earlier canvases) this layer reads",
+    "hook_pattern": "eager attention only: [batch, head, pos, cached + canvas keys], rows sum to 1",
+    "hook_attn_scores": "eager attention only: the scores before the softmax",
 }
+ATTENTION_ONLY = ("hook_pattern", "hook_attn_scores")  # fire only at bridge level "attention" (eager)
 
 
 class HookNameError(ValueError):
@@ -115,17 +123,25 @@ def _probe(model, level: str) -> dict[str, tuple[tuple[int, ...], str | None]]:
     return out
 
 
-def list_names(model, pattern: str | None = None) -> list[str]:
-    """Every hook name that fires on `model` (TL names + self-conditioning extras), naturally sorted.
+def _attention_names(model) -> dict[str, tuple[tuple[int, ...], str | None]]:
+    """The names that fire only under eager attention (DiffusionGemma; empty for other models)."""
+    if architecture_of(model) != DIFFUSION_ARCH:
+        return {}
+    full = _probe(model, "full")
+    return {n: v for n, v in _probe(model, "attention").items() if n not in full}
 
-    `pattern` is an optional glob, e.g. `"blocks.*.hook_resid_post"`.
+
+def list_names(model, pattern: str | None = None) -> list[str]:
+    """Every hook name that fires on `model` (TL names, self-conditioning, encoder cache, attention
+    patterns), naturally sorted. `pattern` is an optional glob, e.g. `"blocks.*.hook_resid_post"`.
     """
-    return [n for n in _probe(model, "full") if pattern is None or fnmatch.fnmatchcase(n, pattern)]
+    names = sorted([*_probe(model, "full"), *_attention_names(model)], key=natural_key)
+    return [n for n in names if pattern is None or fnmatch.fnmatchcase(n, pattern)]
 
 
 def describe_names(model) -> str:
     """A printable table: name, shape for one forward at batch 2, notes (read-only, …)."""
-    info = _probe(model, "full")
+    info = {**_attention_names(model), **_probe(model, "full")}
     rows = []
     for n in list_names(model):
         note = NOTES.get(n) or NOTES.get(n.rsplit(".", 1)[-1], "")  # per-layer names: by suffix
@@ -145,7 +161,7 @@ def resolve_names(model, names) -> list[str]:
         return []
     if isinstance(names, str):
         names = [names]
-    available = list_names(model)
+    available = list(_probe(model, "full"))  # attention-only names cost a second probe: only on demand
     out: list[str] = []
     for pat in names:
         m = re.match(r"blocks\.(\d+)\.", pat)
@@ -155,6 +171,11 @@ def resolve_names(model, names) -> list[str]:
                 f"(0..{_n_layers(model) - 1})"
             )
         hits = [n for n in available if fnmatch.fnmatchcase(n, pat)]
+        if not hits and pat.endswith(ATTENTION_ONLY):
+            if architecture_of(model) != DIFFUSION_ARCH:
+                raise HookNameError(f"{pat!r}: attention patterns are recorded on DiffusionGemma only; on this model "
+                                    "use TransformerLens directly: bridge_for(model, 'attention').bridge.run_with_cache")
+            hits = [n for n in _attention_names(model) if fnmatch.fnmatchcase(n, pat)]
         if not hits:
             close = difflib.get_close_matches(pat, available, n=3, cutoff=0.5)
             hint = f"did you mean {', '.join(close)}? " if close else ""
@@ -166,12 +187,14 @@ def resolve_names(model, names) -> list[str]:
 
 
 def level_for(model, names) -> str:
-    """The cheapest bridge level at which every name in `names` fires."""
+    """The cheapest bridge level at which every name in `names` fires ("attention" = eager attention,
+    for attention patterns on DiffusionGemma)."""
     for level in LEVELS:
-        info = _probe(model, level)
-        if all(n in info for n in names):
+        if level == "attention" and architecture_of(model) != DIFFUSION_ARCH:
+            break
+        if all(n in _probe(model, level) for n in names):
             return level
-    return LEVELS[-1]
+    return "full"
 
 
 def name_info(model, name: str, level: str) -> tuple[tuple[int, ...], str | None]:

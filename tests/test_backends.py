@@ -37,10 +37,13 @@ def test_name_registry(tiny_diffusion, tiny_ar):
     for n in ("blocks.0.hook_resid_post", "blocks.3.hook_attn_out", "blocks.0.hook_mlp_out", "self_cond.hook_logits_in",
               "self_cond.hook_soft_embed", "self_cond.hook_signal", "self_cond.hook_out", "ln_final.hook_out"):
         assert n in names
-    assert not [n for n in names if n.endswith(("hook_pattern", "hook_attn_scores", "hook_result"))]
+    # attention patterns exist under eager attention only: listed (and marked) on DiffusionGemma, not on the AR twin
+    assert "blocks.3.attn.hook_pattern" in names and "blocks.3.attn.hook_attn_scores" in names
+    assert not [n for n in names if n.endswith("hook_result")]
+    assert not [n for n in list_names(tiny_ar) if n.endswith(("hook_pattern", "hook_attn_scores"))]
     assert names.index("blocks.2.hook_resid_post") < names.index("blocks.10.hook_resid_post") if "blocks.10.hook_resid_post" in names else True
     table = describe_names(tiny_diffusion)
-    assert "read-only" in table and "self_cond.hook_logits_in" in table
+    assert "read-only" in table and "self_cond.hook_logits_in" in table and "eager attention only" in table
     assert "blocks.0.hook_resid_post" in list_names(tiny_ar) and not list_names(tiny_ar, "self_cond.*")
     assert list_names(tiny_diffusion, "self_cond.hook_*") == [
         "self_cond.hook_in", "self_cond.hook_logits_in", "self_cond.hook_out", "self_cond.hook_signal",

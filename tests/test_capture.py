@@ -111,6 +111,32 @@ def test_logits_equal_model_forward_and_lens_is_exact(tiny_diffusion):
     assert traj.fired("self_cond.hook_logits_in").tolist() == [False, True, True, True]
 
 
+@pytest.mark.parametrize("backend", ["tl", "nnsight"])
+def test_attention_patterns_equal_hf_eager_attentions(tiny_diffusion, backend):
+    """Naming attn.hook_pattern runs TL's eager attention; on a left-padded batch the run stays `generate`'s
+    and each step's patterns equal HF's own eager `output_attentions` on that step's inputs."""
+    import copy
+
+    b = batch(["12+34=", "5+6="])
+    traj = capture(tiny_diffusion, b["input_ids"], attention_mask=b["attention_mask"], seed=0, max_denoising_steps=4,
+                   names="blocks.*.attn.hook_pattern", record="processed_logits", backend=backend)
+    torch.manual_seed(0)
+    assert torch.equal(traj.sequences, tiny_diffusion.generate(**b, max_denoising_steps=4).sequences)
+    eager = copy.deepcopy(tiny_diffusion)
+    eager.set_attn_implementation("eager")
+    canvas = tiny_diffusion.config.canvas_length
+    decoder_mask = torch.cat([b["attention_mask"], torch.ones_like(b["attention_mask"][:, :1]).expand(-1, canvas)], 1)
+    patterns = traj.stack("blocks.*.attn.hook_pattern")  # [step, layer, batch, head, canvas, prompt + canvas]
+    for s in range(traj.n_steps):
+        with torch.no_grad():
+            out = eager(input_ids=b["input_ids"], attention_mask=b["attention_mask"], decoder_input_ids=traj.input_canvas[s],
+                        decoder_attention_mask=decoder_mask, output_attentions=True,
+                        self_conditioning_logits=traj["processed_logits"][s - 1] if s else None)
+        torch.testing.assert_close(patterns[s], torch.stack(out.attentions), rtol=0, atol=1e-6)
+    assert patterns[:, :, 1, :, :, 0].abs().max() == 0  # row 1's left pad gets no attention
+    assert "blocks.0.attn.hook_pattern" in dgt_interp.list_names(tiny_diffusion)
+
+
 def test_same_seed_same_trajectory(tiny_diffusion):
     b = batch()
     kw = dict(attention_mask=b["attention_mask"], names="blocks.1.hook_resid_post", max_denoising_steps=5)
@@ -263,6 +289,8 @@ def test_ar_twin_same_api(tiny_ar):
     with torch.no_grad():  # recorded logits == the model's own forward on the prefix (row 0, no padding)
         full = tiny_ar(input_ids=ref[:1]).logits
     torch.testing.assert_close(traj["logits"][-1][0, :n], full[0, p - 1:p - 1 + n], rtol=0, atol=1e-4)
+    with pytest.raises(HookNameError, match="attention patterns are recorded on DiffusionGemma only"):
+        capture(tiny_ar, b["input_ids"], names="blocks.0.attn.hook_pattern")
 
 
 def test_usage_doc_example_runs():

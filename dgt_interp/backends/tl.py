@@ -20,15 +20,16 @@ the encoder's cached keys/values (prompt + earlier canvases) decoder layer l att
 Bridging replaces submodules in place, so we never bridge the user's model: `bridge_for(model)`
 bridges a structural twin that shares every parameter and buffer tensor with it (no weight copy)
 and caches it. The user's `model` stays a plain `transformers` model; edits to its weights are seen
-by the twin. The twin keeps the model's attention implementation (TL's default switch to eager
-breaks DiffusionGemma's padded-batch masks and is slower); so `attn.hook_pattern` and friends do not
-fire and are not listed.
+by the twin. The twin keeps the model's attention implementation (TL's default switch to eager is
+slower), except at level "attention": eager attention, so that `attn.hook_pattern` and
+`hook_attn_scores` fire (with HF 5.24's eager decoder mask fixed for padded batches, `_float_mask_dummy`).
 
 Three granularities of the same adapter, the cheapest that has every name a capture needs is used
 (TL's per-component overhead is large next to a tiny model's forward):
   "blocks": block in/out only (`blocks.{l}.hook_resid_pre/post`): one bridge component per layer
   "resid":  + embeddings, self-conditioning, final norm, unembed
   "full":   every component of TL's Gemma 4 adapter (attention, MLP, router/experts, norms).
+  "attention": "full" under eager attention (attention patterns; DiffusionGemma).
 TL versions are pinned (pyproject): `_reprefix_components` and `sources._bridge_builder` are private.
 """
 
@@ -49,8 +50,8 @@ from transformer_lens.model_bridge.supported_architectures.gemma4 import Gemma4A
 
 DIFFUSION_ARCH = "DiffusionGemmaForBlockDiffusion"
 AR_ARCH = "Gemma4ForCausalLM"
-LEVELS = ("blocks", "resid", "full")
-# Components kept per level (top-level keys of the component mapping); "full" keeps all.
+LEVELS = ("blocks", "resid", "full", "attention")
+# Components kept per level (top-level keys of the component mapping); "full" and "attention" keep all.
 _LEVEL_COMPONENTS = {
     "blocks": ("blocks",),
     "resid": ("embed", "rotary_emb", "self_cond", "blocks", "ln_final", "unembed"),
@@ -100,10 +101,11 @@ ArchitectureAdapterFactory.register_adapter(DIFFUSION_ARCH, DiffusionGemmaArchit
 
 
 def _keep_attention_and_level(level: str):
-    """post_adapter_hook: keep the model's attention implementation; prune to `level`."""
+    """post_adapter_hook: keep the model's attention implementation (except at "attention"); prune to `level`."""
 
     def hook(adapter) -> None:
-        adapter.cfg.attn_implementation = None  # TL would force eager (see module docstring)
+        if level != "attention":
+            adapter.cfg.attn_implementation = None  # TL would force eager (see module docstring)
         if level in _LEVEL_COMPONENTS:
             mapping = adapter.component_mapping
             for key in list(mapping):
@@ -173,6 +175,22 @@ def _install_logits_in_hook(twin, bridge) -> None:
     twin.model.decoder.register_forward_pre_hook(pre_hook, with_kwargs=True)
 
 
+def _float_mask_dummy(twin) -> None:
+    """Let eager attention run padded batches: HF 5.24's `generate` builds the decoder mask from an
+    integer dummy tensor, and the eager mask takes its dtype from it (`torch.finfo` of an integer
+    dtype raises). Hand the mask builder a float dummy of the same shape instead (the twin only)."""
+    decoder = twin.model.decoder
+    build = decoder.create_diffusion_decoder_attention_mask
+
+    def create_diffusion_decoder_attention_mask(config, inputs_embeds, cache, decoder_attention_mask=None):
+        if not inputs_embeds.is_floating_point():
+            inputs_embeds = torch.empty(inputs_embeds.shape, dtype=twin.dtype, device=inputs_embeds.device)
+        return build(config=config, inputs_embeds=inputs_embeds, cache=cache,
+                     decoder_attention_mask=decoder_attention_mask)
+
+    decoder.create_diffusion_decoder_attention_mask = create_diffusion_decoder_attention_mask
+
+
 def _install_cache_hooks(twin, bridge) -> None:
     """Fire `blocks.{l}.hook_cache_k` / `hook_cache_v` on the encoder KV cache decoder layer l reads.
 
@@ -229,6 +247,8 @@ def bridge_for(model, level: str = "full") -> Bridged:
         if hasattr(bridge, "self_cond"):
             _install_logits_in_hook(twin, bridge)
         _install_cache_hooks(twin, bridge)
+        if level == "attention":
+            _float_mask_dummy(twin)
     bridged = Bridged(twin, bridge, level, fp, arch)
     per_model[level] = bridged
     return bridged
