@@ -67,6 +67,8 @@ def main() -> None:
                     help="loop (one generate each) this many random cells of the grid, or all if fewer; "
                          "gives the looped time per patch and the float-noise floor")
     args = ap.parse_args()
+    if args.looped_patches < 1 or args.repeats < 1 or args.batch_size < 1:
+        ap.error("--looped-patches, --repeats and --batch-size must be >= 1")
     torch.set_num_threads(args.threads)
 
     from dgt_interp import zoo

@@ -263,6 +263,8 @@ def test_rounding_noise_is_a_few_ulps_and_causal(multi_step):
     assert multi_step.rounding_noise(at_step0, "self_cond.hook_logits_in", n=32, batch_size=32) == offset
     with pytest.raises(ValueError, match="unknown hook name"):
         multi_step.rounding_noise(METRIC, "blocks.*.hook_nothing")
+    with pytest.raises(PatchingError, match="n and batch_size must be >= 1"):
+        multi_step.rounding_noise(METRIC, n=0)
 
 
 @pytest.mark.parametrize("which", ["addition_diffusion", "addition_ar"])
