@@ -53,6 +53,11 @@ def answer_position(j: int) -> int:
     return N_DIGITS - 1 - j
 
 
+def column_positions(j: int) -> list[int]:
+    """Prompt positions of column j's digits (a_j, b_j) in `<bos>abcd+efgh=` (most significant first)."""
+    return [N_DIGITS - j, 2 * N_DIGITS + 1 - j]
+
+
 def carry_at(j: int, layer: int | None, local: bool = False) -> Hypothesis:
     """Carry into column j lives in the residual after block `layer` (None: the self-conditioning
     channel) at the position of answer digit j, at every step (diffusion) / its generation step (AR).

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from case_studies.addition.hypothesis import ADDITION_MODEL, carry_at, carry_pairs, digits
+from case_studies.addition.hypothesis import ADDITION_MODEL, answer_position, carry_at, carry_pairs, column_positions, digits
 from dgt_interp.casestudy import SiteContext
 from dgt_interp.tasks import Problem
 
@@ -41,6 +41,46 @@ def test_alignment_sites():
     assert carry_at(2, 1, local=True).output_positions == (1,) and carry_at(2, 1).output_positions is None
 
 
+def test_column_positions_hold_the_column_digits():
+    from dgt_interp.evaluate import prompt_batch
+    from dgt_interp.tasks import build_tokenizer
+
+    tok = build_tokenizer()
+    ids = prompt_batch(["4721+3856="])["input_ids"][0]
+    for j, (a, b) in enumerate(zip(digits(4721), digits(3856))):
+        assert tok.decode(ids[column_positions(j)]).replace(" ", "") == f"{a}{b}"
+    assert [answer_position(j) for j in range(4)] == [3, 2, 1, 0]
+
+
+def test_column_attention_equals_hf_eager_attentions(addition_diffusion):
+    """One problem, one step: the study's column masses are HF's own eager attention weights, summed."""
+    import copy
+
+    import torch
+
+    from case_studies.addition.study import column_attention
+    from dgt_interp import capture
+    from dgt_interp.evaluate import prompt_batch
+
+    problem = Problem("4721+3856=", "8577")
+    att = column_attention(addition_diffusion, [problem], seed=0, max_denoising_steps=1)
+    ids = prompt_batch([problem.prompt])["input_ids"]
+    canvas = capture(addition_diffusion, ids, seed=0, max_denoising_steps=1).input_canvas[0]
+    eager = copy.deepcopy(addition_diffusion)
+    eager.set_attn_implementation("eager")
+    with torch.no_grad():
+        ref = torch.stack(eager(input_ids=ids, decoder_input_ids=canvas, output_attentions=True).attentions)[:, 0]
+    for j in range(4):  # ref: [layer, head, query, key]
+        torch.testing.assert_close(torch.tensor(att["own"][j]), ref[:, :, answer_position(j), column_positions(j)].sum(-1),
+                                   rtol=0, atol=1e-6)
+        if j:
+            torch.testing.assert_close(torch.tensor(att["below"][j - 1]),
+                                       ref[:, :, answer_position(j), column_positions(j - 1)].sum(-1), rtol=0, atol=1e-6)
+            torch.testing.assert_close(torch.tensor(att["canvas_below"][j - 1]),
+                                       ref[:, :, answer_position(j), 11 + answer_position(j - 1)], rtol=0, atol=1e-6)
+    assert att["uniform"] == pytest.approx(2 / (11 + 8))
+
+
 @pytest.mark.slow
 def test_quick_run_writes_a_report(tmp_path, addition_diffusion, addition_ar):
     from dgt_interp.casestudy import run_study
@@ -50,3 +90,4 @@ def test_quick_run_writes_a_report(tmp_path, addition_diffusion, addition_ar):
     assert set(nums) >= {"phenomena", "causal", "iia", "seconds"}
     assert nums["phenomena"]["AR twin (greedy)"]["commit_argmax"]["mean_rho"] == pytest.approx(1.0)
     assert (tmp_path / "iia.png").is_file() and "## Carry hypotheses" in rep.markdown
+    assert (tmp_path / "column_attention.png").is_file() and "## Where the answer digits read the prompt" in rep.markdown
