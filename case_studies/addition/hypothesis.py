@@ -10,6 +10,8 @@ held at `site`: the residual stream after block `layer` at the canvas position o
 (position 3 - j) at every denoising step, or the self-conditioning channel at that position. On the
 AR twin the same variable is aligned to the residual at the position that predicts that digit
 (generation step 3 - j; the prompt's last position at step 0, the single new position after).
+`carry_at(j, layer, at="below")`: the same variable at answer digit j-1's canvas position instead (where
+column j-1 is summed; DiffusionGemma only).
 Pairs (`carry_pairs`): base and source agree on column j's digits and differ in c_j, so the
 counterfactual answer changes digit j (and, through the carry out, maybe higher digits).
 """
@@ -58,17 +60,27 @@ def column_positions(j: int) -> list[int]:
     return [N_DIGITS - j, 2 * N_DIGITS + 1 - j]
 
 
-def carry_at(j: int, layer: int | None, local: bool = False) -> Hypothesis:
+def carry_at(j: int, layer: int | None, local: bool = False, at: str = "own") -> Hypothesis:
     """Carry into column j lives in the residual after block `layer` (None: the self-conditioning
     channel) at the position of answer digit j, at every step (diffusion) / its generation step (AR).
 
     `local=False`: the network must then emit the whole counterfactual answer (the carry out of
     column j propagates to higher digits, as in the algorithm); `local=True`: only digit j is
-    compared (the carry is used where it is held, whatever happens to higher digits)."""
-    pos = answer_position(j)
+    compared (the carry is used where it is held, whatever happens to higher digits).
+    `at="below"` (DiffusionGemma, j >= 1, a layer): the carry is held at the canvas position of
+    answer digit j-1 instead, where column j-1 is summed (and read across by attention). Patching
+    there also moves digit j-1, so only `local=True` is a fair test.
+    """
+    if at not in ("own", "below"):
+        raise ValueError(f"at={at!r}: use 'own' or 'below'")
+    if at == "below" and (j < 1 or layer is None):
+        raise ValueError("at='below' needs a column j >= 1 and a layer (the residual at digit j-1's position)")
+    pos = answer_position(j) if at == "own" else answer_position(j - 1)
 
     def sites(ctx: SiteContext):
         if ctx.kind == "ar":
+            if at == "below":
+                raise ValueError("at='below' has no AR alignment: the twin writes digit j-1 after digit j")
             name = f"blocks.{layer if layer is not None else ctx.n_layers - 1}.hook_resid_post"
             return [Site(name, step=pos, pos=ctx.prompt_length - 1 if pos == 0 else 0)]
         if layer is None:
@@ -76,11 +88,13 @@ def carry_at(j: int, layer: int | None, local: bool = False) -> Hypothesis:
         return [Site(f"blocks.{layer}.hook_resid_post", step=None, pos=pos)]
 
     where = "self-conditioning channel" if layer is None else f"resid_post of block {layer}"
-    tag = f"c{j}@{'selfcond' if layer is None else f'L{layer}'}" + ("/digit" if local else "/answer")
+    tag = f"c{j}@{'selfcond' if layer is None else f'L{layer}'}{':below' if at == 'below' else ''}" + \
+        ("/digit" if local else "/answer")
     return Hypothesis(tag, ADDITION_MODEL, (f"c{j}",), sites,
-                      f"carry into column {j} = {where} at canvas position {pos}, all steps; compared on "
+                      f"carry into column {j} = {where} at canvas position {pos}"
+                      + (" (digit j-1's)" if at == "below" else "") + ", all steps; compared on "
                       + (f"digit {j} only" if local else "the whole answer"),
-                      output_positions=(pos,) if local else None)
+                      output_positions=(answer_position(j),) if local else None)
 
 
 def sample_problem(rng: random.Random) -> Problem:

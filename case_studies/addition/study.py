@@ -172,10 +172,19 @@ def run(ctx: StudyContext) -> Report:
                      "selection_answer": [x.to_dict() for x in sel_full],
                      "held_out_digit": [x.to_dict() for x in held_local],
                      "held_out_answer": [x.to_dict() for x in held_full]}
+            # the same variable at digit j-1's canvas position (digit j compared): layer chosen the same way
+            below = [carry_at(j, w, local=True, at="below") for w in layers]
+            (sel_below,), (held_below,) = scores(runs_sel, [below]), scores(runs_held, [below])
+            best_below = max(range(len(layers)), key=lambda i: (_nz(sel_below[i].iia_informative), -i))
+            entry.update({"selected_below": below[best_below].name,
+                          "selection_below_digit": [x.to_dict() for x in sel_below],
+                          "held_out_below_digit": [x.to_dict() for x in held_below]})
             n_draws = 3 if quick else 4
-            for hyp, res in ((local[best], held_local[best]), (full[best], held_full[best])):
+            for hyp, res in ((local[best], held_local[best]), (full[best], held_full[best]),
+                             (below[best_below], held_below[best_below])):
                 rnd = random_site_baseline(diff, hyp, runs=runs_held, draws=n_draws, seed=ctx.seed, batch_size=16)
-                entry[f"random_sites_{hyp.name.split('/')[1]}"] = rnd.to_dict()
+                kind = ("below_" if ":below" in hyp.name else "") + hyp.name.split("/")[1]
+                entry[f"random_sites_{kind}"] = rnd.to_dict()
                 iia_rows += [(f"{hyp.name} [{name}]", res), (f"random sites, {hyp.name.split('/')[1]} [{name}]", rnd)]
             if name == iia_settings[0]:
                 runs_ar = PairRuns(ar, held, seed=ctx.seed, do_sample=False)
@@ -307,6 +316,21 @@ def _layer_table(numbers) -> list[str]:
     return out
 
 
+def _below_table(numbers) -> list[str]:
+    out = []
+    for setting, per_carry in numbers["iia"].items():
+        for var, e in per_carry.items():
+            if "held_out_below_digit" not in e:
+                continue
+            if not out:
+                out = ["| setting | variable | " + " | ".join(d["name"].split("@")[1].split(":")[0]
+                                                           for d in e["held_out_below_digit"]) + " |",
+                       "|---|---|" + "---|" * len(e["held_out_below_digit"])]
+            out.append(f"| {setting} | {var} | " + " | ".join(_f(d["iia_informative"]) for d in e["held_out_below_digit"])
+                       + " |")
+    return out
+
+
 def _markdown(numbers, table, causal_lines, iia_rows, tight, figures) -> str:
     ph = numbers["phenomena"]
     default = ph[numbers["settings"][0]]
@@ -376,6 +400,12 @@ def _markdown(numbers, table, causal_lines, iia_rows, tight, figures) -> str:
         "any variable that fixes the digit; the earlier layers and the self-conditioning channel are the test.",
         "",
         *_layer_table(numbers),
+        "",
+        "The same variable at the canvas position of answer digit j-1 (`:below`), where column j-1 is summed "
+        "and from which the carry could be read across by attention; digit j compared (patching there also "
+        "moves digit j-1). Held-out IIA (informative pairs) per layer:",
+        "",
+        *_below_table(numbers),
         "",
         "![iia](iia.png)",
         "",

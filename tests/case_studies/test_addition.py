@@ -39,6 +39,13 @@ def test_alignment_sites():
     (s,) = carry_at(1, 2).sites(SiteContext("ar", 11, 8, 4, 6))
     assert (s.step, s.pos) == (2, 0)
     assert carry_at(2, 1, local=True).output_positions == (1,) and carry_at(2, 1).output_positions is None
+    below = carry_at(2, 1, local=True, at="below")  # carry into column 2, at digit 1's position (canvas 2)
+    (s,) = below.sites(d)
+    assert (s.name, s.step, s.pos) == ("blocks.1.hook_resid_post", None, 2) and below.output_positions == (1,)
+    with pytest.raises(ValueError, match="no AR alignment"):
+        below.sites(SiteContext("ar", 11, 8, 4, 6))
+    with pytest.raises(ValueError, match="needs a column j >= 1 and a layer"):
+        carry_at(0, 1, at="below")
 
 
 def test_column_positions_hold_the_column_digits():
