@@ -12,7 +12,7 @@ from matplotlib.patches import Rectangle
 
 from dgt_interp.lens import LensError, LensResult
 from dgt_interp.trajectory import Trajectory
-from dgt_interp.viz import canvas_figure, commit_grid, commit_heatmap, layer_step_heatmap, token_labeler
+from dgt_interp.viz import attention_figure, canvas_figure, commit_grid, commit_heatmap, layer_step_heatmap, token_labeler
 
 
 def _traj(kind: str = "diffusion") -> Trajectory:
@@ -111,3 +111,24 @@ def test_token_labels_are_short():
     label = token_labeler()
     assert (label(1), label(0), label(3)) == ("$", "_", "0")
     assert len(label(30)) <= 4
+
+
+def test_attention_figure_plots_the_recorded_pattern_with_token_labels():
+    base = _traj()
+    torch.manual_seed(0)
+    pattern = torch.softmax(torch.randn(3, 2, 2, 3, 5), -1)  # [step, batch, head, canvas 3, keys: 2 cached + 3]
+    name = "blocks.1.attn.hook_pattern"
+    traj = Trajectory(meta={**base.meta, "recorded_steps": [0, 1, 2]}, sequences=torch.tensor([[2, 7, 5, 8, 7]] * 2),
+                      records={**base.records, "input_canvas": torch.tensor([[[5, 6, 7]] * 2] * 3)},
+                      activations={name: pattern}, fired={name: [True] * 3})
+    fig = attention_figure(traj, 1, 1, batch=1, heads=[1])
+    ax = fig.axes[0]
+    np.testing.assert_allclose(ax.images[0].get_array(), pattern[1, 1, 1].numpy())
+    label = token_labeler()
+    assert [t.get_text() for t in ax.get_xticklabels()] == [label(2), label(7), label(5), label(6), label(7)]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [f"0:{label(5)}", f"1:{label(6)}", f"2:{label(7)}"]
+    assert len(attention_figure(traj, 0, 1).axes) == 3  # two heads + colour bar
+    with pytest.raises(LensError, match="blocks.0.attn.hook_pattern was not recorded"):
+        attention_figure(traj, 0, 0)
+    with pytest.raises(LensError, match="out of range: layer 1 has 2 heads"):
+        attention_figure(traj, 0, 1, heads=[5])
