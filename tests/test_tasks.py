@@ -3,7 +3,7 @@
 import pytest
 from transformers import AutoTokenizer
 
-from dgt_interp.tasks import ADDITION, COUNT, SORT, build_tokenizer, decode_answer, encode, get_task
+from dgt_interp.tasks import ADDITION, COUNT, SORT, SUDOKU, build_tokenizer, decode_answer, encode, get_task
 
 
 def test_addition_problems_are_correct_and_deterministic():
@@ -96,3 +96,41 @@ def test_count_task_counts_then_lists_in_input_order():
         counts.add(len(inside))
     assert {0, 1, 2, 3, 4, 5} <= counts  # the output length varies
     assert get_task("count") is COUNT
+
+
+def _valid_sudoku(g: str) -> bool:
+    rows = [g[4 * r:4 * r + 4] for r in range(4)]
+    units = rows + ["".join(r[c] for r in rows) for c in range(4)]
+    units += ["".join(rows[r + i][c + j] for i in (0, 1) for j in (0, 1)) for r in (0, 2) for c in (0, 2)]
+    return all(sorted(u) == list("1234") for u in units)
+
+
+def _count_solutions(puzzle: list[str], limit: int = 2) -> int:
+    """Plain backtracking, independent of the task's grid enumeration."""
+    if "#" not in puzzle:
+        return int(_valid_sudoku("".join(puzzle)))
+    i = puzzle.index("#")
+    r, c = divmod(i, 4)
+    peers = {puzzle[4 * r + k] for k in range(4)} | {puzzle[4 * k + c] for k in range(4)}
+    peers |= {puzzle[4 * (r // 2 * 2 + a) + c // 2 * 2 + b] for a in (0, 1) for b in (0, 1)}
+    total = 0
+    for d in "1234":
+        if d not in peers:
+            total += _count_solutions(puzzle[:i] + [d] + puzzle[i + 1:], limit)
+            if total >= limit:
+                break
+    return total
+
+
+def test_sudoku_puzzles_have_one_solution_which_is_the_answer():
+    from dgt_interp.tasks.library import sudoku_grids
+
+    assert len(sudoku_grids()) == 288  # the number of 4x4 sudokus
+    probs = SUDOKU.problems("test", 100, seed=0)
+    assert {p.prompt.count("#") for p in probs} <= set(range(4, 11)) and len({p.prompt.count("#") for p in probs}) > 4
+    for p in probs:
+        puzzle = p.prompt[:-1]
+        assert p.prompt.endswith("?") and len(puzzle) == 16 and _valid_sudoku(p.answer)
+        assert all(a in ("#", b) for a, b in zip(puzzle, p.answer))
+        assert _count_solutions(list(puzzle)) == 1
+    assert get_task("sudoku") is SUDOKU and len(encode(probs[0].prompt)) == 18

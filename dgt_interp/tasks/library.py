@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import random
+from functools import lru_cache
 
 from .base import Problem, Task
 
@@ -89,7 +91,47 @@ COUNT = Task(
     max_answer_chars=2 + COUNT_MAX_LEN,
 )
 
-TASKS: dict[str, Task] = {t.name: t for t in (ADDITION, SORT, COUNT)}
+SUDOKU_MIN_BLANKS, SUDOKU_MAX_BLANKS = 4, 10
+
+
+@lru_cache(maxsize=1)
+def sudoku_grids() -> tuple[str, ...]:
+    """All 288 solved 4x4 sudokus (rows, columns and 2x2 boxes hold 1-4 once), row-major strings."""
+    out = []
+    for cells in itertools.product(itertools.permutations("1234"), repeat=4):
+        rows = ["".join(r) for r in cells]
+        cols_ok = all(len({r[c] for r in rows}) == 4 for c in range(4))
+        boxes_ok = all(len({rows[r + i][c + j] for i in (0, 1) for j in (0, 1)}) == 4 for r in (0, 2) for c in (0, 2))
+        if cols_ok and boxes_ok:
+            out.append("".join(rows))
+    return tuple(out)
+
+
+def sudoku_solutions(puzzle: str) -> list[str]:
+    """Every solved grid consistent with `puzzle` (16 cells, `#` = blank)."""
+    return [g for g in sudoku_grids() if all(p in ("#", c) for p, c in zip(puzzle, g))]
+
+
+def _sudoku(rng: random.Random) -> Problem:
+    """A uniformly drawn solved grid with 4-10 cells blanked, redrawn until the solution is unique."""
+    while True:
+        grid = rng.choice(sudoku_grids())
+        blanks = set(rng.sample(range(16), rng.randint(SUDOKU_MIN_BLANKS, SUDOKU_MAX_BLANKS)))
+        puzzle = "".join("#" if i in blanks else c for i, c in enumerate(grid))
+        if len(sudoku_solutions(puzzle)) == 1:
+            return Problem(prompt=puzzle + "?", answer=grid)
+
+
+SUDOKU = Task(
+    name="sudoku",
+    description=("complete a 4x4 sudoku (rows, columns, 2x2 boxes hold 1-4), row-major, # = blank, unique "
+                 "solution: '1#34#4#2##1#4#2#?' -> '1234341221434321'"),
+    sample=_sudoku,
+    max_prompt_chars=17,
+    max_answer_chars=16,
+)
+
+TASKS: dict[str, Task] = {t.name: t for t in (ADDITION, SORT, COUNT, SUDOKU)}
 
 
 def get_task(name: str) -> Task:
