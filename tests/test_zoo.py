@@ -12,12 +12,14 @@ from dgt_interp.evaluate import evaluate
 from dgt_interp.models import load_model
 from dgt_interp.tasks import get_task
 
-EXPECTED = ["addition-ar", "addition-diffusion", "count-ar", "count-diffusion", "sort-ar", "sort-diffusion"]
+EXPECTED = ["addition-ar", "addition-diffusion", "count-ar", "count-diffusion", "sort-ar", "sort-diffusion", "sudoku-ar",
+            "sudoku-diffusion"]
 # A prompt and its answer per task, for the plain-transformers check.
-EXAMPLE = {"addition": ("1234+5678=", "6912"), "sort": ("3142>", "1234"), "count": ("7291538[3-7]?", "3:753")}
+EXAMPLE = {"addition": ("1234+5678=", "6912"), "sort": ("3142>", "1234"), "count": ("7291538[3-7]?", "3:753"),
+           "sudoku": ("34###13#421#1###?", "3421213442131342")}
 SHIPPED = zoo.names()
 # Issue 2's target is >= 99% held-out exact match; a model listed here is below it (strict xfail).
-BELOW_TARGET: set[str] = set()
+BELOW_TARGET: set[str] = {"sudoku-ar"}  # 98.4% after 1,500 + 600 steps; more training is open
 
 
 def _target(name):
