@@ -1,0 +1,235 @@
+"""`run(ctx)`: the sudoku case study (does DiffusionGemma fill a puzzle in constraint-propagation order?).
+
+1. Per sampler setting, on held-out puzzles that need at least two propagation rounds: accuracy,
+   the phenomena detectors, and the order in which cells commit against the order propagation fills
+   them (`hypothesis.propagation_rounds`): Spearman rho per puzzle of commit step vs round (over the
+   blank cells), next to rho vs position (left to right), the mean commit step per round, and how
+   often a round-2+ cell commits after a round-1 cell of the same puzzle (concordance); the same
+   statistics on the AR twin (greedy), which writes cells left to right: the chronological reference.
+2. Intermediate context, causally: resample-ablate each canvas position (input token and
+   self-conditioning logits) at the first steps (`canvas_flips`) and compare how often patching an easy (round-1) cell flips a harder (round 2+)
+   cell's final digit with the reverse.
+Every number in the report is computed here; nothing is hard-coded.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from matplotlib.figure import Figure
+
+from dgt_interp.bottleneck import entropy_bound_kwargs
+from dgt_interp.casestudy import Report, StudyContext
+from dgt_interp.phenomena import canvas_flips, detect_phenomena, spearman
+from dgt_interp.tasks import EOS_ID, SUDOKU
+
+from .hypothesis import propagation_rounds
+
+
+def sampler_settings(quick: bool) -> dict[str, dict]:
+    """name -> generate kwargs. Tighter entropy bounds accept fewer tokens per step (more steps)."""
+    eb = entropy_bound_kwargs
+    if quick:
+        return {"eb=0.1 (default)": eb(0.1), "eb=1e-4": eb(1e-4)}
+    return {"eb=0.1 (default)": eb(0.1), "eb=1e-3": eb(1e-3), "eb=1e-4": eb(1e-4),
+            "eb=1e-4, T=1.2-1.6": eb(1e-4, t_min=1.2, t_max=1.6)}
+
+
+def multi_round_puzzles(n: int, seed: int = 0) -> list:
+    """`n` held-out puzzles in which propagation needs at least two rounds (so an order is predicted)."""
+    out, draw = [], 0
+    while len(out) < n:
+        for p in SUDOKU.problems("test", 200, seed=seed * 1000 + draw):
+            if max(r for r in propagation_rounds(p.prompt) if r is not None) >= 2 and p not in out:
+                out.append(p)
+                if len(out) == n:
+                    break
+        draw += 1
+    return out
+
+
+def order_vs_rounds(commit_step: torch.Tensor, problems) -> dict:
+    """Commit steps `[B, L]` (a `CommitOrder`'s) against each puzzle's propagation rounds.
+
+    Per puzzle, over its blank cells: rho_round = Spearman(commit step, round), rho_position =
+    Spearman(commit step, cell index); concordance = over (round-1 cell, round-2+ cell) pairs, the
+    fraction where the harder cell commits later (ties count half). Mean commit step per round
+    (0 = given cells, copied from the prompt).
+    """
+    rho_round, rho_pos, conc_num, conc_den = [], [], 0.0, 0
+    by_round: dict[int, list[float]] = {}
+    for b, prob in enumerate(problems):
+        rounds = propagation_rounds(prob.prompt)
+        for i, r in enumerate(rounds):
+            if r is not None and torch.isfinite(commit_step[b, i]):
+                by_round.setdefault(r, []).append(float(commit_step[b, i]))
+        blank = [i for i, r in enumerate(rounds) if r and torch.isfinite(commit_step[b, i])]
+        k = commit_step[b, blank]
+        rho_round.append(spearman(k, torch.tensor([float(rounds[i]) for i in blank])))
+        rho_pos.append(spearman(k, torch.tensor(blank, dtype=torch.float)))
+        easy = [float(commit_step[b, i]) for i in blank if rounds[i] == 1]
+        hard = [float(commit_step[b, i]) for i in blank if rounds[i] >= 2]
+        for e in easy:
+            for h in hard:
+                conc_num += 1.0 if h > e else 0.5 if h == e else 0.0
+                conc_den += 1
+
+    def mean(xs):
+        xs = [x for x in xs if x == x]
+        return sum(xs) / len(xs) if xs else float("nan")
+
+    return {"mean_rho_round": mean(rho_round), "rows_with_rho_round": sum(x == x for x in rho_round),
+            "fraction_rho_round_positive": mean([float(x > 0) for x in rho_round if x == x]),
+            "mean_rho_position": mean(rho_pos), "rows_with_rho_position": sum(x == x for x in rho_pos),
+            "concordance": conc_num / conc_den if conc_den else float("nan"), "pairs": conc_den,
+            "mean_commit_step_by_round": {r: mean(v) for r, v in sorted(by_round.items())},
+            "cells_by_round": {r: len(v) for r, v in sorted(by_round.items())}, "rows": len(problems)}
+
+
+def easy_hard_flips(flips, problems) -> dict:
+    """From `canvas_flips`: how often patching an easy (round-1) cell flips a harder (round 2+) cell's
+    final digit, and the reverse, over rows where the patch changed the input."""
+    counts = {"easy_on_hard": [0, 0], "hard_on_easy": [0, 0], "easy_on_easy": [0, 0]}
+    for b, prob in enumerate(problems):
+        rounds = propagation_rounds(prob.prompt)
+        for qi, q in enumerate(flips.positions):
+            if q >= 16 or not rounds[q]:
+                continue
+            for p, rp in enumerate(rounds):
+                if not rp or p == q:
+                    continue
+                key = ("easy" if rounds[q] == 1 else "hard") + "_on_" + ("easy" if rp == 1 else "hard")
+                if key not in counts:
+                    continue
+                for k in range(flips.flips.shape[0]):
+                    if flips.patched[k, qi, b]:
+                        counts[key][0] += int(flips.flips[k, qi, b, p])
+                        counts[key][1] += 1
+    return {k: {"rate": v[0] / v[1] if v[1] else float("nan"), "n": v[1]} for k, v in counts.items()}
+
+
+def _round_figure(orders: dict) -> Figure:
+    fig = Figure(figsize=(5.5, 3.0), layout="constrained")
+    ax = fig.add_subplot()
+    for name, o in orders.items():
+        rounds = sorted(o["mean_commit_step_by_round"])
+        ax.plot(rounds, [o["mean_commit_step_by_round"][r] for r in rounds], marker="o", label=name)
+    ax.set_xlabel("propagation round (0 = given)")
+    ax.set_ylabel("mean commit step (argmax)")
+    ax.set_xticks(sorted({r for o in orders.values() for r in o["mean_commit_step_by_round"]}))
+    ax.legend(fontsize=7)
+    ax.set_title("cells commit in propagation order?", fontsize=9)
+    return fig
+
+
+def _order_row(name, res, order) -> str:
+    by = order["mean_commit_step_by_round"]
+    return (f"| {name} | {res['accuracy']:.2f} | {res['commit_argmax'].to_dict()['mean_steps']:.1f} | "
+            f"{_f(order['mean_rho_round'])} ({order['rows_with_rho_round']}) | "
+            f"{_f(order['mean_rho_position'])} ({order['rows_with_rho_position']}) | "
+            f"{_f(order['concordance'])} ({order['pairs']}) | " + " / ".join(f"{by[r]:.2f}" for r in sorted(by)) + " |")
+
+
+def _f(x) -> str:
+    return "n/a" if x != x else f"{x:.3f}"
+
+
+def run(ctx: StudyContext) -> Report:
+    quick = ctx.quick
+    n = 8 if quick else 32
+    n_causal = 4 if quick else 12
+    diff = ctx.load("diffusion")
+    problems = multi_round_puzzles(n, seed=ctx.seed)
+    settings = sampler_settings(quick)
+    numbers: dict = {"settings": list(settings), "n_puzzles": n, "n_causal": n_causal, "phenomena": {}, "order": {},
+                     "causal": {}}
+    figures: dict = {}
+    rows = []
+    for name in ctx.progress(settings, desc="settings"):
+        traj, res = detect_phenomena(diff, problems, seed=ctx.seed, **settings[name])
+        order = order_vs_rounds(res["commit_argmax"].commit_step, problems)
+        numbers["phenomena"][name] = {k: (v if isinstance(v, float) else v.to_dict()) for k, v in res.items()}
+        numbers["order"][name] = order
+        rows.append(_order_row(name, res, order))
+        if name == list(settings)[-1]:
+            from dgt_interp.viz import commit_heatmap
+
+            figures["commit_heatmap_example"] = commit_heatmap(traj, batch=0)
+            figures["commit_order"] = res["commit_argmax"].figure(f"commit order (argmax), {name}")
+    # the AR twin writes cells left to right: the chronological reference for the same statistics
+    ar = ctx.load("ar")
+    _, res_ar = detect_phenomena(ar, problems, seed=ctx.seed, do_sample=False)
+    order_ar = order_vs_rounds(res_ar["commit_argmax"].commit_step, problems)
+    numbers["phenomena"]["AR twin (greedy)"] = {k: (v if isinstance(v, float) else v.to_dict()) for k, v in res_ar.items()}
+    numbers["order"]["AR twin (greedy)"] = order_ar
+    rows.append(_order_row("AR twin (greedy)", res_ar, order_ar))
+    figures["commit_step_by_round"] = _round_figure(numbers["order"])
+
+    from dgt_interp.evaluate import prompt_batch
+
+    base = problems[:n_causal]
+    rng = random.Random(f"sudoku-study:{ctx.seed}")
+    source = rng.sample(problems[n_causal:] or problems, k=min(n_causal, len(problems[n_causal:]) or len(problems)))
+    source = (source * n_causal)[:n_causal]
+    causal_rows = []
+    for name in [list(settings)[0], list(settings)[-1]]:
+        flips = canvas_flips(diff, prompt_batch([p.prompt for p in base])["input_ids"],
+                             prompt_batch([p.prompt for p in source])["input_ids"], steps=[0, 1, 2],
+                             channels=("canvas", "self_cond"), eos_id=EOS_ID, seed=ctx.seed, batch_size=32,
+                             **settings[name])
+        e = easy_hard_flips(flips, base)
+        numbers["causal"][name] = e
+        causal_rows.append(f"| {name} | {_f(e['easy_on_hard']['rate'])} ({e['easy_on_hard']['n']}) | "
+                           f"{_f(e['hard_on_easy']['rate'])} ({e['hard_on_easy']['n']}) | "
+                           f"{_f(e['easy_on_easy']['rate'])} ({e['easy_on_easy']['n']}) |")
+    md = _markdown(numbers, rows, causal_rows)
+    return Report("Case study: sudoku — does the model fill cells in constraint-propagation order?", md, figures,
+                  numbers)
+
+
+def _markdown(numbers, rows, causal_rows) -> str:
+    first, last = numbers["order"][numbers["settings"][0]], numbers["order"][numbers["settings"][-1]]
+    ar = numbers["order"]["AR twin (greedy)"]
+    return "\n".join([
+        f"Model: the zoo's `sudoku-diffusion` and its AR twin `sudoku-ar` on {numbers['n_puzzles']} held-out 4x4 puzzles whose propagation "
+        "needs at least two rounds (the other puzzles predict no order). Round of a cell: when constraint "
+        "propagation by naked and hidden singles fills it (0 = given); definitions: docs/case_studies.md and "
+        "`case_studies/sudoku/hypothesis.py`.",
+        "",
+        "## Findings in one paragraph",
+        "",
+        f"Under the default sampler, the commit step's rank correlation with the propagation round is "
+        f"{_f(first['mean_rho_round'])} (mean over the {first['rows_with_rho_round']} puzzles where cells commit at "
+        f"different steps), against {_f(first['mean_rho_position'])} with the cell's position; a harder cell "
+        f"commits after an easier one of the same puzzle in {_f(first['concordance'])} of {first['pairs']} pairs "
+        f"(ties count half; 0.5 = no order). Under the tightest setting these are {_f(last['mean_rho_round'])}, "
+        f"{_f(last['mean_rho_position'])} and {_f(last['concordance'])}. The AR twin, which writes left to right, "
+        f"gives {_f(ar['mean_rho_round'])}, {_f(ar['mean_rho_position'])} and {_f(ar['concordance'])}: what "
+        "position order alone yields on these puzzles.",
+        "",
+        "## Commit order against propagation order",
+        "",
+        "| setting | accuracy | mean steps | rho(commit, round) (puzzles) | rho(commit, position) (puzzles) | "
+        "harder after easier (pairs) | mean commit step, round 0 / 1 / 2 / ... |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "Commit step: the first step after which a cell's argmax never changes again (`commit_order`, by argmax).",
+        "",
+        "![by round](commit_step_by_round.png) ![commit order](commit_order.png)",
+        "",
+        "![example](commit_heatmap_example.png)",
+        "",
+        "## Does the canvas carry intermediate results? (causal)",
+        "",
+        f"Each canvas position is resample-ablated at steps 0-2 in {numbers['n_causal']} puzzles: its input token and "
+        "its self-conditioning logits (the continuous channel; absent at step 0) are patched from a run on another "
+        "puzzle with the same sampler noise. The table gives the rate at which another blank cell's final digit "
+        "flips, over patches that changed the input. If easy cells' early results feed the harder ones "
+        "(intermediate-context reasoning), easy → hard should exceed hard → easy.",
+        "",
+        "| setting | easy → hard (patches) | hard → easy (patches) | easy → easy (patches) |",
+        "|---|---|---|---|",
+        *causal_rows,
+    ])
