@@ -170,8 +170,7 @@ def run(ctx: StudyContext) -> Report:
 
     base = problems[:n_causal]
     rng = random.Random(f"sudoku-study:{ctx.seed}")
-    source = rng.sample(problems[n_causal:] or problems, k=min(n_causal, len(problems[n_causal:]) or len(problems)))
-    source = (source * n_causal)[:n_causal]
+    source = rng.sample(problems[n_causal:], k=n_causal)  # other puzzles (n >= 2 * n_causal in both modes)
     causal_rows = []
     for name in [list(settings)[0], list(settings)[-1]]:
         flips = canvas_flips(diff, prompt_batch([p.prompt for p in base])["input_ids"],
