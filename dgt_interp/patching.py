@@ -539,11 +539,12 @@ class Patching:
         return self._capture("corrupted", fwd_hooks=self._patch_hooks([sites]), record=record)
 
     def iter_patches(self, patches: Sequence[Site | Sequence[Site]], metric, *, batch_size: int = 64,
-                     progress: bool = False) -> Iterator[tuple[int, torch.Tensor]]:
+                     progress: bool = False, value=None) -> Iterator[tuple[int, torch.Tensor]]:
         """Run many patched copies, `batch_size` per `generate` along the batch axis; stream results.
 
         Yields `(start, values)` per chunk: `values[i]` (`[chunk]`, averaged over the prompt batch)
-        belongs to `patches[start + i]`. Nothing but the chunk's logits is held.
+        belongs to `patches[start + i]`. Nothing but the chunk's logits is held. `value(current,
+        clean)`, if given, is what each site gets instead of its clean activation.
         """
         patches = [[p] if isinstance(p, Site) else list(p) for p in patches]
         if batch_size < 1:
@@ -559,7 +560,7 @@ class Patching:
         try:
             for start in range(0, len(patches), batch_size):
                 chunk = patches[start:start + batch_size]
-                traj = self._capture("corrupted", copies=len(chunk), fwd_hooks=self._patch_hooks(chunk))
+                traj = self._capture("corrupted", copies=len(chunk), fwd_hooks=self._patch_hooks(chunk, value))
                 values = metric_values(traj, metric).view(len(chunk), self.batch).mean(-1)
                 if bar is not None:
                     bar.update(len(chunk))
@@ -568,10 +569,10 @@ class Patching:
             if bar is not None:
                 bar.close()
 
-    def run_patches(self, patches, metric, *, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+    def run_patches(self, patches, metric, *, batch_size: int = 64, progress: bool = False, value=None) -> torch.Tensor:
         """`[n_patches]` metric values (see `iter_patches`); batch_size=1 = one generate per patch."""
         out = torch.full((len(patches),), float("nan"))
-        for start, values in self.iter_patches(patches, metric, batch_size=batch_size, progress=progress):
+        for start, values in self.iter_patches(patches, metric, batch_size=batch_size, progress=progress, value=value):
             out[start:start + len(values)] = values
         return out
 
@@ -586,28 +587,20 @@ class Patching:
         random (step, layer, position) site of `pattern` up by one ulp (`torch.nextafter`) in
         batched corrupted runs; returns max |metric - corrupted metric| (averaged over the prompt batch).
         """
-        names = sorted(self.resolve([pattern]), key=natural_key)
-        if not names:
-            raise PatchingError(f"no hook name matches {pattern!r}; print(dgt_interp.describe_names(model)) lists them")
+        names = _layer_names(self, pattern)
         self.need(names)
-        sites = [(nm, s, q) for nm in names for s in range(self.n_steps) for q in range(self.positions(nm, s))]
+        sites = [Site(nm, s, q) for nm in names for s in range(self.n_steps) for q in range(self.positions(nm, s))]
         if not sites:
             raise PatchingError(f"{pattern!r} fires at none of the {self.n_steps} steps; pick another hook")
         if n < 1 or batch_size < 1:
             raise PatchingError(f"n and batch_size must be >= 1, got n={n}, batch_size={batch_size}")
         pick = torch.randint(len(sites), (n,), generator=torch.Generator().manual_seed(seed)).tolist()
-        copies = [[Site(nm, s, q)] for nm, s, q in (sites[i] for i in pick)]
 
         def nudge(current, clean):
             return torch.nextafter(current, torch.full_like(current, math.inf))
 
-        base, worst = self.corrupted_metric(metric), 0.0
-        for start in range(0, n, batch_size):
-            chunk = copies[start:start + batch_size]
-            traj = self._capture("corrupted", copies=len(chunk), fwd_hooks=self._patch_hooks(chunk, nudge))
-            values = metric_values(traj, metric).view(len(chunk), self.batch).mean(-1)
-            worst = max(worst, float((values - base).abs().max()))
-        return worst
+        values = self.run_patches([sites[i] for i in pick], metric, batch_size=batch_size, value=nudge)
+        return float((values - self.corrupted_metric(metric)).abs().max())
 
 
 def layer_sites(p: Patching, layer: int, step: Index = None, *, prompt: bool = True) -> list[Site]:
