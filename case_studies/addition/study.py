@@ -242,7 +242,7 @@ def _attention_figure(att) -> Figure:
     rows += [(f"digit {j}: column below", att["below"][j - 1]) for j in range(1, N_DIGITS)]
     rows += [(f"digit {j}: canvas digit {j - 1}", att["canvas_below"][j - 1]) for j in range(1, N_DIGITS)]
     grid = torch.tensor([[h for layer in r for h in layer] for _, r in rows])  # [row, layer * head]
-    n_layers, n_heads = len(rows[0][1]), len(rows[0][1][0])
+    n_heads = len(rows[0][1][0])
     fig = Figure(figsize=(1.2 + 0.45 * grid.shape[1], 0.9 + 0.4 * len(rows)))
     ax = fig.add_subplot()
     im = ax.imshow(grid, vmin=0, vmax=1, cmap="Blues", aspect="auto")
@@ -302,32 +302,18 @@ def _order_sentence(t: dict) -> str:
     return arg + samp
 
 
-def _layer_table(numbers) -> list[str]:
+def _layer_table(numbers, keys=("held_out_digit", "held_out_answer")) -> list[str]:
+    """Held-out IIA (informative pairs) of every candidate site, the `keys` entries joined by " / "."""
     out = []
     for setting, per_carry in numbers["iia"].items():
         for var, e in per_carry.items():
+            first = e[keys[0]]
             if not out:
-                out = ["| setting | variable | " + " | ".join(d["name"].split("@")[1].split("/")[0]
-                                                           for d in e["held_out_digit"]) + " |",
-                       "|---|---|" + "---|" * len(e["held_out_digit"])]
-            cells = [f"{_f(d['iia_informative'])} / {_f(a['iia_informative'])}"
-                     for d, a in zip(e["held_out_digit"], e["held_out_answer"])]
+                out = ["| setting | variable | " + " | ".join(d["name"].split("@")[1].split("/")[0].split(":")[0]
+                                                           for d in first) + " |",
+                       "|---|---|" + "---|" * len(first)]
+            cells = [" / ".join(_f(e[k][i]["iia_informative"]) for k in keys) for i in range(len(first))]
             out.append(f"| {setting} | {var} | " + " | ".join(cells) + " |")
-    return out
-
-
-def _below_table(numbers) -> list[str]:
-    out = []
-    for setting, per_carry in numbers["iia"].items():
-        for var, e in per_carry.items():
-            if "held_out_below_digit" not in e:
-                continue
-            if not out:
-                out = ["| setting | variable | " + " | ".join(d["name"].split("@")[1].split(":")[0]
-                                                           for d in e["held_out_below_digit"]) + " |",
-                       "|---|---|" + "---|" * len(e["held_out_below_digit"])]
-            out.append(f"| {setting} | {var} | " + " | ".join(_f(d["iia_informative"]) for d in e["held_out_below_digit"])
-                       + " |")
     return out
 
 
@@ -405,7 +391,7 @@ def _markdown(numbers, table, causal_lines, iia_rows, tight, figures) -> str:
         "and from which the carry could be read across by attention; digit j compared (patching there also "
         "moves digit j-1). Held-out IIA (informative pairs) per layer:",
         "",
-        *_below_table(numbers),
+        *_layer_table(numbers, keys=("held_out_below_digit",)),
         "",
         "![iia](iia.png)",
         "",
