@@ -72,7 +72,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from dgt_interp import zoo
-    from dgt_interp.attribution import attribution_patch, rank_correlation
+    from dgt_interp.attribution import attribution_patch
+    from dgt_interp.stats import rank_correlation
     from dgt_interp.evaluate import prompt_batch
     from dgt_interp.models import build_diffusion, load_model
     from dgt_interp.patching import LogitDiff, Patching, Site, get_act_patch_resid_pre
@@ -86,7 +87,7 @@ def main() -> None:
     clean, corrupted = prompt_batch([args.clean])["input_ids"], prompt_batch([args.corrupted])["input_ids"]
     gen = {}
     if not args.model_sampler:
-        from dgt_interp.bottleneck import entropy_bound_kwargs
+        from dgt_interp.sampling import entropy_bound_kwargs
 
         gen.update(entropy_bound_kwargs(args.entropy_bound))
         gen["t_min"], gen["t_max"] = args.temperature

@@ -125,7 +125,7 @@ def sampler_settings(quick: bool) -> dict[str, dict]:
     canvas over more steps: tighter entropy bounds accept fewer tokens per step, a stricter stop
     (stable for 3 steps and mean entropy < 1e-4) keeps denoising after the argmax settles, and a hotter
     temperature keeps entropy up. The last entry is the slowest ("many steps")."""
-    from dgt_interp.bottleneck import entropy_bound_kwargs as eb
+    from dgt_interp.sampling import entropy_bound_kwargs as eb
 
     slow = dict(stability_threshold=3, confidence_threshold=1e-4)
     if quick:
@@ -205,9 +205,8 @@ class CountTrace:
 
 def count_trace(traj, problems: list[Problem], canvas: int = 0) -> CountTrace:
     """Read each step's argmax canvas (`dgt_interp.phenomena.row_steps` order) as count + list."""
-    from dgt_interp.phenomena import final_canvas, row_steps
 
-    steps = row_steps(traj, canvas)
+    steps = traj.row_steps(canvas)
     k_n = max(len(s) for s in steps)
     arg = traj.records["argmax_canvas"]
     b_n, length = arg.shape[1], arg.shape[2]
@@ -215,7 +214,7 @@ def count_trace(traj, problems: list[Problem], canvas: int = 0) -> CountTrace:
     eos = torch.full((b_n, k_n), -1)
     list_ok = torch.zeros(b_n, k_n, dtype=torch.bool)
     active = torch.zeros(b_n, k_n, dtype=torch.bool)
-    final = final_canvas(traj, canvas)
+    final = traj.final_tokens(canvas)
 
     def read(row: torch.Tensor) -> tuple[int, int]:
         d = digit_of(int(row[COUNT_POS]))
@@ -275,10 +274,9 @@ class EosSmearing:
 def eos_smearing(traj, canvas: int = 0, max_offset: int = 2, source: str = "auto") -> EosSmearing:
     """`EosSmearing` of a trajectory (rows whose final canvas has an EOS; steps in `row_steps` order).
     `source`: "probs" (recorded processed logits), "argmax", or "auto" (probs if recorded)."""
-    from dgt_interp.phenomena import _per_step_rows, final_canvas
 
-    steps, active = _per_step_rows(traj, canvas)
-    final = final_canvas(traj, canvas)
+    steps, active = traj.active_rows(canvas)
+    final = traj.final_tokens(canvas)
     has = (final == EOS_ID).any(-1)
     e_pos = (final == EOS_ID).long().argmax(-1)
     if source == "auto":

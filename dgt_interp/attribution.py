@@ -32,7 +32,9 @@ from __future__ import annotations
 import torch
 
 from dgt_interp.names import natural_key
-from dgt_interp.patching import Patching, PatchingError, _call_metric, _indices, select_outputs
+from dgt_interp.patching import Patching, PatchingError, call_metric, indices
+from dgt_interp.stats import rank_correlation
+from dgt_interp.trajectory import select_outputs
 
 UNEMBED = "unembed.hook_out"  # lm_head output, before the soft-cap
 
@@ -51,7 +53,7 @@ def attribution_patch(p: Patching, metric, pattern: str = "blocks.*.hook_resid_p
         raise PatchingError(f"by={by!r}: use 'pos', 'head' or 'layer'")
     names = sorted(p.resolve([pattern]), key=natural_key)
     p.need(names)
-    step_idx = _indices(steps, p.n_steps, "step", f"both runs reached {p.n_steps} steps")
+    step_idx = indices(steps, p.n_steps, "step", f"both runs reached {p.n_steps} steps")
     wanted = set(step_idx)
     live: dict[tuple[str, int], torch.Tensor] = {}
     logits_live: dict[int, torch.Tensor] = {}
@@ -74,7 +76,7 @@ def attribution_patch(p: Patching, metric, pattern: str = "blocks.*.hook_resid_p
     def unembed(t, hook, step):
         logits_live[step] = t
 
-    traj = p._capture("corrupted", fwd_hooks=[(n, keep(n)) for n in names] + [(UNEMBED, unembed)], record=())
+    traj = p.capture("corrupted", fwd_hooks=[(n, keep(n)) for n in names] + [(UNEMBED, unembed)], record=())
     if not torch.equal(traj.sequences, p.corrupted.sequences):
         raise PatchingError("the gradient run diverged from the corrupted run; report this (sampler replay broken)")
     logits = _stack_logits(p, traj, logits_live)
@@ -82,8 +84,8 @@ def attribution_patch(p: Patching, metric, pattern: str = "blocks.*.hook_resid_p
         raise PatchingError("rebuilt logits differ from the recorded ones (soft-cap changed?); report this")
     out_logits, tokens = select_outputs(traj.kind, logits, traj.argmax_canvas.to(logits.device),
                                         traj.active.to(logits.device), traj.canvas, getattr(metric, "step", None))
-    value = _call_metric(metric, out_logits, tokens).sum()
-    keys = [k for k in live if p._acts.get(k) is not None]
+    value = call_metric(metric, out_logits, tokens).sum()
+    keys = [k for k in live if p.clean_activation(*k) is not None]
     grads = [None] * len(keys)
     if keys and value.requires_grad:  # the one backward pass
         grads = list(torch.autograd.grad(value, [live[k] for k in keys], allow_unused=True))
@@ -93,7 +95,7 @@ def attribution_patch(p: Patching, metric, pattern: str = "blocks.*.hook_resid_p
     n_heads = 0
     if by == "head":
         t = next((live[k] for k in keys), None)
-        if t is None or t.dim() < 4 or p._layout(keys[0][0]) == "flat":
+        if t is None or t.dim() < 4 or p.layout(keys[0][0]) == "flat":
             raise PatchingError(f"{pattern!r} has no head axis ([batch, pos, head, d_head]); use blocks.*.attn.hook_z")
         n_heads = t.shape[2]
     shape = {"pos": (len(step_idx), len(names), n_pos), "head": (len(step_idx), len(names), n_pos, n_heads),
@@ -102,11 +104,11 @@ def attribution_patch(p: Patching, metric, pattern: str = "blocks.*.hook_resid_p
     # (clean - corrupted) . grad for all (step, layer) tensors of one shape at once
     groups: dict[tuple, list[int]] = {}
     for i, (name, s) in enumerate(keys):
-        groups.setdefault((tuple(live[(name, s)].shape), p._layout(name) == "flat"), []).append(i)
+        groups.setdefault((tuple(live[(name, s)].shape), p.layout(name) == "flat"), []).append(i)
     b = p.batch
     for (_, flat), idx in groups.items():
         corr = torch.stack([live[keys[i]].detach() for i in idx])
-        clean = torch.stack([p._acts[keys[i]] for i in idx]).to(corr)
+        clean = torch.stack([p.clean_activation(*keys[i]) for i in idx]).to(corr)
         diff = (clean - corr) * torch.stack([grads[i] for i in idx])  # [K, batch, pos, ...]
         if flat:  # [K, rows * pos, ...] -> [K, rows, pos, ...]
             diff = diff.view(len(idx), b, -1, *diff.shape[2:])
@@ -140,28 +142,6 @@ def _stack_logits(p: Patching, traj, logits_live: dict[int, torch.Tensor]) -> to
         pad = torch.zeros((cols[0].shape[0], length - s - 1, cols[0].shape[-1]), device=cols[0].device)
         rows.append(torch.cat([torch.stack(cols[:s + 1], 1), pad], 1))
     return torch.stack(rows)
-
-
-def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman rank correlation of two same-shape tensors over the cells finite in both (ties: average rank)."""
-    ok = torch.isfinite(a) & torch.isfinite(b)
-    x, y = a[ok].double(), b[ok].double()
-    if x.numel() < 2:
-        raise PatchingError("need at least two finite cells to rank-correlate")
-
-    def ranks(v):
-        order = torch.argsort(v)
-        r = torch.empty_like(v)
-        r[order] = torch.arange(len(v), dtype=v.dtype)
-        for u in torch.unique(v):  # average ranks of ties
-            tie = v == u
-            if tie.sum() > 1:
-                r[tie] = r[tie].mean()
-        return r
-
-    rx, ry = ranks(x), ranks(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    return float((rx * ry).sum() / (rx.norm() * ry.norm()))
 
 
 __all__ = ["attribution_patch", "rank_correlation"]

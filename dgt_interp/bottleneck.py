@@ -24,6 +24,10 @@ from typing import Callable
 
 import torch
 
+from dgt_interp.evaluate import evaluate
+from dgt_interp.models import is_diffusion
+from dgt_interp.sampling import SAMPLERS, sampler_settings
+
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 
 LOGITS_HOOK = "self_cond.hook_logits_in"
@@ -167,31 +171,6 @@ def as_bottleneck(spec: "Bottleneck | LogitsFn | str | None") -> Bottleneck | No
 
 # ----------------------------------------------------------------------------- evaluation
 
-def entropy_bound_kwargs(entropy_bound: float, **generation_kwargs) -> dict:
-    """`generate` kwargs for DiffusionGemma's entropy-bound sampler with bound `entropy_bound` (smaller =
-    fewer tokens accepted per step = more steps), plus any other `generate` kwargs given."""
-    from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
-
-    return dict(sampler_config=EntropyBoundSamplerConfig(entropy_bound=float(entropy_bound)), **generation_kwargs)
-
-
-def sampler_settings(name: str) -> dict:
-    """`generate` kwargs of a named sampler setting.
-
-    - "default": DiffusionGemma's defaults (entropy bound 0.1, up to 48 steps, temperature 0.8 -> 0.4);
-    - "gentle": the setting under which public follow-up work found top-1 harmless on GPQA
-      (entropy bound 0.02, up to 96 steps, temperature 1.0 -> 0.5).
-    """
-    presets = {
-        "default": dict(entropy_bound=0.1, max_denoising_steps=48, t_max=0.8, t_min=0.4),
-        "gentle": dict(entropy_bound=0.02, max_denoising_steps=96, t_max=1.0, t_min=0.5),
-    }
-    if name not in presets:
-        raise ValueError(f"unknown sampler setting {name!r}; choose one of: {', '.join(presets)}")
-    return entropy_bound_kwargs(**presets[name])
-
-
-SAMPLERS = ("default", "gentle")
 VARIANTS = ("none", "top-1", "top-2", "top-p=0.1", "one-hot", "zero")
 
 
@@ -213,9 +192,6 @@ def bottleneck_table(model, task, *, variants=VARIANTS, samplers=SAMPLERS, n: in
     Every cell generates the same `n` held-out problems with the same seeds, so rows differ only by
     the bottleneck and the sampler. `variants` entries are anything `as_bottleneck` accepts.
     """
-    from dgt_interp.evaluate import evaluate
-    from dgt_interp.models import is_diffusion
-
     if not is_diffusion(model):
         raise TypeError(f"the token bottleneck acts on DiffusionGemma's self-conditioning; got {type(model).__name__}")
     problems = task.problems("test", n, seed=seed)

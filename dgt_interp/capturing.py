@@ -37,16 +37,19 @@ from transformers.models.diffusion_gemma.generation_diffusion_gemma import Entro
 from dgt_interp.backends.tl import DIFFUSION_ARCH, architecture_of, bridge_for, sync_generation_config
 from dgt_interp.names import HookNameError, level_for, name_info, resolve_names
 from dgt_interp.atomic import save_tensors
+from dgt_interp.errors import DgtInterpError
+from dgt_interp.sampling import ReplayedNoise
+from dgt_interp.selection import select
 from dgt_interp.trajectory import OPTIONAL_RECORDS, DiskActivations, Trajectory, step_file
 
 BACKENDS = ("tl", "nnsight")
 
 
-class CaptureBudgetError(MemoryError):
+class CaptureBudgetError(DgtInterpError, MemoryError):
     """The capture would hold more than `max_bytes` (message names the estimate and how to cut it)."""
 
 
-class CaptureError(ValueError):
+class CaptureError(DgtInterpError, ValueError):
     """Bad capture arguments (one-line message that says what to do)."""
 
 
@@ -61,25 +64,6 @@ def _fmt(n: float) -> str:
 # ---------------------------------------------------------------------------------------------
 # planning: bounds, selections, memory estimate
 # ---------------------------------------------------------------------------------------------
-
-
-def _select(spec, bound: int, what: str, hint: str) -> list[int]:
-    """Normalise an int / slice / list selection to sorted indices in [0, bound)."""
-    if spec is None:
-        return list(range(bound))
-    if isinstance(spec, slice):
-        if any(v is not None and v < 0 for v in (spec.start, spec.stop)):
-            raise CaptureError(f"negative {what} in {spec!r}: {what}s are counted from 0 ({hint})")
-        return list(range(bound))[spec]
-    items = [spec] if isinstance(spec, int) else list(spec)
-    out = []
-    for i in items:
-        if not isinstance(i, int) or isinstance(i, bool):
-            raise CaptureError(f"{what} {i!r} is not an int; pass ints, a slice or a list of ints")
-        if not 0 <= i < bound:
-            raise CaptureError(f"{what} {i} is out of range: valid {what}s are 0..{bound - 1} ({hint})")
-        out.append(i)
-    return sorted(set(out))
 
 
 @dataclass
@@ -151,8 +135,8 @@ def plan_capture(model, input_ids, *, names=None, steps=None, positions=None, re
         if bad:
             raise HookNameError(f"{bad[0]!r} has no [batch, pos] axis on the AR twin, so it has no per-token step; "
                                 "record it on the diffusion model or drop it")
-    sel_steps = _select(steps, max_steps, "step", f"at most {max_steps} steps with these settings")
-    sel_pos = _select(positions, canvas, "position", f"the canvas has {canvas} positions")
+    sel_steps = select(steps, max_steps, "step", f"at most {max_steps} steps with these settings", CaptureError)
+    sel_pos = select(positions, canvas, "position", f"the canvas has {canvas} positions", CaptureError)
     batch = input_ids.shape[0]
     itemsize = (lambda d: torch.empty((), dtype=d).element_size())
     float_size = itemsize(dtype) if dtype is not None else itemsize(model.dtype)
@@ -330,14 +314,38 @@ class _Recorder:
 
 
 class _RecordingSampler(EntropyBoundSampler):
-    """HF's `EntropyBoundSampler`, unchanged, that also reports what `accept_canvas` saw."""
+    """HF's `EntropyBoundSampler`, unchanged, that also reports what `accept_canvas` saw.
+
+    With `noise` (a `sampling.ReplayedNoise`), its random draws come from the noise object instead
+    of torch's global RNG: the initial canvas, the sample (`argmax(probs / exponential noise)`, what
+    `torch.multinomial` computes for one sample) and the re-noising tokens.
+    """
 
     recorder: _Recorder
+    noise: ReplayedNoise | None = None
+    canvas: int = -1  # canvases started (replay only)
+    max_steps: int = 0
+
+    def initialize_canvas(self, batch_size: int, device) -> torch.Tensor:
+        if self.noise is None:
+            return super().initialize_canvas(batch_size, device)
+        self.canvas += 1
+        return self.noise.initial_canvas(self.canvas).to(device).expand(batch_size, -1).clone()
 
     def accept_canvas(self, current_canvas, denoiser_canvas, logits, cur_step):
+        if self.noise is not None:
+            probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # as HF's _denoising_step
+            noise = self.noise.exponential(self.canvas, self.max_steps - int(cur_step)).to(probs.device)
+            denoiser_canvas = (probs / noise).argmax(-1)
         accepted = super().accept_canvas(current_canvas, denoiser_canvas, logits, cur_step)
         self.recorder.on_accept(denoiser_canvas, logits, self.accepted_token_mask)
         return accepted
+
+    def renoise_canvas(self, accepted_canvas, cur_step):
+        if self.noise is None:
+            return super().renoise_canvas(accepted_canvas, cur_step)
+        fresh = self.noise.renoise(self.canvas, self.max_steps - int(cur_step)).to(accepted_canvas.device)
+        return torch.where(~self.accepted_token_mask, fresh.expand_as(accepted_canvas), accepted_canvas)
 
 
 class _ARRecordingProcessor(LogitsProcessor):
@@ -354,7 +362,8 @@ class _ARRecordingProcessor(LogitsProcessor):
         return scores
 
 
-def _instrument(twin, rec: _Recorder, plan: Plan, stack: ExitStack, want_raw_logits: bool) -> None:
+def _instrument(twin, rec: _Recorder, plan: Plan, stack: ExitStack, want_raw_logits: bool,
+                noise: ReplayedNoise | None = None) -> None:
     """Install the recording wrappers on the (private) twin for the duration of `stack`."""
 
     def restore(attr):
@@ -370,6 +379,10 @@ def _instrument(twin, rec: _Recorder, plan: Plan, stack: ExitStack, want_raw_log
             recording = _RecordingSampler.__new__(_RecordingSampler)
             recording.__dict__.update(sampler.__dict__)
             recording.recorder = rec
+            if noise is not None:
+                recording.noise = noise.bind(sampler.vocab_size, sampler.canvas_length,
+                                             generation_config.max_denoising_steps, twin.device)
+                recording.max_steps = generation_config.max_denoising_steps
             return recording
 
         def denoising_step(**kw):
@@ -439,6 +452,7 @@ def capture(
     max_bytes: int | None = None,
     storage: str = "memory",
     out_dir: str | Path | None = None,
+    noise: ReplayedNoise | None = None,
     **generation_kwargs,
 ) -> Trajectory:
     """Run `model.generate(input_ids, **generation_kwargs)` after `torch.manual_seed(seed)` and record it.
@@ -462,6 +476,8 @@ def capture(
         hook_steps: steps at which `fwd_hooks` run (int / slice / list; None = all).
         max_bytes: refuse (CaptureBudgetError) if the estimate exceeds this many bytes of RAM.
         storage: "memory" or "disk" (stream each recorded step to `out_dir`; RAM holds one step).
+        noise: a `dgt_interp.sampling.ReplayedNoise`: the sampler draws from it instead of torch's
+            global RNG (the same draws for every row; DiffusionGemma only). What patching replays.
         **generation_kwargs: passed to `generate` unchanged (max_denoising_steps, t_min, t_max,
             sampler_config, max_new_tokens, attention_mask, ...).
 
@@ -475,6 +491,8 @@ def capture(
     """
     if backend not in BACKENDS:
         raise CaptureError(f"unknown backend {backend!r}; use one of {BACKENDS}")
+    if noise is not None and not isinstance(noise, ReplayedNoise):
+        raise CaptureError(f"noise must be a dgt_interp.sampling.ReplayedNoise, got {type(noise).__name__}")
     if storage not in ("memory", "disk"):
         raise CaptureError(f"unknown storage {storage!r}; use 'memory' or 'disk' (with out_dir=)")
     if storage == "disk" and out_dir is None:
@@ -482,14 +500,17 @@ def capture(
     fwd_hooks = list(fwd_hooks or ())
     plan = plan_capture(model, input_ids, names=names, steps=steps, positions=positions, record=record,
                         dtype=dtype, fwd_hooks=fwd_hooks, **generation_kwargs)
+    if noise is not None and plan.kind != "diffusion":
+        raise CaptureError("noise= replays DiffusionGemma's sampler; the AR twin draws no sampler noise when it "
+                           "decodes greedily (do_sample=False): drop noise=")
     held = plan.total_bytes if storage == "memory" else plan.record_bytes + sum(plan.bytes_per_name.values())
     if max_bytes is not None and held > max_bytes:
         raise CaptureBudgetError(
             f"capture would hold {_fmt(held)} > max_bytes={_fmt(max_bytes)}: {plan}; cut it with fewer names, "
             "steps=..., positions=..., dtype=torch.bfloat16, or storage='disk', out_dir=..."
         )
-    hook_step_set = None if hook_steps is None else set(_select(hook_steps, plan.max_steps, "hook step",
-                                                                 f"at most {plan.max_steps} steps"))
+    hook_step_set = None if hook_steps is None else set(select(hook_steps, plan.max_steps, "hook step",
+                                                                f"at most {plan.max_steps} steps", CaptureError))
     user_hooks = [(n, fn) for pat, fn in fwd_hooks for n in resolve_names(model, [pat])]
 
     bridged = bridge_for(model, plan.level)
@@ -520,7 +541,7 @@ def capture(
 
     hooks = [(n, _wrap_user_hook(fn, rec, hook_step_set)) for n, fn in user_hooks]
     with ExitStack() as stack:
-        _instrument(twin, rec, plan, stack, "logits" in plan.record)
+        _instrument(twin, rec, plan, stack, "logits" in plan.record, noise)
         if backend == "tl":
             hooks += [(n, rec.hook(n)) for n in plan.names]
             stack.enter_context(bridge.hooks(fwd_hooks=hooks))

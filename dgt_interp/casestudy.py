@@ -42,7 +42,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from dgt_interp.atomic import save_figure, write_text
-from dgt_interp.evaluate import wilson_interval
+from dgt_interp.stats import wilson_interval
 from dgt_interp.tasks import Problem, Task
 
 
@@ -159,7 +159,7 @@ class PairRuns:
     def __init__(self, model, pairs: Sequence[tuple[Problem, Problem]], *, task: Task | None = None, seed: int = 0,
                  filter_correct: bool = True, **generation_kwargs):
         from dgt_interp.evaluate import prompt_batch
-        from dgt_interp.patching import Patching, run_outputs
+        from dgt_interp.patching import Patching
         from dgt_interp.tasks import decode_answer
 
         if not pairs:
@@ -171,8 +171,8 @@ class PairRuns:
         self._decode = decode_answer
         self.p = Patching(model, ids[n:], ids[:n], seed=seed, attention_mask=mask[n:], corrupted_attention_mask=mask[:n],
                           **generation_kwargs)
-        base_ans = [decode_answer(r) for r in run_outputs(self.p.corrupted)[1]]
-        src_ans = [decode_answer(r) for r in run_outputs(self.p.clean)[1]]
+        base_ans = [decode_answer(r) for r in self.p.corrupted.outputs()[1]]
+        src_ans = [decode_answer(r) for r in self.p.clean.outputs()[1]]
         ok = [(b.answer == a and s.answer == c) if filter_correct else True
               for (b, s), a, c in zip(pairs, base_ans, src_ans)]
         self.keep = torch.tensor(ok)
@@ -185,9 +185,7 @@ class PairRuns:
 
     def outputs(self, patches: Sequence, *, batch_size: int = 32, progress: bool = False) -> list[list[str]]:
         """Per patch (a Site or list of Sites), the decoded answers of the kept pairs."""
-        from dgt_interp.phenomena import patched_outputs
-
-        toks = patched_outputs(self.p, list(patches), batch_size=batch_size, progress=progress)
+        toks = self.p.patched_tokens(list(patches), batch_size=batch_size, progress=progress)
         keep = torch.nonzero(self.keep).flatten()
         return [[self._decode(t[i]) for i in keep.tolist()] for t in toks]
 

@@ -27,7 +27,7 @@ def run_demo(model_name: str = "addition-diffusion", n: int = 3, seed: int = 0, 
              print_fn=print) -> list[bool]:
     """Denoise `n` held-out additions step by step; returns whether each answer was right."""
     from dgt_interp import capture
-    from dgt_interp.bottleneck import entropy_bound_kwargs
+    from dgt_interp.sampling import entropy_bound_kwargs
     from dgt_interp.evaluate import prompt_batch
     from dgt_interp.models import load_model
 

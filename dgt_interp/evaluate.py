@@ -6,32 +6,23 @@ answers; training, the zoo checks, the demo and the bottleneck table all go thro
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
+from tqdm.auto import tqdm
 
+from dgt_interp.capturing import capture
 from dgt_interp.models.load import is_diffusion
+from dgt_interp.stats import wilson_interval
 from dgt_interp.tasks import EOS_ID, PAD_ID, Problem, Task, build_tokenizer, decode_answer, encode
+from dgt_interp.tokenizer import prompt_batch as tokenizer_prompt_batch
 
 
-def prompt_batch(prompts: list[str], max_positions: int | None = None) -> dict[str, torch.Tensor]:
-    """Left-padded `input_ids` and `attention_mask` `[batch, pos]` for `prompts` (BOS prepended).
-
-    Raises a one-line error if a prompt (plus `canvas`) would not fit `max_positions`.
-    """
-    tok = build_tokenizer()
-    for p in prompts:
-        unknown = sorted({c for c in p if tok.convert_tokens_to_ids(c) in (None, PAD_ID)})
-        if unknown:
-            raise ValueError(f"prompt {p!r} has characters {unknown} outside the vocabulary; remove them")
-    enc = tok(prompts, padding=True, return_tensors="pt")
-    if max_positions is not None and enc["input_ids"].shape[1] > max_positions:
-        raise ValueError(
-            f"prompt of {enc['input_ids'].shape[1]} tokens is too long: this model allows {max_positions} "
-            "(prompt + generated tokens); shorten the prompt or generate fewer tokens"
-        )
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+def prompt_batch(prompts: list[str], max_positions: int | None = None, tokenizer=None) -> dict[str, torch.Tensor]:
+    """Left-padded `input_ids` and `attention_mask` `[batch, pos]` for task prompts (BOS prepended):
+    `dgt_interp.tokenizer.prompt_batch` with the tasks' character tokenizer unless `tokenizer` is given."""
+    return tokenizer_prompt_batch(prompts, tokenizer if tokenizer is not None else build_tokenizer(),
+                                  max_positions=max_positions)
 
 
 def _max_prompt_positions(model, max_new_tokens: int) -> int:
@@ -60,8 +51,6 @@ def generate_answers(model, prompts: list[str], *, seed: int = 0, fwd_hooks=(), 
     prompt_len = batch["input_ids"].shape[1]
     passes = None
     if fwd_hooks:
-        from dgt_interp import capture
-
         traj = capture(model, batch["input_ids"], attention_mask=batch["attention_mask"], names=(), seed=seed,
                        fwd_hooks=list(fwd_hooks), **generation_kwargs)
         new_ids = traj.sequences[:, prompt_len:].cpu()
@@ -99,17 +88,6 @@ def is_degenerate(new_ids, eos_id: int = EOS_ID, reference_ids: list[int] | None
 
     ref = loops(reference_ids) if reference_ids is not None else set()
     return bool(loops(body) - ref)
-
-
-def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval for a binomial proportion (sensible at 0% and 100%)."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = correct / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 @dataclass
@@ -150,8 +128,6 @@ def evaluate(
     correct, degenerate, passes = 0, 0, []
     chunks = range(0, len(problems), batch_size)
     if progress:
-        from tqdm.auto import tqdm
-
         chunks = tqdm(chunks, desc=f"eval {task.name}", unit="batch")
     for b, start in enumerate(chunks):
         chunk = problems[start:start + batch_size]

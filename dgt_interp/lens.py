@@ -39,14 +39,19 @@ import torch
 from safetensors import safe_open
 from torch import nn
 from torch.func import functional_call
+from transformers import DiffusionGemmaForBlockDiffusion, Gemma4ForCausalLM
 
 from dgt_interp.atomic import save_tensors, write_text
+from dgt_interp.capturing import capture
+from dgt_interp.errors import DgtInterpError
+from dgt_interp.selection import select
+from dgt_interp.tokenizer import load_tokenizer, prompt_batch
 
 RESID = "blocks.{}.hook_resid_post"
 FORMAT_VERSION = 1
 
 
-class LensError(ValueError):
+class LensError(DgtInterpError, ValueError):
     """Bad lens input (one-line message that says what to do)."""
 
 
@@ -64,8 +69,6 @@ class Unembed:
     """
 
     def __init__(self, model):
-        from transformers import DiffusionGemmaForBlockDiffusion, Gemma4ForCausalLM
-
         if not isinstance(model, (DiffusionGemmaForBlockDiffusion, Gemma4ForCausalLM)):
             raise TypeError(f"a lens needs DiffusionGemmaForBlockDiffusion or Gemma4ForCausalLM, got {type(model).__name__}; "
                             "load one with dgt_interp.models.load_model")
@@ -202,31 +205,6 @@ class LensResult:
 # ---------------------------------------------------------------------------------------------
 
 
-def _pick(spec, available: list[int], what: str, hint: str) -> list[int]:
-    """int / slice / list / None → the chosen values of `available` (one-line error if absent)."""
-    if spec is None:
-        return list(available)
-    if isinstance(spec, slice):
-        bound = max(available) + 1 if available else 0
-        chosen = set(range(bound)[spec])
-        return [v for v in available if v in chosen]
-    items = [spec] if isinstance(spec, int) else list(spec)
-    for v in items:
-        if not isinstance(v, int) or isinstance(v, bool) or v not in available:
-            rng = f"{available[0]}..{available[-1]}" if available else "none"
-            raise LensError(f"{what} {v!r} is not available (have {rng}); {hint}")
-    return sorted(set(items))
-
-
-def step_in_canvas(traj) -> torch.Tensor:
-    """`[S]` index of each execution step within its canvas's denoising run (0 at a canvas's first step)."""
-    canvas = traj.records["canvas"].long()
-    out = torch.zeros_like(canvas)
-    for s in range(1, canvas.numel()):
-        out[s] = out[s - 1] + 1 if canvas[s] == canvas[s - 1] else 0
-    return out
-
-
 def _layout(traj, steps: list[int], positions: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(`valid` [S, B, P], `fresh` [S, B, P], `origin` [S, P]) for the chosen steps and positions.
 
@@ -245,20 +223,19 @@ def _layout(traj, steps: list[int], positions: list[int]) -> tuple[torch.Tensor,
     else:
         valid = active[:, :, None].expand(-1, -1, len(positions)).clone()
         fresh = valid
-        origin = step_in_canvas(traj)[step_t][:, None].expand(-1, len(positions)).clone()
+        origin = traj.step_in_canvas()[step_t][:, None].expand(-1, len(positions)).clone()
     return valid, fresh, origin
 
 
-def lens_capture(model, prompts: list[str], *, seed: int = 0, record=(), **generation_kwargs):
+def lens_capture(model, prompts: list[str], *, tokenizer=None, seed: int = 0, record=(), **generation_kwargs):
     """Capture what a lens needs (`blocks.*.hook_resid_post` at every step) for text prompts.
 
-    A left-padded batch with BOS (`evaluate.prompt_batch`); `record=["logits"]` also keeps the
-    model's own per-step logits. `generation_kwargs` go to `generate` unchanged.
+    A left-padded batch through the model's own tokenizer (`tokenizer`, default
+    `load_tokenizer(model)`); `record=["logits"]` also keeps the model's own per-step logits.
+    `generation_kwargs` go to `generate` unchanged.
     """
-    from dgt_interp.capturing import capture
-    from dgt_interp.evaluate import prompt_batch
-
-    batch = prompt_batch(list(prompts))
+    tok = tokenizer if tokenizer is not None else load_tokenizer(model)
+    batch = prompt_batch(list(prompts), tok)
     return capture(model, batch["input_ids"].to(model.device), attention_mask=batch["attention_mask"].to(model.device),
                    names="blocks.*.hook_resid_post", seed=seed, record=record, **generation_kwargs)
 
@@ -323,9 +300,10 @@ class Lens(nn.Module):
         if traj.meta.get("model_class") not in (None, u.model_class):
             raise LensError(f"trajectory of a {traj.meta['model_class']} but the lens is for a {u.model_class}; "
                             "build the lens from the model that was captured")
-        steps = _pick(steps, traj.recorded_steps, "step", "capture with steps=None to record every step")
-        positions = _pick(positions, traj.positions, "position", "capture with positions=None to record every position")
-        layers = _pick(layers, list(range(self.n_layers)), "layer", f"the model has {self.n_layers} layers")
+        steps = select(steps, traj.recorded_steps, "step", "capture with steps=None to record every step", LensError)
+        positions = select(positions, traj.positions, "position", "capture with positions=None to record every position",
+                           LensError)
+        layers = select(layers, self.n_layers, "layer", f"the model has {self.n_layers} layers", LensError)
         targets = [int(t) for t in targets]
         bad = [t for t in targets if not 0 <= t < u.vocab_size]
         if bad:
@@ -520,4 +498,4 @@ def format_kl_table(*results: LensResult) -> str:
 
 
 __all__ = ["Lens", "LogitLens", "TunedLens", "LensResult", "LensError", "Unembed", "compact_outputs",
-           "format_kl_table", "lens_capture", "step_in_canvas"]
+           "format_kl_table", "lens_capture"]

@@ -30,7 +30,7 @@ def _generation_kwargs(model, entropy_bound, max_denoising_steps) -> dict:
             raise LensError("--entropy-bound and --max-denoising-steps apply to diffusion models only; drop them for the AR twin")
         return kwargs
     if entropy_bound is not None:
-        from dgt_interp.bottleneck import entropy_bound_kwargs
+        from dgt_interp.sampling import entropy_bound_kwargs
 
         kwargs.update(entropy_bound_kwargs(entropy_bound))
     if max_denoising_steps is not None:

@@ -49,6 +49,7 @@ import torch
 from safetensors import safe_open
 
 from dgt_interp.atomic import save_tensors, write_text
+from dgt_interp.errors import DgtInterpError
 from dgt_interp.names import natural_key
 
 STEP_RECORDS = ("input_canvas", "sampled_canvas", "argmax_canvas", "accepted", "entropy", "active",
@@ -57,7 +58,7 @@ OPTIONAL_RECORDS = ("logits", "processed_logits")
 FORMAT_VERSION = 1
 
 
-class TrajectoryError(ValueError):
+class TrajectoryError(DgtInterpError, ValueError):
     """Bad access into a trajectory (one-line message that says what to do)."""
 
 
@@ -90,6 +91,45 @@ class DiskActivations(Mapping):
 
     def __len__(self) -> int:
         return len(self.specs)
+
+
+def answer_mask(final: torch.Tensor, eos_id: int | None, include_eos: bool = True) -> torch.Tensor:
+    """`[B, L]` bool: positions up to the first `eos_id` of `final` `[B, L]` (the EOS itself iff
+    `include_eos`; all positions if `eos_id` is None or absent from the row)."""
+    if eos_id is None:
+        return torch.ones_like(final, dtype=torch.bool)
+    is_eos = final == eos_id
+    before = (is_eos.long().cumsum(-1) - is_eos.long()) == 0  # no EOS strictly before p
+    if not include_eos:
+        before &= ~is_eos
+    has = is_eos.any(-1, keepdim=True)
+    return torch.where(has, before, torch.ones_like(before))
+
+
+def select_outputs(kind: str, logits: torch.Tensor, argmax: torch.Tensor, active: torch.Tensor, canvas: torch.Tensor,
+                   step: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`Trajectory.outputs` on per-step tensors (e.g. logits that carry an autograd graph): logits
+    `[S, batch, pos, vocab]`, argmax `[S, batch, pos]`, active `[S, batch]`, canvas `[S]`."""
+    if kind == "ar":
+        s = logits.shape[0] - 1 if step is None else min(step, logits.shape[0] - 1)
+        return logits[s], argmax[s]
+    rows = torch.arange(active.shape[1])
+
+    def last_active(steps: list[int]) -> torch.Tensor:
+        idx = torch.tensor(steps)
+        pick = torch.where(active[idx], torch.arange(len(steps))[:, None], -1).amax(0)
+        return idx[pick.clamp(min=0)]
+
+    if step is not None:
+        c = int(canvas[min(step, len(canvas) - 1)])
+        s = last_active([i for i in range(len(canvas)) if int(canvas[i]) == c and i <= step])
+        return logits[s, rows], argmax[s, rows]
+    outs, toks = [], []
+    for c in sorted(set(canvas.tolist())):
+        s = last_active([i for i in range(len(canvas)) if int(canvas[i]) == c])
+        outs.append(logits[s, rows])
+        toks.append(argmax[s, rows])
+    return torch.cat(outs, 1), torch.cat(toks, 1)
 
 
 class Trajectory:
@@ -136,6 +176,58 @@ class Trajectory:
         if item in records:
             return records[item]
         raise AttributeError(item)
+
+
+    # ---- step / canvas semantics ------------------------------------------------------------
+    @property
+    def n_canvases(self) -> int:
+        """Canvases (blocks) the run denoised (1 for the AR twin)."""
+        return int(self.records["canvas"].max()) + 1 if self.n_steps else 0
+
+    def canvas_steps(self, canvas: int = 0) -> list[int]:
+        """Global (execution-order) steps of `canvas`, in order."""
+        n_c = self.n_canvases
+        if isinstance(canvas, bool) or not isinstance(canvas, int) or not 0 <= canvas < n_c:
+            raise TrajectoryError(f"canvas {canvas!r} is out of range: the trajectory has {n_c} canvases (0..{n_c - 1})")
+        return [s for s, c in enumerate(self.records["canvas"].tolist()) if c == canvas]
+
+    def step_in_canvas(self) -> torch.Tensor:
+        """`[S]` index of each execution step within its canvas's denoising run (0 at a canvas's first step)."""
+        canvas = self.records["canvas"].long()
+        out = torch.zeros_like(canvas)
+        for s in range(1, canvas.numel()):
+            out[s] = out[s - 1] + 1 if canvas[s] == canvas[s - 1] else 0
+        return out
+
+    def active_rows(self, canvas: int = 0) -> tuple[list[int], torch.Tensor]:
+        """(global step of each canvas step k, `[K, B]` bool: row b was still denoising at canvas step k)."""
+        steps = self.canvas_steps(canvas)
+        return steps, self.records["active"][torch.tensor(steps, dtype=torch.long)].bool()
+
+    def row_steps(self, canvas: int = 0) -> list[list[int]]:
+        """Per batch row, the global steps of `canvas` where the row was active (its first step if none)."""
+        steps, active = self.active_rows(canvas)
+        return [[s for k, s in enumerate(steps) if bool(active[k, b])] or steps[:1] for b in range(active.shape[1])]
+
+    def final_tokens(self, canvas: int = 0) -> torch.Tensor:
+        """`[B, L]` the emitted tokens of `canvas`: each row's argmax canvas at its last active step."""
+        arg = self.records["argmax_canvas"]
+        return torch.stack([arg[st[-1], b] for b, st in enumerate(self.row_steps(canvas))])
+
+    def answer_mask(self, eos_id: int | None, *, canvas: int = 0, include_eos: bool = True) -> torch.Tensor:
+        """`[B, L]` bool: the answer positions of `canvas`'s final tokens (up to the first `eos_id`)."""
+        return answer_mask(self.final_tokens(canvas), eos_id, include_eos)
+
+    def outputs(self, step: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits `[batch, pos, vocab]`, emitted tokens `[batch, pos]`), recorded with `record=("logits",)`.
+
+        step None = the final output: DiffusionGemma: per canvas, each row's logits at its last active
+        step (canvases concatenated along pos) and the emitted argmax canvas; AR: the logits of every
+        generated token. step s = the state after execution step s (a row that had stopped keeps its
+        final values).
+        """
+        return select_outputs(self.kind, self["logits"], self.records["argmax_canvas"], self.records["active"],
+                              self.records["canvas"], step)
 
     # ---- access -----------------------------------------------------------------------------
     def __getitem__(self, name: str) -> torch.Tensor:

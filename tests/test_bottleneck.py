@@ -65,7 +65,8 @@ def test_degenerate_outputs():
 
 # ----------------------------------------------------------------------------- inside real runs
 
-from dgt_interp.bottleneck import Custom, bottleneck_table, format_table, sampler_settings  # noqa: E402
+from dgt_interp.bottleneck import Custom, bottleneck_table, format_table  # noqa: E402
+from dgt_interp.sampling import sampler_settings  # noqa: E402
 from dgt_interp.cli import main  # noqa: E402
 from dgt_interp.evaluate import evaluate, generate_answers, prompt_batch  # noqa: E402
 from dgt_interp.tasks import ADDITION  # noqa: E402

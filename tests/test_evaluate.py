@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from dgt_interp.evaluate import evaluate, generate_answers, prompt_batch, wilson_interval
+from dgt_interp.evaluate import evaluate, generate_answers, prompt_batch
+from dgt_interp.stats import wilson_interval
 from dgt_interp.tasks import ADDITION, EOS_ID
 
 

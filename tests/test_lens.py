@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from dgt_interp.tokenizer import load_tokenizer
 from dgt_interp.lens import (
     LensError,
     LensResult,
@@ -15,7 +16,6 @@ from dgt_interp.lens import (
     compact_outputs,
     format_kl_table,
     lens_capture,
-    step_in_canvas,
 )
 
 PROMPTS = ["12+34=", "5+6="]
@@ -140,7 +140,7 @@ def test_one_line_errors(tiny_diffusion, tiny_ar, diff_traj):
 
 
 def test_step_in_canvas_restarts_per_canvas(diff_traj):
-    assert step_in_canvas(diff_traj).tolist() == [0, 1, 2]
+    assert diff_traj.step_in_canvas().tolist() == [0, 1, 2]
 
 
 # ---- tuned lens --------------------------------------------------------------------------------
@@ -228,6 +228,7 @@ def test_zoo_last_layer_exact(addition_diffusion, addition_ar):
 def tiny_dir(tiny_diffusion, tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny_diffusion")
     tiny_diffusion.save_pretrained(d)
+    load_tokenizer(tiny_diffusion).save_pretrained(d)  # a model dir ships its tokenizer
     return d
 
 

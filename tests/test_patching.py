@@ -10,7 +10,8 @@ import torch
 from transformer_lens import patching as tl_patching
 
 from dgt_interp import capture
-from dgt_interp.attribution import attribution_patch, rank_correlation
+from dgt_interp.attribution import attribution_patch
+from dgt_interp.stats import rank_correlation
 from dgt_interp.backends.tl import bridge_for
 from dgt_interp.evaluate import prompt_batch
 from dgt_interp.patching import (

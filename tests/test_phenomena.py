@@ -10,17 +10,16 @@ import torch
 
 from dgt_interp.phenomena import (
     PhenomenaError,
-    answer_mask,
     canvas_flips,
     commit_order,
-    constructed_trajectory,
     draft_effects,
     find_drafts,
     sequence_smearing,
-    spearman,
     token_smearing,
 )
-from dgt_interp.trajectory import Trajectory
+from dgt_interp.stats import spearman
+from dgt_interp.testing import constructed_trajectory
+from dgt_interp.trajectory import Trajectory, answer_mask
 
 N = 9  # noise / "not yet" token
 FINAL = [3, 4, 5, 6, 7]

@@ -19,7 +19,7 @@ import random
 import torch
 from matplotlib.figure import Figure
 
-from dgt_interp.bottleneck import entropy_bound_kwargs
+from dgt_interp.sampling import entropy_bound_kwargs
 from dgt_interp.casestudy import (
     PairRuns,
     Report,

@@ -21,7 +21,8 @@ import random
 import torch
 
 from dgt_interp.casestudy import PairRuns, Report, StudyContext, expected_answers, iia_table, random_site_baseline
-from dgt_interp.phenomena import _nanmean, canvas_flips, draft_effects, find_drafts
+from dgt_interp.phenomena import canvas_flips, draft_effects, find_drafts
+from dgt_interp.stats import nanmean
 from dgt_interp.tasks import EOS_ID
 
 from case_studies.count_common import (
@@ -51,8 +52,8 @@ def _records(model, problems, seed, **gen) -> dict:
     return {"traj": traj, "accuracy": det["accuracy"],
             "count_accuracy": sum(a[:1] == p.answer[:1] for a, p in zip(answers, problems)) / len(problems),
             "trace": trace, "drafts": det["drafts"], "commit": co,
-            "count_commit_step": _nanmean(cs[:, COUNT_POS]),
-            "list_commit_step": _nanmean(cs[:, LIST_START:]),
+            "count_commit_step": nanmean(cs[:, COUNT_POS]),
+            "list_commit_step": nanmean(cs[:, LIST_START:]),
             "fraction_count_commits_after_list": sum(after) / len(after) if after else float("nan")}
 
 
@@ -80,7 +81,7 @@ def _flips(model, base, src, seed, max_steps, batch_size, **gen):
     eff = draft_effects(find_drafts(flips.base, eos_id=EOS_ID), flips)
     list_drafts = [d for d in eff.per_draft if d["pos"] >= LIST_START]
     summary = {"steps_patched": len(flips.steps), "base_steps": n_steps,
-               "list_to_count": _nanmean(e[LIST_START:, COUNT_POS]), "count_to_list": _nanmean(e[COUNT_POS, LIST_START:]),
+               "list_to_count": nanmean(e[LIST_START:, COUNT_POS]), "count_to_list": nanmean(e[COUNT_POS, LIST_START:]),
                **flips.later_on_earlier(), "drafts": eff.to_dict(),
                "list_drafts_tested": len(list_drafts),
                "list_drafts_whose_ablation_changes_the_count": sum(

@@ -23,13 +23,12 @@ import torch
 from matplotlib.figure import Figure
 
 from dgt_interp.casestudy import PairRuns, Report, StudyContext, iia_table, random_sites
-from dgt_interp.evaluate import wilson_interval
+from dgt_interp.stats import wilson_interval
+from dgt_interp.trajectory import answer_mask
 from dgt_interp.phenomena import (
-    answer_mask,
     canvas_flips,
     detect_phenomena,
     draft_effects,
-    final_canvas,
     find_drafts,
     sequence_smearing,
     token_smearing,
@@ -52,8 +51,8 @@ DEFAULT, TIGHT, MANY, HOT, GENTLE = ("default (eb=0.1)", "eb=1e-4", "eb=1e-4, no
 
 def sampler_settings(quick: bool) -> dict[str, dict]:
     """name -> generate kwargs. The first is the zoo default; `MANY` resolves the canvas over many steps."""
-    from dgt_interp.bottleneck import entropy_bound_kwargs
-    from dgt_interp.bottleneck import sampler_settings as preset
+    from dgt_interp.sampling import entropy_bound_kwargs
+    from dgt_interp.sampling import sampler_settings as preset
 
     def eb(bound, base="default", **kw):
         return {**preset(base), **entropy_bound_kwargs(bound, **kw)}
@@ -108,7 +107,7 @@ def confidence_structure(traj, commit=None) -> dict:
     """Step-0 entropy (what the entropy-bound sampler sorts by) per kind of answer position (unique /
     repeated digit / EOS; smallest / interior / largest digit) and per position, and the mean sampler
     commit step per kind (`commit`: a sampler `CommitOrder`)."""
-    final = final_canvas(traj)
+    final = traj.final_tokens()
     ent = traj.records["entropy"][0].float()  # [B, L] at the canvas's first step
     out: dict = {}
     for key, classes, names in (("kind", position_kinds(final), POSITION_KINDS),
@@ -215,7 +214,7 @@ def step_diagnostics(runs: PairRuns, i: int) -> dict:
         if runs.ctx.n_steps < 2 and tag != "L2:all":
             continue
         traj = runs.p.run([Site(f"blocks.{layer}.hook_resid_post", step=step, pos=i)], record=())
-        final = final_canvas(traj)[keep, i]
+        final = traj.final_tokens()[keep, i]
         out[tag] = {"mean_steps": steps_of(traj), "final_is_source": float((final == src_tok).float().mean()),
                     "final_is_base": float((final == base_tok).float().mean())}
         if tag == "first":

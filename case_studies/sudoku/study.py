@@ -19,9 +19,10 @@ import random
 import torch
 from matplotlib.figure import Figure
 
-from dgt_interp.bottleneck import entropy_bound_kwargs
+from dgt_interp.sampling import entropy_bound_kwargs
 from dgt_interp.casestudy import Report, StudyContext
-from dgt_interp.phenomena import canvas_flips, detect_phenomena, spearman
+from dgt_interp.phenomena import canvas_flips, detect_phenomena
+from dgt_interp.stats import spearman
 from dgt_interp.tasks import EOS_ID, SUDOKU
 
 from .hypothesis import propagation_rounds

@@ -24,6 +24,9 @@ from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
 )
 from transformers import GenerationConfig
 
+from dgt_interp.tasks.tokenizer import VOCAB, build_tokenizer
+from dgt_interp.tokenizer import attach_tokenizer
+
 
 @dataclass(frozen=True)
 class TinySize:
@@ -168,11 +171,18 @@ def ar_generation_config(size: TinySize = TinySize(), *, max_new_tokens: int | N
     )
 
 
+def _attach_task_tokenizer(model, size: TinySize) -> None:
+    """Tiny models of the tasks' vocabulary size speak the tasks' character tokenizer."""
+    if size.vocab_size == len(VOCAB):
+        attach_tokenizer(model, build_tokenizer())
+
+
 def build_diffusion(size: TinySize = TinySize(), *, seed: int = 0) -> DiffusionGemmaForBlockDiffusion:
     """A random-init `DiffusionGemmaForBlockDiffusion` (eval mode, float32) with a usable generation config."""
     torch.manual_seed(seed)
     model = DiffusionGemmaForBlockDiffusion(diffusion_config(size))
     model.generation_config = diffusion_generation_config(size)
+    _attach_task_tokenizer(model, size)
     return model.eval()
 
 
@@ -181,6 +191,7 @@ def build_ar(size: TinySize = TinySize(), *, seed: int = 0) -> Gemma4ForCausalLM
     torch.manual_seed(seed)
     model = Gemma4ForCausalLM(ar_config(size))
     model.generation_config = ar_generation_config(size)
+    _attach_task_tokenizer(model, size)
     return model.eval()
 
 

@@ -11,28 +11,22 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, DiffusionGemmaForBlockDiffusion, Gemma4ForCausalLM, PreTrainedModel
 
+from dgt_interp.errors import DgtInterpError
+from dgt_interp.tokenizer import attach_tokenizer, load_tokenizer
+from dgt_interp.zoo import resolve
+
 MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
     "diffusion_gemma": DiffusionGemmaForBlockDiffusion,
     "gemma4_text": Gemma4ForCausalLM,
 }
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(DgtInterpError, ValueError):
     """Raised with a one-line message that says what to do."""
 
 
 def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or Path(name).expanduser().exists() or name.count("/") != 1
-
-
-def resolve(name_or_dir: str | Path) -> str:
-    """A zoo name becomes its shipped dir; anything else is returned as given."""
-    from dgt_interp import zoo
-
-    name = str(name_or_dir)
-    if name in zoo.names():
-        return str(zoo.path(name))
-    return name
 
 
 def load_model(
@@ -100,19 +94,10 @@ def load_model(
             f"model dir {name!r} is corrupt ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
             "re-save or re-train it"
         ) from None
-    return model.to(device).eval()
-
-
-def load_tokenizer(name_or_dir: str | Path):
-    """The tokenizer saved next to a model (falls back to the shared task tokenizer)."""
-    from transformers import AutoTokenizer
-
-    from dgt_interp.tasks import build_tokenizer
-
-    path = Path(resolve(name_or_dir)).expanduser()
-    if (path / "tokenizer_config.json").is_file():
-        return AutoTokenizer.from_pretrained(str(path))
-    return build_tokenizer()
+    model = model.to(device).eval()
+    if (path / "tokenizer_config.json").is_file() or (path / "tokenizer.json").is_file():
+        attach_tokenizer(model, load_tokenizer(path))
+    return model
 
 
 def is_diffusion(model) -> bool:

@@ -25,10 +25,16 @@ def path(name: str) -> Path:
     return ZOO_DIR / name
 
 
+def resolve(name_or_dir) -> str:
+    """A zoo name becomes its shipped dir; anything else (a dir, a hub id) is returned as given."""
+    name = str(name_or_dir)
+    return str(path(name)) if name in names() else name
+
+
 def recipe(name: str) -> dict:
     """The recipe a zoo model was trained with (config, command, seed, accuracies)."""
     f = path(name) / "recipe.json"
     return json.loads(f.read_text()) if f.is_file() else {}
 
 
-__all__ = ["ZOO_DIR", "names", "path", "recipe"]
+__all__ = ["ZOO_DIR", "names", "path", "resolve", "recipe"]

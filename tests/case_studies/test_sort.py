@@ -88,7 +88,8 @@ def test_alignment_sites():
 
 def test_position_kinds_and_confidence_on_a_constructed_trajectory():
     from case_studies.sort.study import confidence_structure, position_kinds, rank_classes
-    from dgt_interp.phenomena import commit_order, constructed_trajectory
+    from dgt_interp.phenomena import commit_order
+    from dgt_interp.testing import constructed_trajectory
 
     t = {c: VOCAB.index(c) for c in "1359"}
     final = [t["1"], t["3"], t["3"], t["9"], EOS_ID, 0, 0, 0]  # "1339": unique, run, run, unique, EOS
