@@ -6,7 +6,7 @@ Problems (`dgt_interp.tasks.COUNT`): prompt `<bos>7291538[3-7]?` (3-8 digits, th
 position 0 holds the count, 1 the ':', 2..1+n the list, 2+n the EOS. Prompts of different lengths
 share one batch (left padding), so canvas position p means answer character p in every row.
 
-High-level causal models (`dgt_interp.casestudy.CausalModel`), inputs x (digits), lo, hi:
+High-level causal models (`dgt_interp.studies.CausalModel`), inputs x (digits), lo, hi:
 
 - `COUNT_MODEL` (the task's own algorithm, list first): m = membership of each input digit,
   list = the members in input order, n = len(list), answer = f"{n}:{list}". Setting `list` from a
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dgt_interp.casestudy import CaseStudyError, CausalModel, Hypothesis
+from dgt_interp.causal import CaseStudyError, CausalModel, Hypothesis
 from dgt_interp.tasks import COUNT, EOS_ID, Problem
 
 COUNT_POS, COLON_POS, LIST_START = 0, 1, 2

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors.torch import save_file
 
 
 def write_atomic(path: str | Path, write: Callable[[str], None]) -> Path:
@@ -42,8 +43,6 @@ def write_text(path: str | Path, text: str) -> Path:
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
     """Save `tensors` as one safetensors file atomically (tensors made contiguous first)."""
-    from safetensors.torch import save_file
-
     tensors = {k: v.contiguous() for k, v in tensors.items()}
     return write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 

@@ -8,12 +8,19 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dgt_interp import zoo
+from dgt_interp.bottleneck import SAMPLERS, VARIANTS, bottleneck_table, format_table
+from dgt_interp.demo import run_demo, run_flagship_study
+from dgt_interp.depth.presets import PRESETS, compare, get_preset, preset_summary, settings_notes
+from dgt_interp.lens_report import lens_report
+from dgt_interp.models import TinySize, load_model
+from dgt_interp.patch_report import run_patch
+from dgt_interp.studies import get_study, list_studies, run_study
+from dgt_interp.tasks import get_task
+from dgt_interp.train import TrainConfig, train
+
 
 def _cmd_train(args) -> None:
-    from dgt_interp.models import TinySize
-    from dgt_interp.tasks import get_task
-    from dgt_interp.train import TrainConfig, train
-
     canvas = args.canvas or max(TinySize.canvas_length, get_task(args.task).max_answer_chars + 1)
     size = TinySize(hidden_size=args.hidden, num_hidden_layers=args.layers, attention=args.attention,
                     canvas_length=canvas)
@@ -28,8 +35,6 @@ def _cmd_train(args) -> None:
 
 
 def _cmd_zoo_list(args) -> None:
-    from dgt_interp import zoo
-
     names = zoo.names()
     if not names:
         print("(no zoo models shipped)")
@@ -46,20 +51,12 @@ def _cmd_zoo_list(args) -> None:
 
 
 def _cmd_demo(args) -> None:
-    from dgt_interp.demo import run_demo
-
     run_demo(args.model, n=args.n, seed=args.seed, entropy_bound=args.entropy_bound)
     if args.study != "none":
-        from dgt_interp.demo import run_flagship_study
-
         run_flagship_study(args.study, out=args.out, quick=args.quick, progress=not args.quiet)
 
 
 def _cmd_bottleneck(args) -> None:
-    from dgt_interp.bottleneck import bottleneck_table, format_table
-    from dgt_interp.models import load_model
-    from dgt_interp.tasks import get_task
-
     task = get_task(args.task)
     model = load_model(args.model)
     rows = bottleneck_table(model, task, variants=args.variants, samplers=args.samplers, n=args.n, seed=args.seed,
@@ -69,8 +66,6 @@ def _cmd_bottleneck(args) -> None:
 
 
 def _cmd_depth(args) -> None:
-    from dgt_interp.depth.presets import PRESETS, compare, get_preset, preset_summary, settings_notes
-
     preset = get_preset(args.preset)
     rule_sets = ["reference", "corrected"] if args.rules == "both" else [args.rules]
     if args.vs is None:
@@ -94,8 +89,6 @@ def _cmd_depth(args) -> None:
 
 
 def _cmd_lens(args) -> None:
-    from dgt_interp.lens_report import lens_report
-
     lens_report(args.model, args.prompt, args.out, position=args.position, target=args.target, tuned=args.tuned,
                 fit_tuned=args.fit_tuned, task=args.task, fit_n=args.fit_n, fit_iters=args.fit_iters,
                 step_buckets=args.step_buckets, seed=args.seed, k=args.k, entropy_bound=args.entropy_bound,
@@ -103,8 +96,6 @@ def _cmd_lens(args) -> None:
 
 
 def _cmd_patch(args) -> None:
-    from dgt_interp.patch_report import run_patch
-
     s = run_patch(args.model, args.clean, args.corrupted, args.out, sweeps=args.sweeps, metric=args.metric,
                   seed=args.seed, batch_size=args.batch_size, attribution=args.attribution, progress=not args.quiet)
     print(f"wrote {args.out}: {', '.join(s['sweeps'])} over {s['steps']} steps ({s['metric']}: clean "
@@ -113,8 +104,6 @@ def _cmd_patch(args) -> None:
 
 
 def _cmd_case_study_list(args) -> None:
-    from dgt_interp.casestudy import list_studies
-
     studies = list_studies()
     if not studies:
         print("(no case studies registered)")
@@ -124,8 +113,6 @@ def _cmd_case_study_list(args) -> None:
 
 
 def _cmd_case_study_run(args) -> None:
-    from dgt_interp.casestudy import get_study, run_study
-
     study = get_study(args.name)
     models = {}
     if args.model:
@@ -169,8 +156,6 @@ def build_parser() -> argparse.ArgumentParser:
     zsub = z.add_subparsers(dest="zoo_command", required=True)
     zl = zsub.add_parser("list", help="list shipped models with their held-out accuracy")
     zl.set_defaults(func=_cmd_zoo_list)
-    from dgt_interp.bottleneck import SAMPLERS, VARIANTS
-
     b = sub.add_parser("bottleneck", help="accuracy under token bottlenecks of the self-conditioning channel")
     b.add_argument("--model", required=True, help="zoo name or model dir (DiffusionGemma)")
     b.add_argument("--task", required=True)

@@ -7,9 +7,14 @@ proposed, and which positions the entropy-bound sampler accepted (the rest are r
 
 from __future__ import annotations
 
-import torch
+from pathlib import Path
 
-from dgt_interp.tasks import ADDITION, VOCAB, EOS_ID, PAD_ID, decode_answer
+from dgt_interp.capturing import capture
+from dgt_interp.evaluate import prompt_batch
+from dgt_interp.models import load_model
+from dgt_interp.sampling import entropy_bound_kwargs
+from dgt_interp.studies import run_study
+from dgt_interp.tasks import ADDITION, EOS_ID, PAD_ID, VOCAB, decode_answer
 
 SHOW = {PAD_ID: "_", EOS_ID: "$"}
 
@@ -26,11 +31,6 @@ def show_tokens(ids, accepted=None) -> str:
 def run_demo(model_name: str = "addition-diffusion", n: int = 3, seed: int = 0, entropy_bound: float | None = None,
              print_fn=print) -> list[bool]:
     """Denoise `n` held-out additions step by step; returns whether each answer was right."""
-    from dgt_interp import capture
-    from dgt_interp.sampling import entropy_bound_kwargs
-    from dgt_interp.evaluate import prompt_batch
-    from dgt_interp.models import load_model
-
     model = load_model(model_name)
     problems = ADDITION.problems("test", n, seed=seed)
     kwargs = {} if entropy_bound is None else entropy_bound_kwargs(entropy_bound)
@@ -57,10 +57,6 @@ def run_demo(model_name: str = "addition-diffusion", n: int = 3, seed: int = 0, 
 def run_flagship_study(name: str = "addition", out: str = "dgt_interp_demo", quick: bool = False,
                        progress: bool = True, print_fn=print):
     """Run case study `name` on its zoo models, write the report to `out/name/`, print where it is."""
-    from pathlib import Path
-
-    from dgt_interp.casestudy import run_study
-
     target = Path(out) / name
     print_fn(f"running case study {name!r}{' (quick setting)' if quick else ''} ...")
     report = run_study(name, out=target, quick=quick, progress=progress)

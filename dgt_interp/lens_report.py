@@ -14,6 +14,12 @@ from pathlib import Path
 
 from dgt_interp.atomic import save_figure, write_text
 from dgt_interp.lens import LensError, LogitLens, TunedLens, format_kl_table, lens_capture
+from dgt_interp.models import is_diffusion, load_model
+from dgt_interp.sampling import entropy_bound_kwargs
+from dgt_interp.tasks import get_task
+from dgt_interp.tokenizer import decode_until_eos, load_tokenizer
+from dgt_interp.viz import canvas_figure, commit_heatmap, layer_step_heatmap
+from dgt_interp.zoo import resolve
 
 
 def _table(t) -> list[list[float | None]]:
@@ -22,16 +28,12 @@ def _table(t) -> list[list[float | None]]:
 
 
 def _generation_kwargs(model, entropy_bound, max_denoising_steps) -> dict:
-    from dgt_interp.models import is_diffusion
-
     kwargs = {}
     if not is_diffusion(model):
         if entropy_bound is not None or max_denoising_steps is not None:
             raise LensError("--entropy-bound and --max-denoising-steps apply to diffusion models only; drop them for the AR twin")
         return kwargs
     if entropy_bound is not None:
-        from dgt_interp.sampling import entropy_bound_kwargs
-
         kwargs.update(entropy_bound_kwargs(entropy_bound))
     if max_denoising_steps is not None:
         kwargs["max_denoising_steps"] = int(max_denoising_steps)
@@ -39,9 +41,6 @@ def _generation_kwargs(model, entropy_bound, max_denoising_steps) -> dict:
 
 
 def _task_of(model_name: str, task: str | None):
-    from dgt_interp.models import resolve
-    from dgt_interp.tasks import get_task
-
     if task is None:
         recipe = Path(resolve(model_name)).expanduser() / "recipe.json"
         task = json.loads(recipe.read_text()).get("task") if recipe.is_file() else None
@@ -80,14 +79,10 @@ def lens_report(model_name: str, prompt: str, out_dir: str | Path, *, position: 
                 fit_n: int = 256, fit_iters: int = 300, step_buckets: int = 1, seed: int = 0, k: int = 5,
                 entropy_bound: float | None = None, max_denoising_steps: int | None = None, print_fn=print) -> dict:
     """Run the lens CLI: see the module docstring. Returns the summary written to `summary.json`."""
-    from dgt_interp.models import load_model, load_tokenizer
-    from dgt_interp.tasks import decode_answer
-    from dgt_interp.viz import canvas_figure, commit_heatmap, layer_step_heatmap
-
     if tuned is not None and fit_tuned is not None:
         raise LensError("pass either --tuned (load a lens) or --fit-tuned (train one), not both")
     model = load_model(model_name)
-    tok = load_tokenizer(model_name)
+    tok = load_tokenizer(model)
     gen = _generation_kwargs(model, entropy_bound, max_denoising_steps)
     n_pos = getattr(model.config, "canvas_length", None) or model.generation_config.max_new_tokens
     if not isinstance(position, int) or not 0 <= position < n_pos:
@@ -96,8 +91,8 @@ def lens_report(model_name: str, prompt: str, out_dir: str | Path, *, position: 
     lenses = {"logit": LogitLens(model)}
     if tuned is not None:
         lenses["tuned"] = TunedLens.load(tuned, model)
-    traj = lens_capture(model, [prompt], seed=seed, record=["logits"], **gen)
-    answer = decode_answer(traj.sequences[0, traj.meta["prompt_length"]:])
+    traj = lens_capture(model, [prompt], tokenizer=tok, seed=seed, record=["logits"], **gen)
+    answer = decode_until_eos(tok, traj.sequences[0, traj.meta["prompt_length"]:])
     if target_id is None:  # the token finally emitted at that position
         target_id = int(traj.argmax_canvas[-1, 0, position])
     out = Path(out_dir)

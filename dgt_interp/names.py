@@ -32,6 +32,7 @@ import weakref
 import torch
 
 from dgt_interp.backends.tl import DIFFUSION_ARCH, LEVELS, architecture_of, bridge_for
+from dgt_interp.errors import DgtInterpError
 
 READ_ONLY = ("router.hook_out",)
 CACHE_HOOKS = ("hook_cache_k", "hook_cache_v")
@@ -50,7 +51,7 @@ NOTES = {
 ATTENTION_ONLY = ("hook_pattern", "hook_attn_scores")  # fire only at bridge level "attention" (eager)
 
 
-class HookNameError(ValueError):
+class HookNameError(DgtInterpError, ValueError):
     """An unknown, out-of-range or unusable hook name (one-line message that says what to do)."""
 
 

@@ -13,6 +13,27 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
+from dgt_interp.atomic import save_figure, save_tensors, write_text
+from dgt_interp.attribution import attribution_patch
+from dgt_interp.models import load_model
+from dgt_interp.patching import (
+    AnswerProb,
+    ExactMatch,
+    LogitDiff,
+    Patching,
+    PatchingError,
+    get_act_patch_attn_out,
+    get_act_patch_canvas,
+    get_act_patch_mlp_out,
+    get_act_patch_resid_pre,
+    get_act_patch_self_cond,
+    normalise,
+)
+from dgt_interp.tokenizer import load_tokenizer, prompt_batch
+from dgt_interp.viz.patching_figures import step_layer_pos_figure
+
 SWEEPS = ("resid_pre", "attn_out", "mlp_out", "self_cond", "canvas")
 METRICS = ("logit_diff", "prob", "exact")
 
@@ -20,23 +41,14 @@ METRICS = ("logit_diff", "prob", "exact")
 def run_patch(model_ref: str, clean: str, corrupted: str, out: str | Path, *, sweeps=SWEEPS, metric: str = "logit_diff",
               seed: int = 0, batch_size: int = 64, attribution: bool = False, progress: bool = True) -> dict:
     """Run the sweeps and write `out/<sweep>.png`, `out/patching.safetensors`, `out/patching.json`."""
-    import torch
-
-    from dgt_interp.atomic import save_figure, save_tensors, write_text
-    from dgt_interp.evaluate import prompt_batch
-    from dgt_interp.models import load_model
-    from dgt_interp.patching import (AnswerProb, ExactMatch, LogitDiff, Patching, PatchingError, get_act_patch_attn_out,
-                                     get_act_patch_canvas, get_act_patch_mlp_out, get_act_patch_resid_pre,
-                                     get_act_patch_self_cond, normalise)
-    from dgt_interp.viz.patching_figures import step_layer_pos_figure
-
     bad = [s for s in sweeps if s not in SWEEPS]
     if bad:
         raise PatchingError(f"unknown sweep {bad[0]!r}; choose from {', '.join(SWEEPS)}")
     if metric not in METRICS:
         raise PatchingError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
     model = load_model(model_ref)
-    ids_c, ids_k = prompt_batch([clean])["input_ids"], prompt_batch([corrupted])["input_ids"]
+    tok = load_tokenizer(model)
+    ids_c, ids_k = prompt_batch([clean], tok)["input_ids"], prompt_batch([corrupted], tok)["input_ids"]
     p = Patching(model, ids_c, ids_k, seed=seed)
     if p.kind != "diffusion":
         sweeps = [s for s in sweeps if s not in ("self_cond", "canvas")]
@@ -67,8 +79,6 @@ def run_patch(model_ref: str, clean: str, corrupted: str, out: str | Path, *, sw
         title = f"{s}: {clean!r} -> {corrupted!r}, {metric} (normalised)"
         save_figure(out / f"{s}.png", step_layer_pos_figure(norm, title=title, vmax=1.0))
         if attribution and s in ("resid_pre", "attn_out", "mlp_out"):
-            from dgt_interp.attribution import attribution_patch
-
             est = attribution_patch(p, m, f"blocks.*.hook_{s}")
             tensors[f"attribution_{s}"] = est
             save_figure(out / f"attribution_{s}.png",

@@ -26,9 +26,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from dgt_interp.evaluate import evaluate, prompt_batch
-from dgt_interp.models import TinySize, build_ar, build_diffusion, size_of
+from dgt_interp.models import TinySize, build_ar, build_diffusion, is_diffusion, load_model, size_of
 from dgt_interp.tasks import EOS_ID, PAD_ID, Problem, Task, build_tokenizer, encode, get_task
 
 
@@ -161,8 +162,6 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, progress: bool
     task.train_sampler(cfg.mix)  # fail fast on an unknown mix
     parent = None
     if cfg.init_from:
-        from dgt_interp.models import is_diffusion, load_model
-
         model = load_model(cfg.init_from).train()
         if is_diffusion(model) != (cfg.kind == "diffusion"):
             raise ValueError(f"--init-from {cfg.init_from!r} is not a {cfg.kind} model; pass a matching dir")
@@ -178,8 +177,6 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, progress: bool
     train_problems = iter(_train_stream(task, cfg))
     bar = range(cfg.steps)
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(bar, desc=f"train {cfg.task}/{cfg.kind}", unit="step")
     start, losses, curve = time.time(), [], []
     for step in bar:
@@ -233,8 +230,6 @@ def _checkpoint_eval(model, task: Task, cfg: TrainConfig, step: int, losses: lis
     model.train()
     point = {"step": step, "loss": sum(losses[-20:]) / len(losses[-20:]), "heldout_exact_match": res.accuracy}
     if progress:
-        from tqdm.auto import tqdm
-
         tqdm.write(f"step {step}: loss {point['loss']:.4f}, held-out exact match {res.accuracy:.1%} "
                    f"(n={cfg.eval_every_n})")
     return point

@@ -47,10 +47,13 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from transformer_lens.ActivationCache import ActivationCache
 
 from dgt_interp.atomic import save_tensors, write_text
+from dgt_interp.backends.tl import bridge_for
 from dgt_interp.errors import DgtInterpError
 from dgt_interp.names import natural_key
+from dgt_interp.tokenizer import TokenizerError, load_tokenizer
 
 STEP_RECORDS = ("input_canvas", "sampled_canvas", "argmax_canvas", "accepted", "entropy", "active",
                 "has_self_cond", "cur_step", "canvas")
@@ -171,6 +174,16 @@ class Trajectory:
         """Hook names and opt-in records held (keys for `traj[name]`)."""
         return list(self.activations)
 
+    @property
+    def tokenizer(self):
+        """The attached model's tokenizer (`dgt_interp.tokenizer.load_tokenizer`), None without a model or one."""
+        if self.model is None:
+            return None
+        try:
+            return load_tokenizer(self.model)
+        except TokenizerError:
+            return None
+
     def __getattr__(self, item):
         records = self.__dict__.get("records", {})
         if item in records:
@@ -278,10 +291,6 @@ class Trajectory:
         self-conditioning is added, and `logit_attrs` does not fold the final-norm weight nor apply
         the logit soft-cap: treat those two as approximations on this model.
         """
-        from transformer_lens.ActivationCache import ActivationCache
-
-        from dgt_interp.backends.tl import bridge_for
-
         model = model if model is not None else self.model
         if model is None:
             raise TrajectoryError("this trajectory has no model attached; call traj.cache(step, model=model)")

@@ -9,21 +9,9 @@ import random
 import pytest
 from matplotlib.figure import Figure
 
-from dgt_interp.casestudy import (
-    CaseStudy,
-    CaseStudyError,
-    CausalModel,
-    Hypothesis,
-    PairRuns,
-    Report,
-    get_study,
-    interchange_accuracy,
-    list_studies,
-    random_site_baseline,
-    random_sites,
-    register,
-    run_study,
-)
+from dgt_interp.causal import CaseStudyError, CausalModel, Hypothesis, PairRuns, interchange_accuracy, random_site_baseline, random_sites
+
+from dgt_interp.studies import CaseStudy, Report, get_study, list_studies, register, run_study
 from dgt_interp.cli import main
 from dgt_interp.patching import Site
 from dgt_interp.tasks import ADDITION, Problem
@@ -57,7 +45,7 @@ def test_report_write_atomic(tmp_path):
 
 
 USER_STUDY = '''
-from dgt_interp.casestudy import CaseStudy, Report, register
+from dgt_interp.studies import CaseStudy, Report, register
 from dgt_interp.tasks import SORT
 
 def run(ctx):

@@ -4,7 +4,7 @@
 to sites); `study.py` holds `run(ctx) -> Report`. Run it with `dgt-interp case-study run addition`.
 """
 
-from dgt_interp.casestudy import CaseStudy, register
+from dgt_interp.studies import CaseStudy, register
 from dgt_interp.tasks import ADDITION
 
 from .hypothesis import ADDITION_MODEL, carry_at, carry_pairs, sample_problem

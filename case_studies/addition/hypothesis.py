@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 
-from dgt_interp.casestudy import CausalModel, Hypothesis, SiteContext
+from dgt_interp.causal import CausalModel, Hypothesis, SiteContext
 from dgt_interp.patching import Site
 from dgt_interp.tasks import Problem
 

@@ -20,15 +20,8 @@ import torch
 from matplotlib.figure import Figure
 
 from dgt_interp.sampling import entropy_bound_kwargs
-from dgt_interp.casestudy import (
-    PairRuns,
-    Report,
-    StudyContext,
-    expected_answers,
-    iia_table,
-    interchange_accuracy,
-    random_site_baseline,
-)
+from dgt_interp.causal import PairRuns, expected_answers, interchange_accuracy, random_site_baseline
+from dgt_interp.studies import Report, StudyContext, iia_table
 from dgt_interp.phenomena import (
     canvas_flips,
     detect_phenomena,

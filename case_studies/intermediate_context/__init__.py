@@ -6,7 +6,7 @@ list positions' canvas tokens / self-conditioning logits); `study.py` holds `run
 it with `dgt-interp case-study run intermediate_context`.
 """
 
-from dgt_interp.casestudy import CaseStudy, register
+from dgt_interp.studies import CaseStudy, register
 from dgt_interp.tasks import COUNT
 
 from .hypothesis import CHANNELS, STEPS, context_pairs, count_draft_at, list_at

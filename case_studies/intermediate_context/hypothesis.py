@@ -19,7 +19,7 @@ all written after the count, so the count cannot follow them (IIA 0 on the count
 
 from __future__ import annotations
 
-from dgt_interp.casestudy import CaseStudyError, SiteContext
+from dgt_interp.causal import CaseStudyError, SiteContext
 from dgt_interp.patching import Site
 
 from case_studies.count_common import COUNT_MODEL, COUNT_POS, LIST_START, CountHypothesis, count_pairs

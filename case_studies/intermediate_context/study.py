@@ -20,7 +20,9 @@ import random
 
 import torch
 
-from dgt_interp.casestudy import PairRuns, Report, StudyContext, expected_answers, iia_table, random_site_baseline
+from dgt_interp.causal import PairRuns, expected_answers, random_site_baseline
+
+from dgt_interp.studies import Report, StudyContext, iia_table
 from dgt_interp.phenomena import canvas_flips, draft_effects, find_drafts
 from dgt_interp.stats import nanmean
 from dgt_interp.tasks import EOS_ID

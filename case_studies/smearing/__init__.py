@@ -6,7 +6,7 @@ position, three models of how it places the list); `study.py` holds `run(ctx) ->
 `dgt-interp case-study run smearing`.
 """
 
-from dgt_interp.casestudy import CaseStudy, register
+from dgt_interp.studies import CaseStudy, register
 from dgt_interp.tasks import COUNT
 
 from .hypothesis import MODELS, count_at, smearing_pairs

@@ -19,7 +19,7 @@ Compared on the whole answer, or only on where EOS lands (`compare="length"`: le
 
 from __future__ import annotations
 
-from dgt_interp.casestudy import CaseStudyError, SiteContext
+from dgt_interp.causal import CaseStudyError, SiteContext
 from dgt_interp.patching import Site
 
 from case_studies.count_common import (

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import random
 
-from dgt_interp.casestudy import PairRuns, Report, StudyContext, expected_answers, iia_table, random_site_baseline
+from dgt_interp.causal import PairRuns, expected_answers, random_site_baseline
+
+from dgt_interp.studies import Report, StudyContext, iia_table
 from dgt_interp.phenomena import token_smearing
 from dgt_interp.tasks import EOS_ID
 

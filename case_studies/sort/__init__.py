@@ -5,7 +5,7 @@ order statistics; the successor algorithm: each digit from the one before), alig
 `study.py` holds `run(ctx) -> Report`. Run it with `dgt-interp case-study run sort`.
 """
 
-from dgt_interp.casestudy import CaseStudy, register
+from dgt_interp.studies import CaseStudy, register
 from dgt_interp.tasks import SORT
 
 from .hypothesis import (

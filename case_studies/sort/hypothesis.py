@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import random
 
-from dgt_interp.casestudy import CaseStudyError, CausalModel, Hypothesis, SiteContext
+from dgt_interp.causal import CaseStudyError, CausalModel, Hypothesis, SiteContext
 from dgt_interp.patching import Site
 from dgt_interp.tasks import Problem
 from dgt_interp.tasks.library import SORT_MAX_LEN, SORT_MIN_LEN

@@ -22,7 +22,9 @@ import random
 import torch
 from matplotlib.figure import Figure
 
-from dgt_interp.casestudy import PairRuns, Report, StudyContext, iia_table, random_sites
+from dgt_interp.causal import PairRuns, random_sites
+
+from dgt_interp.studies import Report, StudyContext, iia_table
 from dgt_interp.stats import wilson_interval
 from dgt_interp.trajectory import answer_mask
 from dgt_interp.phenomena import (
@@ -155,7 +157,7 @@ def _confidence_figure(conf: dict, title: str) -> Figure:
 def _score_sets(runs: PairRuns, hyp_sets: list[list], batch_size: int = 64):
     """Score several hypothesis lists sharing one site list (e.g. digit-level and answer-level)
     from one batch of patched runs: `[[IIAResult per hypothesis] per list]`."""
-    from dgt_interp.casestudy import expected_answers
+    from dgt_interp.causal import expected_answers
 
     sites = [h.sites(runs.ctx) for h in hyp_sets[0]]
     outs = runs.outputs(sites, batch_size=batch_size)
@@ -165,7 +167,7 @@ def _score_sets(runs: PairRuns, hyp_sets: list[list], batch_size: int = 64):
 
 def _random_sets(runs: PairRuns, hyps: list, draws: int, seed: int, batch_size: int = 64):
     """Random-site baselines (same shape as `hyps[0]`'s sites) scored against every hypothesis in `hyps`."""
-    from dgt_interp.casestudy import BaselineResult, expected_answers
+    from dgt_interp.causal import BaselineResult, expected_answers
 
     rng = random.Random(f"random-sites:{seed}")
     like = list(hyps[0].sites(runs.ctx))

@@ -5,7 +5,7 @@ at which it fills each cell); `study.py` holds `run(ctx) -> Report`. Run it with
 `dgt-interp case-study run sudoku`.
 """
 
-from dgt_interp.casestudy import CaseStudy, register
+from dgt_interp.studies import CaseStudy, register
 from dgt_interp.tasks import SUDOKU
 
 from .hypothesis import candidates, forced_cells, propagate, propagation_rounds

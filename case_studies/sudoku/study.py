@@ -20,7 +20,7 @@ import torch
 from matplotlib.figure import Figure
 
 from dgt_interp.sampling import entropy_bound_kwargs
-from dgt_interp.casestudy import Report, StudyContext
+from dgt_interp.studies import Report, StudyContext
 from dgt_interp.phenomena import canvas_flips, detect_phenomena
 from dgt_interp.stats import spearman
 from dgt_interp.tasks import EOS_ID, SUDOKU

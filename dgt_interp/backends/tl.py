@@ -47,6 +47,7 @@ from transformer_lens.model_bridge.generalized_components import LinearBridge
 from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
 from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
 from transformer_lens.model_bridge.supported_architectures.gemma4 import Gemma4ArchitectureAdapter
+from transformers import DiffusionGemmaForBlockDiffusion, Gemma4ForCausalLM
 
 DIFFUSION_ARCH = "DiffusionGemmaForBlockDiffusion"
 AR_ARCH = "Gemma4ForCausalLM"
@@ -118,8 +119,6 @@ def _keep_attention_and_level(level: str):
 
 def architecture_of(model) -> str:
     """The TL architecture name of a supported model; a one-line TypeError otherwise."""
-    from transformers import DiffusionGemmaForBlockDiffusion, Gemma4ForCausalLM
-
     if isinstance(model, DiffusionGemmaForBlockDiffusion):
         return DIFFUSION_ARCH
     if isinstance(model, Gemma4ForCausalLM):

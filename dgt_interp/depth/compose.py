@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
+from transformers import DynamicCache
 
 from .rules import lg
-from .tracer import CONST, DepthTracer, dense_experts, interpretable
+from .tracer import CONST, DepthTracer, dense_experts, interpretable, serial_depth
 
 SELF_CONDITIONING = ("opaque", "bottleneck")
 
@@ -87,8 +88,6 @@ def _cache_tensors(cache) -> dict[str, torch.Tensor]:
 
 
 def _new_cache(model: torch.nn.Module):
-    from transformers import DynamicCache
-
     return DynamicCache(config=_text_config(model))
 
 
@@ -183,8 +182,6 @@ def ar_generation_depth_bruteforce(
 
 def ar_pass_depth(model: torch.nn.Module, seq_len: int, *, rules: str = "reference", on_unknown: str = "error") -> int:
     """Depth of one parallel forward over `seq_len` tokens (what the reference tool measures for Gemma)."""
-    from .tracer import serial_depth
-
     return serial_depth(model, input_ids=_tokens(model, seq_len), rules=rules, on_unknown=on_unknown,
                         return_report=True).outputs["logits"]
 

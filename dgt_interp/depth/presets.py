@@ -11,6 +11,15 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+from transformers import (
+    DiffusionGemmaConfig,
+    DiffusionGemmaForBlockDiffusion,
+    DiffusionGemmaTextConfig,
+    Gemma4ForCausalLM,
+    Gemma4TextConfig,
+)
+
+from dgt_interp.models.build import ar_config, diffusion_config, tiny_vision_config
 
 from .compose import ar_generation_depth, ar_pass_depth, diffusion_generation_depth, diffusion_step_maps
 
@@ -41,18 +50,12 @@ BACKBONE_26B_A4B = dict(
 
 
 def _diffusiongemma_26b_a4b():
-    from transformers import DiffusionGemmaConfig, DiffusionGemmaTextConfig
-
-    from dgt_interp.models.build import tiny_vision_config
-
     # The vision tower is never used on text; a tiny one keeps the meta model small to build.
     return DiffusionGemmaConfig(text_config=DiffusionGemmaTextConfig(**BACKBONE_26B_A4B),
                                 vision_config=tiny_vision_config())
 
 
 def _gemma4_26b_a4b():
-    from transformers import Gemma4TextConfig
-
     # attention_k_eq_v: full layers reuse K as V (the checkpoint has no v_proj there); no per-layer input
     # embeddings in the 26B-A4B model (hidden_size_per_layer_input=0); the MoE block is on.
     return Gemma4TextConfig(**BACKBONE_26B_A4B, enable_moe_block=True, attention_k_eq_v=True,
@@ -60,14 +63,10 @@ def _gemma4_26b_a4b():
 
 
 def _diffusiongemma_tiny():
-    from dgt_interp.models.build import diffusion_config
-
     return diffusion_config()
 
 
 def _gemma4_tiny():
-    from dgt_interp.models.build import ar_config
-
     return ar_config()
 
 
@@ -104,8 +103,6 @@ def get_preset(name: str) -> Preset:
 
 def build_preset(name: str, device: str | torch.device = "meta") -> torch.nn.Module:
     """The preset's model (eval mode) on `device`; on meta it has shapes but no weights."""
-    from transformers import DiffusionGemmaForBlockDiffusion, Gemma4ForCausalLM
-
     preset = get_preset(name)
     cls = DiffusionGemmaForBlockDiffusion if preset.kind == "diffusion" else Gemma4ForCausalLM
     with torch.device(device):

@@ -9,11 +9,10 @@ by a red line. Record the patterns first: `capture(model, ids, names="blocks.*.a
 
 from __future__ import annotations
 
-import torch
 from matplotlib.figure import Figure
 
 from dgt_interp.lens import LensError
-from dgt_interp.viz.lens_figures import _check_batch, _fontsize, token_labeler
+from dgt_interp.viz.lens_figures import check_batch, fontsize, token_labeler
 
 
 def attention_figure(traj, step: int, layer: int, *, batch: int = 0, heads=None, tokenizer=None) -> Figure:
@@ -22,14 +21,14 @@ def attention_figure(traj, step: int, layer: int, *, batch: int = 0, heads=None,
     if name not in traj.activations:
         raise LensError(f"{name} was not recorded; capture with names='blocks.*.attn.hook_pattern' "
                         "(DiffusionGemma; it runs eager attention)")
-    _check_batch(traj, batch)
+    check_batch(traj, batch)
     pattern = traj[name][traj.step_index(step), batch]  # [head, canvas, keys]
     n_heads, n_q, n_k = pattern.shape
     heads = list(range(n_heads)) if heads is None else list(heads)
     bad = [h for h in heads if not isinstance(h, int) or not 0 <= h < n_heads]
     if bad or not heads:
         raise LensError(f"heads {bad or heads!r} out of range: layer {layer} has {n_heads} heads (0..{n_heads - 1})")
-    label = token_labeler(tokenizer)
+    label = token_labeler(tokenizer if tokenizer is not None else traj.tokenizer)
     n_cached = n_k - n_q
     canvas = traj.records["input_canvas"][step, batch]
     keys = [label(t) for t in traj.sequences[batch, :n_cached]] + [label(t) for t in canvas]
@@ -46,8 +45,8 @@ def attention_figure(traj, step: int, layer: int, *, batch: int = 0, heads=None,
         im = ax.imshow(pattern[h].float().numpy(), vmin=0.0, vmax=1.0, cmap="Blues", aspect="auto",
                        interpolation="nearest")
         ax.axvline(n_cached - 0.5, color="red", lw=1)
-        ax.set_xticks(range(n_k), keys, fontsize=_fontsize(n_q, n_k))
-        ax.set_yticks(range(n_q), queries if i % n_cols == 0 else [""] * n_q, fontsize=_fontsize(n_q, n_k))
+        ax.set_xticks(range(n_k), keys, fontsize=fontsize(n_q, n_k))
+        ax.set_yticks(range(n_q), queries if i % n_cols == 0 else [""] * n_q, fontsize=fontsize(n_q, n_k))
         ax.set_title(f"head {h}", fontsize=9)
         ax.set_xlabel("key: cached | canvas")
         if i % n_cols == 0:

@@ -32,13 +32,11 @@ SHORT = {"<pad>": "_", "<eos>": "$", "<bos>": "^"}
 
 
 def token_labeler(tokenizer=None):
-    """id -> short label. Default: the task tokenizer's characters (EOS `$`, pad `_`, BOS `^`)."""
-    if tokenizer is None:
-        from dgt_interp.tasks import build_tokenizer
-
-        tokenizer = build_tokenizer()
+    """id -> short label through `tokenizer` (EOS `$`, pad `_`, BOS `^`); the bare id without one."""
 
     def label(i: int) -> str:
+        if tokenizer is None:
+            return str(int(i))
         tok = tokenizer.convert_ids_to_tokens(int(i))
         tok = SHORT.get(tok, tok) if tok is not None else str(int(i))
         if len(tok) > 2 and tok.startswith("<") and tok.endswith(">"):
@@ -66,7 +64,7 @@ def _cell_text(ax, grid_labels, values, vmin, vmax, fontsize, dark_high: bool = 
             ax.text(c, r, text, ha="center", va="center", fontsize=fontsize, color="black" if light else "white")
 
 
-def _fontsize(rows: int, cols: int) -> float:
+def fontsize(rows: int, cols: int) -> float:
     """Cells keep a fixed size in inches up to the figure's cap, so labels can too (smaller past it)."""
     return 8.0 if max(rows, cols) <= 30 else max(5.0, 240 / max(rows, cols))
 
@@ -133,7 +131,7 @@ def layer_step_heatmap(result: LensResult, *, position: int | None = None, metri
     ax.set_title(f"{result.lens} lens: {name}\n{where}", fontsize=9)
     fig.colorbar(im, ax=ax, label=cbar_label)
     if annotate and labels is not None and n_s * n_ly <= 1600:
-        _cell_text(ax, labels, values, vmin, vmax or 1.0, _fontsize(n_ly, n_s))
+        _cell_text(ax, labels, values, vmin, vmax or 1.0, fontsize(n_ly, n_s))
     return fig
 
 
@@ -146,7 +144,8 @@ def _steps_of(traj, canvas: int | None) -> list[int]:
     return [s for s in range(traj.n_steps) if int(traj.records["canvas"][s]) == canvas]
 
 
-def _check_batch(traj, batch: int) -> None:
+def check_batch(traj, batch: int) -> None:
+    """A one-line `LensError` unless `batch` is a row of `traj`."""
     n_b = traj.records["active"].shape[1]
     if not isinstance(batch, int) or not 0 <= batch < n_b:
         raise LensError(f"batch row {batch!r} is out of range: the trajectory has {n_b} rows (0..{n_b - 1})")
@@ -178,7 +177,7 @@ def canvas_figure(traj, *, batch: int = 0, canvas: int | None = None, show: str 
     """
     if show not in ("argmax_canvas", "sampled_canvas", "input_canvas"):
         raise LensError(f"unknown canvas record {show!r}; choose argmax_canvas, sampled_canvas or input_canvas")
-    _check_batch(traj, batch)
+    check_batch(traj, batch)
     steps = _steps_of(traj, canvas)
     st = torch.tensor(steps, dtype=torch.long)
     tokens = traj.records[show][st, batch]  # [S, L]
@@ -190,7 +189,7 @@ def canvas_figure(traj, *, batch: int = 0, canvas: int | None = None, show: str 
     ent[~active] = float("nan")
     values = ent.numpy()
     n_s, n_p = values.shape
-    label = token_labeler(tokenizer)
+    label = token_labeler(tokenizer if tokenizer is not None else traj.tokenizer)
     vmax = float(np.nanmax(values)) if np.isfinite(values).any() else 1.0
     fig = Figure(figsize=(min(16, max(5.5, 2.4 + 0.5 * n_p)), min(14, max(2.6, 1.3 + 0.38 * n_s))), layout="constrained")
     ax = _canvas_axes(fig, n_s, n_p, steps)
@@ -198,7 +197,7 @@ def canvas_figure(traj, *, batch: int = 0, canvas: int | None = None, show: str 
     im = ax.imshow(values, aspect="auto", cmap="Blues", vmin=0.0, vmax=vmax or 1.0, interpolation="nearest")
     fig.colorbar(im, ax=ax, label="sampler entropy (nats)")
     labels = [[label(tokens[s, p]) for p in range(n_p)] for s in range(n_s)]
-    _cell_text(ax, labels, values, 0.0, vmax or 1.0, _fontsize(n_s, n_p), dark_high=True)
+    _cell_text(ax, labels, values, 0.0, vmax or 1.0, fontsize(n_s, n_p), dark_high=True)
     for s, p in acc.nonzero().tolist():
         ax.add_patch(Rectangle((p - 0.5, s - 0.5), 1, 1, fill=False, edgecolor="darkorange", lw=2))
     _canvas_boundaries(ax, traj, steps, n_p)
@@ -215,7 +214,7 @@ def commit_grid(traj, *, batch: int = 0, canvas: int | None = None) -> tuple[tor
     "final" = the argmax token at the last step of that step's canvas; "from here on" = the argmax
     equals it at this step and every later step of the canvas. Returns (grid, steps).
     """
-    _check_batch(traj, batch)
+    check_batch(traj, batch)
     steps = _steps_of(traj, canvas)
     arg = traj.records["argmax_canvas"][:, batch]  # [S_all, L]
     canvas_of = traj.records["canvas"].long()
@@ -240,7 +239,7 @@ def commit_heatmap(traj, *, batch: int = 0, canvas: int | None = None, tokenizer
     grid, steps = commit_grid(traj, batch=batch, canvas=canvas)
     st = torch.tensor(steps, dtype=torch.long)
     n_s, n_p = grid.shape
-    label = token_labeler(tokenizer)
+    label = token_labeler(tokenizer if tokenizer is not None else traj.tokenizer)
     colors = ["#d9d9d9", "#9ecae1", "#fdae6b", "#e6550d"]
     values = grid.float().numpy()
     values[values < 0] = np.nan
@@ -250,7 +249,7 @@ def commit_heatmap(traj, *, batch: int = 0, canvas: int | None = None, tokenizer
     ax.imshow(values, aspect="auto", cmap=ListedColormap(colors), vmin=-0.5, vmax=3.5, interpolation="nearest")
     argmax = traj.records["argmax_canvas"][st, batch]
     labels = [[("" if grid[s, p] < 0 else label(argmax[s, p])) for p in range(n_p)] for s in range(n_s)]
-    fs = _fontsize(n_s, n_p)
+    fs = fontsize(n_s, n_p)
     for s in range(n_s):
         for p in range(n_p):
             if labels[s][p]:

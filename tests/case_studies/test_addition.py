@@ -7,7 +7,7 @@ import json
 import pytest
 
 from case_studies.addition.hypothesis import ADDITION_MODEL, answer_position, carry_at, carry_pairs, column_positions, digits
-from dgt_interp.casestudy import SiteContext
+from dgt_interp.causal import SiteContext
 from dgt_interp.tasks import Problem
 
 
@@ -90,7 +90,7 @@ def test_column_attention_equals_hf_eager_attentions(addition_diffusion):
 
 @pytest.mark.slow
 def test_quick_run_writes_a_report(tmp_path, addition_diffusion, addition_ar):
-    from dgt_interp.casestudy import run_study
+    from dgt_interp.studies import run_study
 
     rep = run_study("addition", out=tmp_path, quick=True, progress=False)
     nums = json.loads((tmp_path / "report.json").read_text())

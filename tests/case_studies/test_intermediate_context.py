@@ -10,7 +10,7 @@ import pytest
 
 from case_studies.count_common import COUNT_MODEL, CountHypothesis
 from case_studies.intermediate_context.hypothesis import context_pairs, count_draft_at, list_at
-from dgt_interp.casestudy import CaseStudyError, SiteContext
+from dgt_interp.causal import CaseStudyError, SiteContext
 from dgt_interp.tasks import Problem
 
 BASE, SRC = Problem("7291538[3-7]?", "3:753"), Problem("4450[4-5]?", "3:445")
@@ -61,7 +61,7 @@ def test_random_sites_on_the_self_conditioning_channel(addition_diffusion):
     """Self-conditioning fires from step 1 on: random positions for it must range over the canvas,
     not collapse to position 0 (step 0, where it does not fire, has no positions)."""
     from case_studies.addition.hypothesis import carry_pairs
-    from dgt_interp.casestudy import PairRuns, random_sites
+    from dgt_interp.causal import PairRuns, random_sites
     from dgt_interp.patching import Site
 
     runs = PairRuns(addition_diffusion, carry_pairs(2, 2), seed=0, filter_correct=False)
@@ -73,7 +73,7 @@ def test_random_sites_on_the_self_conditioning_channel(addition_diffusion):
 @pytest.mark.slow
 def test_quick_run_writes_a_report(tmp_path):
     _zoo("count-diffusion"), _zoo("count-ar")
-    from dgt_interp.casestudy import run_study
+    from dgt_interp.studies import run_study
 
     rep = run_study("intermediate_context", out=tmp_path, quick=True, progress=False)
     nums = json.loads((tmp_path / "report.json").read_text())

@@ -20,7 +20,7 @@ from case_studies.count_common import (
     parse,
 )
 from case_studies.smearing.hypothesis import count_at
-from dgt_interp.casestudy import CaseStudyError, SiteContext
+from dgt_interp.causal import CaseStudyError, SiteContext
 from dgt_interp.testing import constructed_trajectory
 from dgt_interp.tasks import COUNT, EOS_ID, Problem, encode
 
@@ -119,7 +119,7 @@ def test_known_answer_iia(count_diffusion):
     so the emitted count follows the source (IIA 1.0 on 'count') and the list does not move (0.0 on
     'length' under the left model); the canvas token at step 0 is the replayed noise shared by both
     runs, so patching it is a no-op (0.0)."""
-    from dgt_interp.casestudy import PairRuns, interchange_accuracy
+    from dgt_interp.causal import PairRuns, interchange_accuracy
     from dgt_interp.patching import Site
 
     last = count_diffusion.config.get_text_config().num_hidden_layers - 1
@@ -134,7 +134,7 @@ def test_known_answer_iia(count_diffusion):
 
 @pytest.mark.slow
 def test_quick_run_writes_a_report(tmp_path, count_diffusion, count_ar):
-    from dgt_interp.casestudy import run_study
+    from dgt_interp.studies import run_study
 
     rep = run_study("smearing", out=tmp_path, quick=True, progress=False)
     nums = json.loads((tmp_path / "report.json").read_text())

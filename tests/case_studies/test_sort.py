@@ -18,7 +18,7 @@ from case_studies.sort.hypothesis import (
     previous_token_pairs,
     successor,
 )
-from dgt_interp.casestudy import CaseStudyError, SiteContext
+from dgt_interp.causal import CaseStudyError, SiteContext
 from dgt_interp.tasks import EOS_ID, SORT, VOCAB, Problem
 
 
@@ -113,7 +113,7 @@ def test_last_layer_alignment_is_exact_on_both_zoo_models(sort_diffusion, sort_a
     """The last block's residual at position i fixes that position's logits, so patching it from the
     source at every step makes the emitted digit i the source's: digit-level IIA 1 by construction."""
     from case_studies.sort.study import pair_runs
-    from dgt_interp.casestudy import interchange_accuracy
+    from dgt_interp.causal import interchange_accuracy
 
     pairs = order_pairs(2, 4, seed=5)
     runs = pair_runs(sort_diffusion, pairs, 0)

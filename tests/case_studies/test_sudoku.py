@@ -47,7 +47,7 @@ def test_order_vs_rounds_on_hand_made_commit_steps():
 @pytest.mark.slow
 def test_quick_run_writes_a_report(tmp_path):
     from dgt_interp import zoo
-    from dgt_interp.casestudy import run_study
+    from dgt_interp.studies import run_study
 
     if "sudoku-diffusion" not in zoo.names():
         pytest.skip("zoo model sudoku-diffusion not shipped")

@@ -1,0 +1,238 @@
+"""Case studies: a task, hypotheses written as code (`dgt_interp.causal`), and `run()` producing a report.
+
+A **case study** (`CaseStudy`) is a name, a task, the zoo models it uses and `run(ctx) -> Report`;
+`register(study)` adds it to the registry that `dgt-interp case-study list/run` reads. Built-in
+studies (the `case_studies/` package) and third-party ones are discovered the same way, through the
+`dgt_interp.case_studies` entry-point group: declare
+
+    [project.entry-points."dgt_interp.case_studies"]
+    my_study = "my_package.my_study"
+
+and importing that module registers its study. A study anywhere else is registered by importing its
+file (`load_study(path)`, or pass the path as NAME on the command line). `Report.write(dir)` writes
+`report.md`, one PNG per figure and `report.json`, each file atomically (JSON last).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from dgt_interp.atomic import save_figure, write_text
+from dgt_interp.causal import BaselineResult, CaseStudyError, Hypothesis, IIAResult
+from dgt_interp.models import load_model
+from dgt_interp.tasks import Task
+
+
+ENTRY_POINT_GROUP = "dgt_interp.case_studies"
+
+
+def jsonable(x):
+    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
+        return None
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, torch.Tensor):
+        return jsonable(x.tolist())
+    if hasattr(x, "to_dict"):
+        return jsonable(x.to_dict())
+    return x
+
+
+@dataclass
+class Report:
+    """A study's output: markdown text, named figures (matplotlib `Figure`s) and a dict of numbers.
+
+    `write(out_dir)` writes `report.md` (figures linked as `<name>.png`), the PNGs and
+    `report.json` (NaN -> null), each atomically; the JSON is written last, so its presence means
+    the report is complete.
+    """
+
+    title: str
+    markdown: str
+    figures: dict = field(default_factory=dict)
+    numbers: dict = field(default_factory=dict)
+
+    def write(self, out_dir: str | Path) -> Path:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, fig in self.figures.items():
+            save_figure(out / f"{name}.png", fig, dpi=110)
+        write_text(out / "report.md", f"# {self.title}\n\n{self.markdown.strip()}\n")
+        write_text(out / "report.json", json.dumps(jsonable(self.numbers), indent=1))
+        return out
+
+
+def iia_table(rows: Sequence[tuple[str, IIAResult | BaselineResult]]) -> str:
+    """A markdown table of IIA results (informative pairs first; all pairs after)."""
+    lines = ["| hypothesis / baseline | model | IIA (informative pairs) | 95% CI | n | IIA (all pairs) | n |",
+             "|---|---|---|---|---|---|---|"]
+    for label, r in rows:
+        if isinstance(r, BaselineResult):
+            d = r.draws[0] if r.draws else None
+            lines.append(f"| {label} (mean of {len(r.draws)} draws) | {d.kind if d else '?'} | "
+                         f"{r.mean_iia_informative:.3f} | min {min(x.iia_informative for x in r.draws):.3f} – "
+                         f"max {max(x.iia_informative for x in r.draws):.3f} | {d.n_informative if d else 0} | "
+                         f"{r.mean_iia:.3f} | {d.n if d else 0} |")
+        else:
+            lines.append(f"| {label} | {r.kind} | {r.iia_informative:.3f} | {r.ci95_informative[0]:.3f}–"
+                         f"{r.ci95_informative[1]:.3f} | {r.n_informative} | {r.iia:.3f} | {r.n} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# case studies and the registry
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StudyContext:
+    """What `CaseStudy.run` gets: models to load (zoo names or dirs, per kind), the output dir, the
+    seed, `quick` (reduced settings for tests), and `progress(iterable, desc=...)` (a tqdm bar or not)."""
+
+    models: dict[str, str]
+    out: Path | None
+    seed: int = 0
+    quick: bool = False
+    show_progress: bool = True
+
+    def load(self, kind: str):
+        """The model of `kind` ("diffusion" | "ar") as configured (one-line error if none)."""
+        if kind not in self.models:
+            raise CaseStudyError(f"this study has no {kind} model; pass one with --model / models={{'{kind}': DIR}}")
+        return load_model(self.models[kind])
+
+    def progress(self, iterable, desc: str = "", total: int | None = None):
+        if not self.show_progress:
+            return iterable
+        return tqdm(iterable, desc=desc, total=total, unit="item", leave=False)
+
+
+@dataclass
+class CaseStudy:
+    """A named study: its `task`, the zoo models it runs on (`models`: kind -> zoo name or dir), its
+    hypotheses (for listing; the study's `run` decides how to score them) and `run(ctx) -> Report`.
+    `render(numbers) -> markdown` and `title`, when given, let `rerender(study, dir)` rewrite
+    `report.md` from `report.json` alone (a wording change needs no rerun)."""
+
+    name: str
+    task: Task
+    description: str
+    run: Callable[[StudyContext], Report]
+    models: dict[str, str] = field(default_factory=dict)
+    hypotheses: tuple[Hypothesis, ...] = ()
+    render: Callable[[dict], str] | None = None  # numbers (report.json) -> report.md body
+    title: str | None = None
+
+
+_REGISTRY: dict[str, CaseStudy] = {}
+_DISCOVERED = False
+
+
+def register(study: CaseStudy, *, replace: bool = True) -> CaseStudy:
+    """Add `study` to the registry (by `study.name`); returns it, so it can decorate a module constant."""
+    if not isinstance(study, CaseStudy):
+        raise CaseStudyError(f"register() takes a CaseStudy, got {type(study).__name__}")
+    if not replace and study.name in _REGISTRY:
+        raise CaseStudyError(f"a case study named {study.name!r} is already registered; pick another name")
+    _REGISTRY[study.name] = study
+    return study
+
+
+def discover() -> None:
+    """Import every module declared in the `dgt_interp.case_studies` entry-point group (once); each
+    registers its study on import. The library never imports a study package by name."""
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    _DISCOVERED = True
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        importlib.import_module(ep.value.split(":")[0])
+
+
+def list_studies() -> list[CaseStudy]:
+    """Registered studies (every entry point of `dgt_interp.case_studies`, plus any registered or loaded), by name."""
+    discover()
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def load_study(path: str | Path) -> list[CaseStudy]:
+    """Import a study from a `.py` file or a package dir outside dgt_interp; returns what it registered."""
+    path = Path(path).expanduser().resolve()
+    file = path / "__init__.py" if path.is_dir() else path
+    if not file.is_file() or file.suffix != ".py":
+        raise CaseStudyError(f"{str(path)!r} is not a .py file or a package dir with __init__.py")
+    before = dict(_REGISTRY)
+    mod_name = f"_dgt_user_study_{abs(hash(str(path)))}"
+    spec = importlib.util.spec_from_file_location(mod_name, file,
+                                                  submodule_search_locations=[str(path)] if path.is_dir() else None)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    spec.loader.exec_module(module)
+    new = [s for k, s in _REGISTRY.items() if before.get(k) is not s]
+    if not new:
+        raise CaseStudyError(f"{str(path)!r} registered no case study; call dgt_interp.studies.register(CaseStudy(...))")
+    return new
+
+
+def get_study(name: str) -> CaseStudy:
+    """A registered study by name, or the study a path (file / package dir) registers."""
+    if name.endswith(".py") or os.sep in name or Path(name).is_dir():
+        studies = load_study(name)
+        return studies[0]
+    discover()
+    if name not in _REGISTRY:
+        raise CaseStudyError(f"unknown case study {name!r}; known: {', '.join(sorted(_REGISTRY)) or '(none)'} "
+                             "(or pass a path to a study file)")
+    return _REGISTRY[name]
+
+
+def run_study(study: str | CaseStudy, *, models: dict[str, str] | None = None, out: str | Path | None = None,
+              seed: int = 0, quick: bool = False, progress: bool = True) -> Report:
+    """Run a study (by name, path or object) and write its report to `out` (if given)."""
+    study = get_study(study) if isinstance(study, str) else study
+    chosen = dict(study.models)
+    chosen.update(models or {})
+    ctx = StudyContext(chosen, Path(out) if out else None, seed=seed, quick=quick, show_progress=progress)
+    t0 = time.time()
+    report = study.run(ctx)
+    report.numbers.setdefault("study", study.name)
+    report.numbers.setdefault("models", chosen)
+    report.numbers.setdefault("seed", seed)
+    report.numbers.setdefault("quick", quick)
+    report.numbers["seconds"] = round(time.time() - t0, 1)
+    if out:
+        report.write(out)
+    return report
+
+
+def rerender(study: str | CaseStudy, out_dir: str | Path) -> Path:
+    """Rewrite `out_dir/report.md` from `out_dir/report.json` with the study's current `render` (no model runs)."""
+    study = get_study(study) if isinstance(study, str) else study
+    out = Path(out_dir)
+    if not (out / "report.json").is_file():
+        raise CaseStudyError(f"{str(out)!r} holds no report.json; run the study first (dgt-interp case-study run)")
+    if study.render is None or study.title is None:
+        raise CaseStudyError(f"case study {study.name!r} has no renderer; rerun it instead")
+    numbers = json.loads((out / "report.json").read_text())
+    return write_text(out / "report.md", f"# {study.title}\n\n{study.render(numbers).strip()}\n")
+
+
+__all__ = [
+    "ENTRY_POINT_GROUP", "CaseStudyError", "Report", "iia_table", "jsonable", "StudyContext", "CaseStudy", "register",
+    "discover", "list_studies", "load_study", "get_study", "run_study", "rerender",
+]
