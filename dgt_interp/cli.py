@@ -15,7 +15,7 @@ from dgt_interp.depth.presets import PRESETS, compare, get_preset, preset_summar
 from dgt_interp.lens_report import lens_report
 from dgt_interp.models import TinySize, load_model
 from dgt_interp.patch_report import run_patch
-from dgt_interp.studies import get_study, list_studies, run_study
+from dgt_interp.studies import get_study, list_studies, rerender, run_study
 from dgt_interp.tasks import get_task
 from dgt_interp.train import TrainConfig, train
 
@@ -122,6 +122,12 @@ def _cmd_case_study_run(args) -> None:
     out = args.out or f"case_study_{study.name}"
     report = run_study(study, models=models, out=out, seed=args.seed, quick=args.quick, progress=not args.quiet)
     print(f"wrote {out}: report.md, report.json, {len(report.figures)} figures ({report.numbers['seconds']:.0f} s)")
+
+
+def _cmd_case_study_render(args) -> None:
+    study = get_study(args.name)
+    path = rerender(study, args.dir)
+    print(f"wrote {path} from {args.dir}/report.json (no model was run)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     csr.add_argument("--quick", action="store_true", help="reduced settings (minutes, small n): a smoke run")
     csr.add_argument("--quiet", action="store_true", help="no progress bar")
     csr.set_defaults(func=_cmd_case_study_run)
+    csd = cssub.add_parser("render", help="rewrite report.md of a finished run from its report.json (no model runs)")
+    csd.add_argument("name", help="the study that wrote the report")
+    csd.add_argument("dir", help="the report dir (holds report.json)")
+    csd.set_defaults(func=_cmd_case_study_render)
     return p
 
 

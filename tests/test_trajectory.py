@@ -82,3 +82,30 @@ def test_bfloat16_round_trip(tiny_diffusion, tmp_path):
     assert back["blocks.1.hook_resid_post"].dtype == torch.bfloat16
     assert back["blocks.1.hook_resid_post"].shape == (2, 1, 4, 128)
     assert_same(traj, back)
+
+
+def test_replayed_noise_is_the_seeded_stream_in_any_order_and_holds_one_step():
+    from dgt_interp.sampling import ReplayedNoise, SamplingError
+
+    vocab, length, steps = 11, 4, 3
+    g = torch.Generator().manual_seed(5)
+    ref = []  # canvas c: init, then (exp, renoise) per step: the order HF's batch-1 generate draws
+    for _ in range(2):
+        init = torch.randint(0, vocab, (1, length), generator=g)
+        draws = []
+        for _ in range(steps):
+            exp = torch.empty((length, vocab)).exponential_(generator=g)
+            draws.append((exp, torch.randint(0, vocab, (1, length), generator=g)))
+        ref.append((init, draws))
+    noise = ReplayedNoise(5).bind(vocab, length, steps, "cpu")
+    assert torch.equal(noise.exponential(1, 2), ref[1][1][2][0])  # far ahead first: drawn through, nothing kept
+    assert torch.equal(noise.initial_canvas(0), ref[0][0])
+    for c in (0, 1):
+        for k in range(steps):
+            assert torch.equal(noise.exponential(c, k), ref[c][1][k][0])
+            assert torch.equal(noise.renoise(c, k), ref[c][1][k][1])
+    assert torch.equal(noise.initial_canvas(1), ref[1][0])
+    big = [v for v in vars(noise).values() if isinstance(v, torch.Tensor)]
+    assert not big and all(t.numel() < 10_000 for t in noise._states.values())  # generator states, no [L, V] tables
+    with pytest.raises(SamplingError, match="use a new ReplayedNoise"):
+        noise.bind(vocab + 1, length, steps, "cpu")

@@ -108,9 +108,12 @@ def test_canvas_figure_shows_entropy_tokens_and_accepted_boxes():
 
 
 def test_token_labels_are_short():
-    label = token_labeler()
+    from dgt_interp.tasks import build_tokenizer
+
+    label = token_labeler(build_tokenizer())  # the analysis layer knows no tokenizer: it is passed in
     assert (label(1), label(0), label(3)) == ("$", "_", "0")
     assert len(label(30)) <= 4
+    assert token_labeler()(7) == "7"  # no tokenizer: the bare id
 
 
 def test_attention_figure_plots_the_recorded_pattern_with_token_labels():

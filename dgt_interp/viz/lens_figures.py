@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from dgt_interp.lens import LensError, LensResult
+from dgt_interp.trajectory import TrajectoryError
 
 METRICS = {  # name -> (LensResult field, colour bar label, colormap, fixed range)
     "target": ("target_probs", "P(target)", "viridis", (0.0, 1.0)),
@@ -138,10 +139,10 @@ def layer_step_heatmap(result: LensResult, *, position: int | None = None, metri
 def _steps_of(traj, canvas: int | None) -> list[int]:
     if canvas is None:
         return list(range(traj.n_steps))
-    n_c = int(traj.records["canvas"].max()) + 1 if traj.n_steps else 0
-    if not isinstance(canvas, int) or not 0 <= canvas < n_c:
-        raise LensError(f"canvas {canvas!r} is out of range: the run has {n_c} canvases (0..{n_c - 1})")
-    return [s for s in range(traj.n_steps) if int(traj.records["canvas"][s]) == canvas]
+    try:
+        return traj.canvas_steps(canvas)
+    except TrajectoryError as e:
+        raise LensError(str(e)) from None
 
 
 def check_batch(traj, batch: int) -> None:
