@@ -332,3 +332,40 @@ def test_cli_bad_input_is_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: unknown sweep 'bogus'") and "\n" not in err
     assert main(argv + ["--metric", "nope"]) == 2
+
+
+def test_interventions_equal_hand_written_hooks(multi_step, tiny_diffusion):
+    """Zero / Mean / AddVector at a site equal a capture of the corrupted prompt with a hand-written
+    hook doing the same at that step (same replayed noise), and Replace is the default."""
+    from dgt_interp.patching import AddVector, Mean, Replace, Zero
+    from dgt_interp.sampling import ReplayedNoise
+
+    name, step, pos = "blocks.1.hook_resid_pre", 1, 2
+    clean = multi_step.clean_activation(name, step)
+    vec = torch.linspace(-1, 1, clean.shape[-1])
+    edits = {Zero(): lambda t: torch.zeros_like(t[:, pos]), Mean(): lambda t: clean[:, pos].mean(0, keepdim=True),
+             AddVector(vec, 3.0): lambda t: t[:, pos] + 3.0 * vec, Replace(): lambda t: clean[:, pos]}
+    assert Site(name).intervention == Replace()
+    for intervention, edit in edits.items():
+        def hook(t, hook, edit=edit):
+            t = t.clone()
+            t[:, pos] = edit(t)
+            return t
+
+        want = capture(tiny_diffusion, ids(CORRUPTED), seed=SEED, max_denoising_steps=3, record=("logits",),
+                       fwd_hooks=[(name, hook)], hook_steps=step, noise=ReplayedNoise(SEED))
+        got = multi_step.run([Site(name, step, pos, intervention=intervention)])
+        assert torch.equal(got.sequences, want.sequences), intervention
+        assert torch.allclose(got["logits"], want["logits"], atol=1e-6, rtol=0), intervention  # same float ops
+
+
+def test_capture_with_replayed_noise_equals_seeded_capture(tiny_diffusion):
+    """Batch 1: `noise=ReplayedNoise(seed)` draws exactly what `generate` draws after manual_seed(seed)."""
+    from dgt_interp.sampling import ReplayedNoise
+
+    plain = capture(tiny_diffusion, ids(CLEAN), seed=SEED, max_denoising_steps=5, record=("logits",))
+    replayed = capture(tiny_diffusion, ids(CLEAN), seed=None, max_denoising_steps=5, record=("logits",),
+                       noise=ReplayedNoise(SEED))
+    assert torch.equal(plain.sequences, replayed.sequences) and torch.equal(plain["logits"], replayed["logits"])
+    for key in ("input_canvas", "sampled_canvas", "accepted"):
+        assert torch.equal(plain.records[key], replayed.records[key]), key
