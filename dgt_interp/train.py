@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -28,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from dgt_interp.atomic import atomic_dir, write_text
 from dgt_interp.evaluate import evaluate, prompt_batch
 from dgt_interp.models import TinySize, build_ar, build_diffusion, is_diffusion, load_model, size_of
 from dgt_interp.tasks import EOS_ID, PAD_ID, Problem, Task, build_tokenizer, encode, get_task
@@ -117,27 +115,14 @@ def ar_loss(model, problems: list[Problem], gen: torch.Generator, cfg: TrainConf
 
 
 def save_atomically(model, out_dir: str | Path, recipe: dict) -> Path:
-    """Write model + tokenizer + recipe.json to a temp dir beside `out_dir`, then swap it in.
-
-    A crash at any point leaves either the old dir or the new one, never a half-written one.
-    """
+    """Write model + tokenizer + recipe.json to a temp dir beside `out_dir`, then swap it in in one step
+    (`atomic.atomic_dir`): a crash at any point leaves either the old dir or the new one, never a
+    half-written one, and never no model at all."""
     out = Path(out_dir).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         build_tokenizer().save_pretrained(tmp)
-        (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2, default=str) + "\n")
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_text(tmp / "recipe.json", json.dumps(recipe, indent=2, default=str) + "\n")
     return out
 
 
