@@ -24,9 +24,12 @@ says how to cut, `dtype=` downcasts floats, `storage="disk"` streams each record
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import math
-from contextlib import ExitStack
+import threading
+import weakref
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,13 +37,13 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSampler
 
+from dgt_interp.atomic import atomic_dir, save_tensors
 from dgt_interp.backends.tl import DIFFUSION_ARCH, architecture_of, bridge_for, sync_generation_config
-from dgt_interp.names import HookNameError, level_for, name_info, resolve_names
-from dgt_interp.atomic import save_tensors
 from dgt_interp.errors import DgtInterpError
+from dgt_interp.names import HookNameError, level_for, name_info, resolve_names
 from dgt_interp.sampling import ReplayedNoise
 from dgt_interp.selection import select
-from dgt_interp.trajectory import OPTIONAL_RECORDS, DiskActivations, Trajectory, step_file
+from dgt_interp.trajectory import OPTIONAL_RECORDS, DiskActivations, Trajectory, model_fingerprint, step_file
 
 BACKENDS = ("tl", "nnsight")
 
@@ -101,10 +104,39 @@ class Plan:
                 f"{'; largest: ' + top if top else ''}; per-step records {_fmt(self.record_bytes)})")
 
 
+# generate kwargs capture sets itself, or that would change what generate returns
+_OWNED_KWARGS = ("return_dict_in_generate", "output_scores", "output_logits", "output_hidden_states",
+                 "output_attentions", "input_ids", "inputs")
+_PIXEL_KWARGS = ("pixel_values", "image_position_ids", "mm_token_type_ids")
+
+
+def _generation_config(model, generation_kwargs: dict):
+    """(HF's resolved generation config, the kwargs it left over) after one-line checks of every kwarg.
+
+    HF's `generate` silently ignores what it does not know (a typo such as `t_mni=0.1`, or
+    `entropy_bound=` meant for the sampler config); capture refuses it, naming the valid settings.
+    """
+    owned = [k for k in generation_kwargs if k in _OWNED_KWARGS]
+    if owned:
+        raise CaptureError(f"capture sets {owned[0]!r} itself (it needs generate's own outputs); drop it")
+    kwargs = {k: v for k, v in generation_kwargs.items() if k != "attention_mask"}
+    config, left = model._prepare_generation_config(kwargs.pop("generation_config", None), **kwargs)
+    allowed = set(inspect.signature(type(model).generate).parameters) | set(inspect.signature(type(model).forward)
+                                                                            .parameters) | set(_PIXEL_KWARGS)
+    unknown = sorted(k for k in left if k not in allowed)
+    if unknown:
+        known = sorted(k for k in config.to_dict() if not k.startswith("_") and k not in _OWNED_KWARGS)
+        hint = difflib.get_close_matches(unknown[0], known, n=1)
+        extra = " (the entropy bound goes in sampler_config: dgt_interp.sampling.entropy_bound_kwargs(bound))" \
+            if unknown[0] == "entropy_bound" else ""
+        raise CaptureError(f"unknown generate setting {unknown[0]!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                           + f"{extra}; valid settings: {', '.join(known)}")
+    return config, left
+
+
 def _bounds(model, input_ids: torch.Tensor, generation_kwargs: dict) -> tuple[str, int, int, int]:
     """(kind, max_steps, canvas_length, n_canvases) from HF's own generation-config resolution."""
-    kwargs = {k: v for k, v in generation_kwargs.items() if k not in ("attention_mask",)}
-    config, _ = model._prepare_generation_config(kwargs.pop("generation_config", None), **kwargs)
+    config, _ = _generation_config(model, generation_kwargs)
     prompt_len = input_ids.shape[1]
     if architecture_of(model) == DIFFUSION_ARCH:
         _, max_new = model._prepare_generated_length(config, prompt_len)
@@ -115,13 +147,50 @@ def _bounds(model, input_ids: torch.Tensor, generation_kwargs: dict) -> tuple[st
     return "ar", int(max_new), int(max_new), 1
 
 
+def _check_inputs(model, input_ids) -> None:
+    """One-line errors for ids `generate` would fail on deep inside."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype not in (torch.int64,
+                                                                                                    torch.int32):
+        got = f"a {input_ids.dtype} tensor of shape {tuple(input_ids.shape)}" if isinstance(input_ids, torch.Tensor) \
+            else type(input_ids).__name__
+        raise CaptureError(f"input_ids must be a 2-D int64 tensor [batch, pos], got {got}; build one with "
+                           "dgt_interp.prompt_batch(prompts, tokenizer)")
+    if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        raise CaptureError(f"input_ids of shape {tuple(input_ids.shape)} is empty; pass at least one prompt token")
+    vocab = model.config.get_text_config().vocab_size
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= vocab:
+        raise CaptureError(f"token id {low if low < 0 else high} is outside the vocabulary (0..{vocab - 1}); "
+                           "encode prompts with the model's own tokenizer")
+
+
+def _check_mask(model, input_ids, attention_mask) -> None:
+    """A left-padded batch without its attention mask would silently attend to the padding."""
+    text = model.config.get_text_config()
+    pad = model.generation_config.pad_token_id
+    pad = pad if pad is not None else text.pad_token_id
+    if attention_mask is None:
+        if pad is not None and input_ids.shape[0] > 1 and bool((input_ids[:, 0] == pad).any()):
+            raise CaptureError("the batch is left-padded but no attention_mask was given (generate would attend to "
+                               "the padding); pass attention_mask=batch['attention_mask'] from prompt_batch")
+    elif not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
+        shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
+        raise CaptureError(f"attention_mask must be a tensor of the ids' shape {tuple(input_ids.shape)}, got {shape}")
+
+
 def plan_capture(model, input_ids, *, names=None, steps=None, positions=None, record=(), dtype=None,
                  fwd_hooks=(), **generation_kwargs) -> Plan:
     """Resolve names, bounds and selections and estimate the bytes a capture will hold (no run)."""
     architecture_of(model)
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
-        raise CaptureError("input_ids must be a 2-D integer tensor [batch, pos]; build one with dgt_interp.evaluate.prompt_batch")
+    _check_inputs(model, input_ids)
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise CaptureError(f"dtype={dtype!r}: activations are stored in a floating dtype; pass e.g. torch.bfloat16 "
+                           "or torch.float16 (None keeps the model's)")
     kind, max_steps, canvas, n_canvases = _bounds(model, input_ids, generation_kwargs)
+    if names is not None and not isinstance(names, str) and not (
+            isinstance(names, (list, tuple, set)) and all(isinstance(n, str) for n in names)):
+        raise HookNameError(f"names={names!r}: pass a hook name, a glob or a list of them, e.g. "
+                            "'blocks.*.hook_resid_post'")
     resolved = resolve_names(model, names)
     record = [record] if isinstance(record, str) else list(record or ())
     for r in record:
@@ -500,33 +569,73 @@ def capture(
     fwd_hooks = list(fwd_hooks or ())
     plan = plan_capture(model, input_ids, names=names, steps=steps, positions=positions, record=record,
                         dtype=dtype, fwd_hooks=fwd_hooks, **generation_kwargs)
+    _check_mask(model, input_ids, generation_kwargs.get("attention_mask"))
     if noise is not None and plan.kind != "diffusion":
         raise CaptureError("noise= replays DiffusionGemma's sampler; the AR twin draws no sampler noise when it "
                            "decodes greedily (do_sample=False): drop noise=")
-    held = plan.total_bytes if storage == "memory" else plan.record_bytes + sum(plan.bytes_per_name.values())
+    if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0):
+        raise CaptureError(f"max_bytes={max_bytes!r} must be a non-negative int (bytes of RAM)")
+    if storage == "memory":
+        held, what = plan.total_bytes, str(plan)
+    else:
+        held = plan.record_bytes + sum(plan.bytes_per_name.values())
+        what = (f"~{_fmt(held)} in RAM with storage='disk' (per-step records {_fmt(plan.record_bytes)} + one step "
+                f"of activations {_fmt(sum(plan.bytes_per_name.values()))})")
     if max_bytes is not None and held > max_bytes:
         raise CaptureBudgetError(
-            f"capture would hold {_fmt(held)} > max_bytes={_fmt(max_bytes)}: {plan}; cut it with fewer names, "
+            f"capture would hold {what} > max_bytes={_fmt(max_bytes)}; cut it with fewer names, "
             "steps=..., positions=..., dtype=torch.bfloat16, or storage='disk', out_dir=..."
         )
     hook_step_set = None if hook_steps is None else set(select(hook_steps, plan.max_steps, "hook step",
                                                                 f"at most {plan.max_steps} steps", CaptureError))
     user_hooks = [(n, fn) for pat, fn in fwd_hooks for n in resolve_names(model, [pat])]
 
+    with _exclusive(model):
+        if storage == "disk":
+            with atomic_dir(out_dir) as tmp:  # a failed capture leaves an older save at out_dir intact
+                traj = _run(model, input_ids, plan, seed, backend, generation_kwargs, user_hooks, hook_step_set,
+                            noise, disk_root=tmp)
+            traj.root = traj.activations.root = Path(out_dir)
+        else:
+            traj = _run(model, input_ids, plan, seed, backend, generation_kwargs, user_hooks, hook_step_set, noise)
+    if steps is not None and not traj.recorded_steps and plan.steps:
+        raise CaptureError(f"steps={steps!r} selects none of the {traj.n_steps} steps the run took (it stopped early); "
+                           f"select steps below {traj.n_steps}")
+    return traj
+
+
+_LOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+@contextmanager
+def _exclusive(model):
+    """One capture at a time per model: a bridged twin and its hooks cannot serve two runs at once."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.setdefault(model, threading.Lock())
+    if not lock.acquire(blocking=False):
+        raise CaptureError("another capture (or patching run) is using this model in another thread; a model "
+                           "serves one run at a time: wait for it, or load a second copy for this thread")
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _run(model, input_ids, plan, seed, backend, generation_kwargs, user_hooks, hook_step_set, noise,
+         disk_root: Path | None = None) -> Trajectory:
+    """Generate on the bridged twin with the recorders installed; the Trajectory of that run."""
     bridged = bridge_for(model, plan.level)
     twin, bridge = bridged.twin, bridged.bridge
     sync_generation_config(model, twin)
     text = model.config.get_text_config()
     pad_id = model.generation_config.pad_token_id
     pad_id = pad_id if pad_id is not None else (text.pad_token_id or 0)
-    disk_root = Path(out_dir) if storage == "disk" else None
     rec = _Recorder(plan, pad_id, disk_root)
     gen_kwargs = dict(generation_kwargs)
     prompt_len = input_ids.shape[1]
     if plan.kind == "diffusion":
-        config, _ = model._prepare_generation_config(
-            gen_kwargs.get("generation_config"),
-            **{k: v for k, v in gen_kwargs.items() if k not in ("attention_mask", "generation_config")})
+        config, _ = _generation_config(model, gen_kwargs)
         twin._dgt_max_steps = config.max_denoising_steps
     else:
         processors = LogitsProcessorList(list(gen_kwargs.pop("logits_processor", None) or []))
@@ -549,7 +658,7 @@ def capture(
         else:
             if hooks:
                 stack.enter_context(bridge.hooks(fwd_hooks=hooks))
-            from dgt_interp.backends.nnsight import run_with_nnsight
+            from dgt_interp.backends.nnsight import run_with_nnsight  # nnsight is heavy: only when asked for
 
             sequences = run_with_nnsight(bridge, run, input_ids, plan.names, rec)
 
@@ -592,6 +701,7 @@ def _build(plan, rec, records, sequences, model, backend, seed, generation_kwarg
         "recorded_steps": recorded, "positions": plan.positions, "names": plan.names, "record": plan.record,
         "dtype": str(plan.dtype) if plan.dtype is not None else None, "backend": backend, "seed": seed,
         "generation_kwargs": settings, "model_class": type(model).__name__,
+        "model_fingerprint": model_fingerprint(model),
     }
     names = [n for n in plan.names + plan.record if any(fired[n]) or n in rec.specs]
     if disk_root is not None:
@@ -600,7 +710,8 @@ def _build(plan, rec, records, sequences, model, backend, seed, generation_kwarg
         traj = Trajectory(meta=meta, sequences=sequences, records=records,
                           activations=DiskActivations(disk_root, recorded, specs, fired), fired=fired,
                           model=model, root=disk_root)
-        traj.save(disk_root)
+        digests = traj.write_records(disk_root)  # the step files are there already; meta.json last
+        traj.activations.digests = {k.split("/", 1)[1]: v for k, v in digests.items() if k.startswith("steps/")}
         return traj
     acts = {}
     for n in plan.names + plan.record:

@@ -33,15 +33,19 @@ step p and cached since) and zeros at p > s; `entropy[s, :, p]` likewise. So dif
 unchanged.
 
 Save/load: `traj.save(dir)` writes `meta.json`, `records.safetensors` and one
-`steps/NNNNNN.safetensors` per recorded step (each file written atomically, `meta.json` last);
-`Trajectory.load(dir)` reads them back lazily, equal tensor for tensor.
+`steps/NNNNNN.safetensors` per recorded step into a temporary sibling that replaces `dir` whole (an
+interrupted save leaves the old trajectory or the new one, never a mix); `meta.json` records each
+file's sha256 and the captured model's fingerprint. `Trajectory.load(dir)` reads them back lazily,
+equal tensor for tensor, and checks them.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import re
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -49,7 +53,7 @@ import torch
 from safetensors import safe_open
 from transformer_lens.ActivationCache import ActivationCache
 
-from dgt_interp.atomic import save_tensors, write_text
+from dgt_interp.atomic import atomic_dir, save_tensors, write_text
 from dgt_interp.backends.tl import bridge_for
 from dgt_interp.errors import DgtInterpError
 from dgt_interp.names import natural_key
@@ -58,7 +62,7 @@ from dgt_interp.tokenizer import TokenizerError, load_tokenizer
 STEP_RECORDS = ("input_canvas", "sampled_canvas", "argmax_canvas", "accepted", "entropy", "active",
                 "has_self_cond", "cur_step", "canvas")
 OPTIONAL_RECORDS = ("logits", "processed_logits")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-file sha256 digests and the model fingerprint in meta.json
 
 
 class TrajectoryError(DgtInterpError, ValueError):
@@ -73,11 +77,51 @@ _DTYPES = {str(d): d for d in (torch.float32, torch.float16, torch.bfloat16, tor
                                 torch.int32, torch.bool, torch.int8, torch.uint8)}
 
 
-class DiskActivations(Mapping):
-    """name -> `[R, B, P, ...]`, read from per-step safetensors files on access (nothing held in RAM)."""
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes (what `meta.json` records per file, checked on read)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
-    def __init__(self, root: Path, steps: list[int], specs: dict[str, dict], fired: dict[str, list[bool]]):
+
+def model_fingerprint(model) -> str:
+    """A cheap identity of a model's weights: its class, config and the first values of every tensor.
+
+    Two random inits of the same shapes differ; the same weights loaded twice agree. Saved in a
+    trajectory's meta and checked when the trajectory is used with a model."""
+    h = hashlib.sha256(type(model).__name__.encode())
+    h.update(model.config.to_json_string(use_diff=False).encode())
+    for name, t in model.state_dict().items():
+        if t.device.type == "meta":
+            continue
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().reshape(-1)[:64].to("cpu", torch.float64).numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+class DiskActivations(Mapping):
+    """name -> `[R, B, P, ...]`, read from per-step safetensors files on access (nothing held in RAM).
+
+    Each step file is checked against its recorded sha256 the first time it is read."""
+
+    def __init__(self, root: Path, steps: list[int], specs: dict[str, dict], fired: dict[str, list[bool]],
+                 digests: dict[str, str] | None = None):
         self.root, self.steps, self.specs, self._fired = Path(root), steps, specs, fired
+        self.digests = digests or {}
+        self._verified: set[str] = set()
+
+    def _open(self, step: int):
+        path = step_file(self.root, step)
+        key = path.name
+        if key in self.digests and key not in self._verified:
+            if not path.is_file() or file_digest(path) != self.digests[key]:
+                raise TrajectoryError(f"{str(path)!r} is missing or corrupt (its sha256 differs from meta.json); "
+                                      "re-save or re-capture the trajectory")
+            self._verified.add(key)
+        return safe_open(str(path), framework="pt")
 
     def __getitem__(self, name: str) -> torch.Tensor:
         spec = self.specs[name]
@@ -85,7 +129,7 @@ class DiskActivations(Mapping):
         out = torch.zeros((len(self.steps), *shape), dtype=dtype)
         for i, s in enumerate(self.steps):
             if self._fired[name][i]:
-                with safe_open(str(step_file(self.root, s)), framework="pt") as f:
+                with self._open(s) as f:
                     out[i] = f.get_tensor(name)
         return out
 
@@ -291,7 +335,9 @@ class Trajectory:
         self-conditioning is added, and `logit_attrs` does not fold the final-norm weight nor apply
         the logit soft-cap: treat those two as approximations on this model.
         """
-        model = model if model is not None else self.model
+        if model is not None and model is not self.model:
+            self.attach(model)
+        model = self.model
         if model is None:
             raise TrajectoryError("this trajectory has no model attached; call traj.cache(step, model=model)")
         i = self.step_index(step)
@@ -324,33 +370,84 @@ class Trajectory:
         return {n: {"shape": list(t.shape[1:]), "dtype": str(t.dtype)} for n, t in self.activations.items()}
 
     def save(self, out_dir: str | Path) -> Path:
-        """Write this trajectory to `out_dir` (safetensors + JSON; each file atomic, `meta.json` last)."""
+        """Write this trajectory to `out_dir` as a whole: safetensors + `meta.json` (with a sha256 per
+        file) are written into a temporary sibling that replaces `out_dir` in one step
+        (`atomic.atomic_dir`), so an interrupted save leaves the old trajectory or the new one."""
         root = Path(out_dir)
-        root.mkdir(parents=True, exist_ok=True)
-        if root.resolve() != (self.root.resolve() if self.root else None):
+        with atomic_dir(root) as tmp:
             for i, s in enumerate(self.recorded_steps):
-                tensors = {n: self.activations[n][i] for n in self.activations if self._fired[n][i]}
-                save_tensors(step_file(root, s), tensors)
-        save_tensors(root / "records.safetensors", {"sequences": self.sequences, **self.records})
-        meta = dict(self.meta, format_version=FORMAT_VERSION, specs=self._specs(), fired=self._fired)
-        write_text(root / "meta.json", json.dumps(meta, indent=1))
+                src = step_file(self.root, s) if isinstance(self.activations, DiskActivations) else None
+                if src is not None and src.is_file():
+                    step_file(tmp, s).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(src, step_file(tmp, s))
+                elif any(self._fired[n][i] for n in self.activations):
+                    save_tensors(step_file(tmp, s), {n: self.activations[n][i] for n in self.activations
+                                                     if self._fired[n][i]})
+            self.write_records(tmp)
+        if isinstance(self.activations, DiskActivations) and self.root is not None and \
+                self.root.resolve() == root.resolve():
+            self.activations.root, self.activations._verified = root, set()
         return root
+
+    def write_records(self, root: str | Path) -> dict[str, str]:
+        """Write `records.safetensors` and `meta.json` (last) into `root` beside the step files already
+        there, recording each file's sha256. The last part of `save`; call `save` unless you stream
+        step files yourself (as `capture(storage="disk")` does, inside its own `atomic_dir`). Returns
+        the digests (`{"records.safetensors": sha256, "steps/000000.safetensors": sha256, ...}`)."""
+        root = Path(root)
+        save_tensors(root / "records.safetensors", {"sequences": self.sequences, **self.records})
+        files = [root / "records.safetensors"] + sorted((root / "steps").glob("*.safetensors"))
+        digests = {f.name if f.parent == root else f"steps/{f.name}": file_digest(f) for f in files}
+        meta = dict(self.meta, format_version=FORMAT_VERSION, specs=self._specs(), fired=self._fired, digests=digests)
+        write_text(root / "meta.json", json.dumps(meta, indent=1))
+        return digests
 
     @classmethod
     def load(cls, out_dir: str | Path, model=None) -> "Trajectory":
-        """Read a saved trajectory; activations are read from disk lazily on access."""
+        """Read a saved trajectory; activations are read from disk lazily on access.
+
+        One-line `TrajectoryError`s: no / unreadable `meta.json`, another format version, missing
+        keys, a records file whose sha256 differs (step files are checked when first read), and a
+        `model` whose weights are not the ones captured (`model_fingerprint`)."""
         root = Path(out_dir)
         if not (root / "meta.json").is_file():
             raise TrajectoryError(f"{str(root)!r} holds no saved trajectory (no meta.json); pass the dir given to save()")
-        meta = json.loads((root / "meta.json").read_text())
-        specs, fired = meta.pop("specs"), meta.pop("fired")
-        meta.pop("format_version", None)
-        with safe_open(str(root / "records.safetensors"), framework="pt") as f:
+        try:
+            meta = json.loads((root / "meta.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise TrajectoryError(f"{str(root / 'meta.json')!r} is corrupt ({e}); re-save the trajectory") from None
+        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+            version = meta.get("format_version") if isinstance(meta, dict) else None
+            raise TrajectoryError(f"{str(root)!r} is a trajectory of format version {version!r}; this dgt_interp reads "
+                                  f"version {FORMAT_VERSION}: re-capture it with this version")
+        missing = [k for k in ("specs", "fired", "recorded_steps", "kind", "digests") if k not in meta]
+        if missing:
+            raise TrajectoryError(f"{str(root / 'meta.json')!r} lacks {missing[0]!r}; re-save the trajectory")
+        specs, fired, digests = meta.pop("specs"), meta.pop("fired"), meta.pop("digests")
+        meta.pop("format_version")
+        records_file = root / "records.safetensors"
+        if not records_file.is_file() or file_digest(records_file) != digests.get("records.safetensors"):
+            raise TrajectoryError(f"{str(records_file)!r} is missing or corrupt (its sha256 differs from meta.json); "
+                                  "re-save or re-capture the trajectory")
+        with safe_open(str(records_file), framework="pt") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         sequences = tensors.pop("sequences")
-        acts = DiskActivations(root, meta["recorded_steps"], specs, fired)
-        return cls(meta=meta, sequences=sequences, records=tensors, activations=acts, fired=fired,
-                   model=model, root=root)
+        step_digests = {k.split("/", 1)[1]: v for k, v in digests.items() if k.startswith("steps/")}
+        acts = DiskActivations(root, meta["recorded_steps"], specs, fired, step_digests)
+        traj = cls(meta=meta, sequences=sequences, records=tensors, activations=acts, fired=fired, model=None, root=root)
+        if model is not None:
+            traj.attach(model)
+        return traj
+
+    def attach(self, model) -> "Trajectory":
+        """Attach the model this trajectory was captured with (for `cache`, tokenizer lookups); a one-line
+        error if its weights are not the captured ones."""
+        want = self.meta.get("model_fingerprint")
+        if want is not None and model_fingerprint(model) != want:
+            raise TrajectoryError(f"this trajectory was captured with another model (fingerprint {want[:12]}…, this "
+                                  f"{type(model).__name__} has {model_fingerprint(model)[:12]}…); load the captured model")
+        self.model = model
+        return self
 
     def to_memory(self) -> "Trajectory":
         """A copy with every activation loaded into RAM."""

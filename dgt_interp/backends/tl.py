@@ -112,7 +112,12 @@ def _keep_attention_and_level(level: str):
             for key in list(mapping):
                 if key not in _LEVEL_COMPONENTS[level]:
                     mapping.pop(key)
-            mapping["blocks"].submodules = {}
+            block = mapping["blocks"]
+            block.submodules = {}
+            # the block's aliases into pruned submodules (hook_resid_mid -> ln2.hook_in, ...) cannot
+            # resolve here; keep only those into the block's own hooks (hook_resid_pre/post)
+            block.hook_aliases = {alias: target for alias, target in block.hook_aliases.items()
+                                  if target in ("hook_in", "hook_out")}
 
     return hook
 
@@ -133,10 +138,20 @@ def _tensors(model) -> list[torch.Tensor]:
     return list(model.parameters()) + list(model.buffers())
 
 
+_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+               "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks")
+
+
 def structural_twin(model):
-    """A deep copy of `model`'s module tree that shares every parameter and buffer tensor with it."""
+    """A deep copy of `model`'s module tree that shares every parameter and buffer tensor with it.
+
+    Hooks the user registered on `model`'s modules are not carried over (a deep copy would copy
+    them): the twin runs only the hooks `capture` puts on it."""
     memo = {id(t): t for t in _tensors(model)}
     twin = copy.deepcopy(model, memo)
+    for module in twin.modules():
+        for attr in _HOOK_DICTS:
+            getattr(module, attr, {}).clear()
     return twin.eval()
 
 
@@ -155,8 +170,15 @@ class Bridged:
 _BRIDGES: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, Bridged]]" = weakref.WeakKeyDictionary()
 
 
+_PLAIN = (int, float, str, bool, type(None))
+
+
 def _fingerprint(model) -> tuple:
-    return tuple(id(t) for t in _tensors(model)) + (model.training,)
+    """What the twin must agree with: the tensors (by identity), and every module's plain settings
+    (e.g. `final_logit_softcapping`, `training`) and the config: a change rebuilds the twin."""
+    settings = tuple(tuple((k, v) for k, v in vars(m).items() if isinstance(v, _PLAIN) and not k.startswith("_"))
+                     for m in model.modules())
+    return tuple(id(t) for t in _tensors(model)) + (hash(settings), model.config.to_json_string())
 
 
 def _install_logits_in_hook(twin, bridge) -> None:
@@ -222,7 +244,8 @@ def _install_cache_hooks(twin, bridge) -> None:
 def bridge_for(model, level: str = "full") -> Bridged:
     """The cached bridged twin of `model` at `level` ("blocks", "resid" or "full"); built on first use.
 
-    Rebuilt when the model's tensors were replaced (e.g. after `.to(device)`).
+    Rebuilt when the model changed in a way a twin would not see: its tensors were replaced (e.g.
+    after `.to(device)`), a module's plain setting or the config changed (`_fingerprint`).
     """
     if level not in LEVELS:
         raise ValueError(f"unknown bridge level {level!r}; use one of {LEVELS}")
