@@ -129,8 +129,9 @@ def _generation_config(model, generation_kwargs: dict):
         hint = difflib.get_close_matches(unknown[0], known, n=1)
         extra = " (the entropy bound goes in sampler_config: dgt_interp.sampling.entropy_bound_kwargs(bound))" \
             if unknown[0] == "entropy_bound" else ""
-        raise CaptureError(f"unknown generate setting {unknown[0]!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
-                           + f"{extra}; valid settings: {', '.join(known)}")
+        shown = ", ".join(known[:24]) + (f", … ({len(known) - 24} more: {type(config).__name__})" if len(known) > 24 else "")
+        raise CaptureError(f"unknown generate setting {unknown[0]!r} for {type(model).__name__}"
+                           + (f"; did you mean {hint[0]!r}?" if hint else "") + f"{extra}; valid settings: {shown}")
     return config, left
 
 
@@ -566,6 +567,8 @@ def capture(
         raise CaptureError(f"unknown storage {storage!r}; use 'memory' or 'disk' (with out_dir=)")
     if storage == "disk" and out_dir is None:
         raise CaptureError("storage='disk' needs out_dir=<directory> for the safetensors files")
+    if storage == "disk" and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise CaptureError(f"out_dir {str(out_dir)!r} exists and is not a directory; pass a directory path")
     fwd_hooks = list(fwd_hooks or ())
     plan = plan_capture(model, input_ids, names=names, steps=steps, positions=positions, record=record,
                         dtype=dtype, fwd_hooks=fwd_hooks, **generation_kwargs)

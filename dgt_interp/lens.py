@@ -42,6 +42,7 @@ from torch.func import functional_call
 from transformers import DiffusionGemmaForBlockDiffusion, Gemma4ForCausalLM
 
 from dgt_interp.atomic import save_tensors, write_text
+from dgt_interp.backends.tl import UnsupportedModelError
 from dgt_interp.capturing import capture
 from dgt_interp.errors import DgtInterpError
 from dgt_interp.selection import select
@@ -70,7 +71,7 @@ class Unembed:
 
     def __init__(self, model):
         if not isinstance(model, (DiffusionGemmaForBlockDiffusion, Gemma4ForCausalLM)):
-            raise TypeError(f"a lens needs DiffusionGemmaForBlockDiffusion or Gemma4ForCausalLM, got {type(model).__name__}; "
+            raise UnsupportedModelError(f"a lens needs DiffusionGemmaForBlockDiffusion or Gemma4ForCausalLM, got {type(model).__name__}; "
                             "load one with dgt_interp.models.load_model")
         text = model.config.get_text_config()
         if isinstance(model, DiffusionGemmaForBlockDiffusion):
@@ -297,6 +298,9 @@ class Lens(nn.Module):
             chunk_elements: at most this many logits exist at once (rows are decoded in chunks).
         """
         u = self.unembed
+        for what, v, low in (("k", k, 1), ("chunk_elements", chunk_elements, 1)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise LensError(f"{what}={v!r} must be an int >= {low}")
         if traj.meta.get("model_class") not in (None, u.model_class):
             raise LensError(f"trajectory of a {traj.meta['model_class']} but the lens is for a {u.model_class}; "
                             "build the lens from the model that was captured")

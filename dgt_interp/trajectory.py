@@ -374,6 +374,8 @@ class Trajectory:
         file) are written into a temporary sibling that replaces `out_dir` in one step
         (`atomic.atomic_dir`), so an interrupted save leaves the old trajectory or the new one."""
         root = Path(out_dir)
+        if root.exists() and not root.is_dir():
+            raise TrajectoryError(f"{str(root)!r} exists and is not a directory; save to a directory path")
         with atomic_dir(root) as tmp:
             for i, s in enumerate(self.recorded_steps):
                 src = step_file(self.root, s) if isinstance(self.activations, DiskActivations) else None

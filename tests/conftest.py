@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
+
+# No test touches the network: huggingface_hub reads this once, at import, so it must be set before
+# anything imports transformers (setting it later made a test wait ~23 s on the hub).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 torch.set_num_threads(1)  # the machine has 2 cores; leave one for other work
 

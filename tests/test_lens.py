@@ -116,8 +116,11 @@ def test_selection_and_chunking_do_not_change_values(tiny_diffusion, diff_traj):
         assert torch.allclose(getattr(full, name).float(), getattr(tiny_chunks, name).float(), atol=1e-6)
     part = lens.run(diff_traj, steps=[2], layers=slice(1, 3), positions=[4, 6], targets=[5])
     assert part.steps == [2] and part.layers == [1, 2] and part.positions == [4, 6]
-    assert torch.allclose(part.kl_to_final, full.kl_to_final[2:3, 1:3][:, :, :, [4, 6]])
-    assert torch.allclose(part.target_probs[..., 0], full.target_probs[2:3, 1:3][:, :, :, [4, 6], 1])
+    # Another selection decodes other row chunks, so float32 softmax reductions run in another order;
+    # KL, a difference of nearly equal log-probabilities, turns that into ~1e-4 relative (5.5e-5 seen).
+    assert torch.allclose(part.kl_to_final, full.kl_to_final[2:3, 1:3][:, :, :, [4, 6]], rtol=1e-3, atol=1e-6)
+    assert torch.allclose(part.target_probs[..., 0], full.target_probs[2:3, 1:3][:, :, :, [4, 6], 1], rtol=1e-4,
+                          atol=1e-7)
 
 
 def test_one_line_errors(tiny_diffusion, tiny_ar, diff_traj):

@@ -47,6 +47,8 @@ from transformer_lens.model_bridge.generalized_components import LinearBridge
 from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
 from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
 from transformer_lens.model_bridge.supported_architectures.gemma4 import Gemma4ArchitectureAdapter
+
+from dgt_interp.errors import DgtInterpError
 from transformers import DiffusionGemmaForBlockDiffusion, Gemma4ForCausalLM
 
 DIFFUSION_ARCH = "DiffusionGemmaForBlockDiffusion"
@@ -122,13 +124,17 @@ def _keep_attention_and_level(level: str):
     return hook
 
 
+class UnsupportedModelError(DgtInterpError, TypeError):
+    """A model dgt_interp does not instrument (one-line message naming the supported classes)."""
+
+
 def architecture_of(model) -> str:
-    """The TL architecture name of a supported model; a one-line TypeError otherwise."""
+    """The TL architecture name of a supported model; a one-line `UnsupportedModelError` otherwise."""
     if isinstance(model, DiffusionGemmaForBlockDiffusion):
         return DIFFUSION_ARCH
     if isinstance(model, Gemma4ForCausalLM):
         return AR_ARCH
-    raise TypeError(
+    raise UnsupportedModelError(
         f"dgt_interp captures DiffusionGemmaForBlockDiffusion or Gemma4ForCausalLM, got {type(model).__name__}; "
         "load one with dgt_interp.models.load_model"
     )
@@ -248,7 +254,7 @@ def bridge_for(model, level: str = "full") -> Bridged:
     after `.to(device)`), a module's plain setting or the config changed (`_fingerprint`).
     """
     if level not in LEVELS:
-        raise ValueError(f"unknown bridge level {level!r}; use one of {LEVELS}")
+        raise UnsupportedModelError(f"unknown bridge level {level!r}; use one of {LEVELS}")
     arch = architecture_of(model)
     per_model = _BRIDGES.setdefault(model, {})
     fp = _fingerprint(model)
