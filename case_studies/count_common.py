@@ -347,17 +347,7 @@ def offcentre_mass(ts, min_rows: float = 0.25) -> dict:
             "peak_offset": ts.offsets[j], "min_rows": min_rows}
 
 
-def f3(x) -> str:
-    """A number for a markdown table (n/a for None/NaN)."""
-    return "n/a" if x is None or x != x else f"{x:.3f}"
-
-
-def slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
-
-
 __all__ = ["COUNT_POS", "COLON_POS", "LIST_START", "WILDCARD", "parse", "COUNT_MODEL", "layout", "layout_model",
            "LEFT_MODEL", "RIGHT_MODEL", "CountHypothesis", "sample_problem", "count_pairs", "sampler_settings",
            "run_prompts", "digit_of", "CountTrace", "count_trace", "EosSmearing", "eos_smearing", "iia_figure",
-           "offcentre_mass",
-           "f3", "slug"]
+           "offcentre_mass"]

@@ -385,6 +385,8 @@ class CaseStudy:
     run: Callable[[StudyContext], Report]
     models: dict[str, str] = field(default_factory=dict)
     hypotheses: tuple[Hypothesis, ...] = ()
+    render: Callable[[dict], str] | None = None  # numbers (as in report.json) -> markdown body; see `rerender`
+    title: str | None = None  # the report's title (what `rerender` writes above the body)
 
 
 _REGISTRY: dict[str, CaseStudy] = {}
@@ -472,8 +474,23 @@ def run_study(study: str | CaseStudy, *, models: dict[str, str] | None = None, o
     return report
 
 
+def rerender(study: str | CaseStudy, out_dir: str | Path) -> Path:
+    """Rewrite `out_dir/report.md` from `out_dir/report.json` with the study's renderer (`study.render`,
+    titled `study.title`), without rerunning any model: for a wording change in the report text."""
+    study = get_study(study) if isinstance(study, str) else study
+    out = Path(out_dir)
+    if study.render is None:
+        raise CaseStudyError(f"case study {study.name!r} has no renderer (CaseStudy.render); rerun it instead")
+    if not (out / "report.json").is_file():
+        raise CaseStudyError(f"{str(out)!r} has no report.json; run the study there first (case-study run --out)")
+    numbers = json.loads((out / "report.json").read_text())
+    markdown = study.render(numbers)
+    write_text(out / "report.md", f"# {study.title or study.name}\n\n{markdown.strip()}\n")
+    return out / "report.md"
+
+
 __all__ = [
     "CaseStudyError", "CausalModel", "SiteContext", "Hypothesis", "IIAResult", "PairRuns", "expected_answers",
     "interchange_accuracy", "random_sites", "BaselineResult", "random_site_baseline", "Report", "iia_table",
-    "StudyContext", "CaseStudy", "register", "list_studies", "load_study", "get_study", "run_study",
+    "StudyContext", "CaseStudy", "register", "list_studies", "load_study", "get_study", "run_study", "rerender",
 ]
