@@ -24,9 +24,13 @@ import re
 from dataclasses import dataclass
 
 import torch
+from matplotlib.figure import Figure
 
 from dgt_interp.causal import CaseStudyError, CausalModel, Hypothesis
-from dgt_interp.tasks import COUNT, EOS_ID, Problem
+from dgt_interp.evaluate import prompt_batch
+from dgt_interp.phenomena import detect_phenomena
+from dgt_interp.sampling import entropy_bound_kwargs as eb
+from dgt_interp.tasks import COUNT, EOS_ID, VOCAB, Problem, decode_answer
 
 COUNT_POS, COLON_POS, LIST_START = 0, 1, 2
 WILDCARD = "#"
@@ -125,8 +129,6 @@ def sampler_settings(quick: bool) -> dict[str, dict]:
     canvas over more steps: tighter entropy bounds accept fewer tokens per step, a stricter stop
     (stable for 3 steps and mean entropy < 1e-4) keeps denoising after the argmax settles, and a hotter
     temperature keeps entropy up. The last entry is the slowest ("many steps")."""
-    from dgt_interp.sampling import entropy_bound_kwargs as eb
-
     slow = dict(stability_threshold=3, confidence_threshold=1e-4)
     if quick:
         return {"eb=0.1 (default)": eb(0.1), "eb=1e-4, strict stop": eb(1e-4, **slow)}
@@ -137,10 +139,6 @@ def sampler_settings(quick: bool) -> dict[str, dict]:
 def run_prompts(model, problems: list[Problem], seed: int, **generation_kwargs):
     """`phenomena.detect_phenomena` on a batch of problems, plus the decoded answers:
     returns (trajectory, answers, detector results incl. "accuracy")."""
-    from dgt_interp.evaluate import prompt_batch
-    from dgt_interp.phenomena import detect_phenomena
-    from dgt_interp.tasks import decode_answer
-
     traj, res = detect_phenomena(model, problems, seed=seed, **generation_kwargs)
     n_prompt = prompt_batch([p.prompt for p in problems])["input_ids"].shape[1]
     return traj, [decode_answer(r) for r in traj.sequences[:, n_prompt:]], res
@@ -148,8 +146,6 @@ def run_prompts(model, problems: list[Problem], seed: int, **generation_kwargs):
 
 def digit_of(token: int) -> int | None:
     """The digit a task token id stands for (None for any other token)."""
-    from dgt_interp.tasks import VOCAB
-
     tok = VOCAB[token] if 0 <= token < len(VOCAB) else ""
     return int(tok) if tok.isdigit() else None
 
@@ -258,8 +254,6 @@ class EosSmearing:
                 "peak_off_centre": float(self.off_centre().max()) if self.mass.numel() else float("nan")}
 
     def figure(self, title: str = ""):
-        from matplotlib.figure import Figure
-
         fig = Figure(figsize=(1.8 + 0.5 * len(self.offsets), 1.4 + 0.3 * self.mass.shape[0]), layout="constrained")
         ax = fig.add_subplot()
         im = ax.imshow(self.mass.numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
@@ -301,8 +295,6 @@ def eos_smearing(traj, canvas: int = 0, max_offset: int = 2, source: str = "auto
 def iia_figure(rows, title: str):
     """Horizontal bars of IIA on informative pairs with 95% Wilson CIs, one row per hypothesis / baseline
     (random-site baselines: mean of the draws, grey; AR twin rows orange; DiffusionGemma blue)."""
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(8.0, 1.2 + 0.24 * len(rows)), layout="constrained")
     ax = fig.add_subplot()
     vals, errs, labels = [], [], []
@@ -345,17 +337,7 @@ def offcentre_mass(ts, min_rows: float = 0.25) -> dict:
             "peak_offset": ts.offsets[j], "min_rows": min_rows}
 
 
-def f3(x) -> str:
-    """A number for a markdown table (n/a for None/NaN)."""
-    return "n/a" if x is None or x != x else f"{x:.3f}"
-
-
-def slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
-
-
 __all__ = ["COUNT_POS", "COLON_POS", "LIST_START", "WILDCARD", "parse", "COUNT_MODEL", "layout", "layout_model",
            "LEFT_MODEL", "RIGHT_MODEL", "CountHypothesis", "sample_problem", "count_pairs", "sampler_settings",
            "run_prompts", "digit_of", "CountTrace", "count_trace", "EosSmearing", "eos_smearing", "iia_figure",
-           "offcentre_mass",
-           "f3", "slug"]
+           "offcentre_mass"]

@@ -135,8 +135,8 @@ class CaseStudy:
     run: Callable[[StudyContext], Report]
     models: dict[str, str] = field(default_factory=dict)
     hypotheses: tuple[Hypothesis, ...] = ()
-    render: Callable[[dict], str] | None = None  # numbers (report.json) -> report.md body
-    title: str | None = None
+    render: Callable[[dict], str] | None = None  # numbers (as in report.json) -> markdown body; see `rerender`
+    title: str | None = None  # the report's title (what `rerender` writes above the body)
 
 
 _REGISTRY: dict[str, CaseStudy] = {}
@@ -221,15 +221,17 @@ def run_study(study: str | CaseStudy, *, models: dict[str, str] | None = None, o
 
 
 def rerender(study: str | CaseStudy, out_dir: str | Path) -> Path:
-    """Rewrite `out_dir/report.md` from `out_dir/report.json` with the study's current `render` (no model runs)."""
+    """Rewrite `out_dir/report.md` from `out_dir/report.json` with the study's renderer (`study.render`,
+    titled `study.title`), without rerunning any model: for a wording change in the report text."""
     study = get_study(study) if isinstance(study, str) else study
     out = Path(out_dir)
+    if study.render is None:
+        raise CaseStudyError(f"case study {study.name!r} has no renderer (CaseStudy.render); rerun it instead")
     if not (out / "report.json").is_file():
-        raise CaseStudyError(f"{str(out)!r} holds no report.json; run the study first (dgt-interp case-study run)")
-    if study.render is None or study.title is None:
-        raise CaseStudyError(f"case study {study.name!r} has no renderer; rerun it instead")
+        raise CaseStudyError(f"{str(out)!r} has no report.json; run the study there first (case-study run --out)")
     numbers = json.loads((out / "report.json").read_text())
-    return write_text(out / "report.md", f"# {study.title}\n\n{study.render(numbers).strip()}\n")
+    markdown = study.render(numbers)
+    return write_text(out / "report.md", f"# {study.title or study.name}\n\n{markdown.strip()}\n")
 
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""`run(ctx)`: the addition case study (carry computation and the order in which digits commit).
+"""`compute(ctx)` and `run(ctx)`: the addition case study (carry computation and the order in which digits commit).
 
 1. Phenomena under several sampler settings (entropy bound 0.1 = the zoo default, down to 1e-4,
    plus a hotter temperature): per setting, accuracy, mean steps and the four record detectors on
@@ -9,7 +9,9 @@
    pairs and scored on the other half, next to random sites and the AR twin, per sampler setting.
 4. Where the answer digits read the prompt: the attention of answer digit j's canvas position to its
    own column's digits and to the column below (where its carry comes from), per layer and head.
-Every number in the report is computed here; nothing is hard-coded.
+Every number in the report is computed here (`compute`); nothing is hard-coded. The text is
+`report.render(numbers)`, so a wording change re-renders report.md from report.json
+(`dgt_interp.studies.rerender`) without rerunning the models.
 """
 
 from __future__ import annotations
@@ -19,20 +21,23 @@ import random
 import torch
 from matplotlib.figure import Figure
 
-from dgt_interp.sampling import entropy_bound_kwargs
+from case_studies.common_report import is_baseline, nz, slug
+from dgt_interp import capture
 from dgt_interp.causal import PairRuns, expected_answers, interchange_accuracy, random_site_baseline
-from dgt_interp.studies import Report, StudyContext, iia_table
+from dgt_interp.evaluate import prompt_batch
 from dgt_interp.phenomena import (
     canvas_flips,
     detect_phenomena,
     draft_effects,
     find_drafts,
-    sequence_smearing,
-    token_smearing,
 )
+from dgt_interp.sampling import entropy_bound_kwargs
+from dgt_interp.studies import Report, StudyContext
 from dgt_interp.tasks import EOS_ID
+from dgt_interp.viz import commit_heatmap
 
 from .hypothesis import N_DIGITS, answer_position, carry_at, carry_pairs, column_positions, sample_problem
+from .report import TIGHT, TITLE, iia_rows, render
 
 
 def sampler_settings(quick: bool) -> dict[str, dict]:
@@ -44,31 +49,19 @@ def sampler_settings(quick: bool) -> dict[str, dict]:
             "eb=1e-4, T=1.2-1.6": eb(1e-4, t_min=1.2, t_max=1.6)}  # hotter: more entropy, more steps
 
 
-def _row(name, kind, r) -> str:
-    ca, cs, ts, ss, dr = (r[k] for k in ("commit_argmax", "commit_sampler", "token_smearing", "sequence_smearing",
-                                         "drafts"))
-    k, d, m = ts.peak()
-    ssd, drd = ss.to_dict(), dr.to_dict()
-    fmt = (lambda x: "n/a" if x != x else f"{x:+.2f}")
-    return (f"| {name} | {kind} | {r['accuracy']:.2f} | {ca.to_dict()['mean_steps']:.1f} | "
-            f"{ca.rows_with_order}/{len(ca.rho)} | {fmt(ca.mean_rho)} | {cs.rows_with_order}/{len(cs.rho)} | "
-            f"{fmt(cs.mean_rho)} | {m:.3f} (step {k}, d={d:+d}) | {ssd['fraction_steps_smeared']:.3f} | "
-            f"{drd['n_drafts']} ({drd['n_in_canvas']} kept) |")
-
-
 def _iia_figure(rows) -> Figure:
     fig = Figure(figsize=(7.5, 3.2), layout="constrained")
     ax = fig.add_subplot()
     labels, vals, errs = [], [], []
-    for label, r in rows:
+    for label, r in rows:  # (label, IIAResult / BaselineResult dict), `report.iia_rows`
         labels.append(label)
-        if hasattr(r, "draws"):
-            vals.append(r.mean_iia_informative)
+        if is_baseline(r):
+            vals.append(r["mean_iia_informative"])
             errs.append((0, 0))
         else:
-            vals.append(r.iia_informative)
-            lo, hi = r.ci95_informative
-            errs.append((max(r.iia_informative - lo, 0), max(hi - r.iia_informative, 0)))
+            vals.append(r["iia_informative"])
+            lo, hi = r["ci95_informative"]
+            errs.append((max(r["iia_informative"] - lo, 0), max(hi - r["iia_informative"], 0)))
     x = range(len(vals))
     ax.bar(x, [0 if v != v else v for v in vals], yerr=list(zip(*errs)) if errs else None, capsize=3,
            color=["tab:gray" if "random" in lab else "tab:orange" if "AR" in lab else "tab:blue" for lab in labels])
@@ -79,7 +72,8 @@ def _iia_figure(rows) -> Figure:
     return fig
 
 
-def run(ctx: StudyContext) -> Report:
+def compute(ctx: StudyContext) -> tuple[dict, dict]:
+    """The study's numbers (everything `report.render` needs) and figures."""
     quick = ctx.quick
     n_pheno = 6 if quick else 32
     n_causal = 3 if quick else 8
@@ -96,50 +90,36 @@ def run(ctx: StudyContext) -> Report:
     figures: dict = {}
 
     # 1. phenomena per sampler setting (+ the AR twin, greedy)
-    table = ["| setting | model | accuracy | mean steps | rows with an order (argmax) | mean rho (argmax) | "
-             "rows with an order (sampler) | mean rho (sampler) | peak token-smear mass | fraction of steps "
-             "sequence-smeared | overwritten drafts |", "|" + "---|" * 11]
     trajs, results = {}, {}
     for name in ctx.progress(settings, desc="phenomena"):
         traj, res = detect_phenomena(diff, prompts, seed=ctx.seed, **settings[name])
         trajs[name], results[name] = traj, res
         numbers["phenomena"][name] = {k: (v if isinstance(v, float) else v.to_dict()) for k, v in res.items()}
-        table.append(_row(name, "diffusion", res))
     traj_ar, res_ar = detect_phenomena(ar, prompts, seed=ctx.seed, do_sample=False)
     numbers["phenomena"]["AR twin (greedy)"] = {k: (v if isinstance(v, float) else v.to_dict()) for k, v in res_ar.items()}
-    table.append(_row("greedy", "AR twin", res_ar))
-    tight = list(settings)[-1] if quick else "eb=1e-4"
+    tight = TIGHT
     res_t = results[tight]
     figures["commit_order_tight"] = res_t["commit_sampler"].figure(f"commit order, DiffusionGemma, {tight}, by sampler")
     figures["commit_order_ar"] = res_ar["commit_argmax"].figure("commit order, AR twin")
     figures["token_smearing_tight"] = res_t["token_smearing"].figure(f"token smearing, {tight}")
     figures["sequence_smearing_tight"] = res_t["sequence_smearing"].figure(f"sequence smearing, {tight}")
     figures["drafts_tight"] = res_t["drafts"].figure()
-    from dgt_interp.viz import commit_heatmap
-
     figures["commit_heatmap_example"] = commit_heatmap(trajs[tight], batch=0)
 
     # 2. causal: later -> earlier, drafts -> answer (tightest setting, where steps are many)
-    from dgt_interp.evaluate import prompt_batch
-
     base_p = prompts[:n_causal]
     src_p = [sample_problem(rng) for _ in range(n_causal)]
     base_ids = prompt_batch([p.prompt for p in base_p])["input_ids"]
     src_ids = prompt_batch([p.prompt for p in src_p])["input_ids"]
-    causal_lines = []
     for name in ([tight] if quick else ["eb=0.1 (default)", tight]):
         flips = canvas_flips(diff, base_ids, src_ids, channels=("canvas",), eos_id=EOS_ID, seed=ctx.seed,
                              batch_size=16, **settings[name])
         eff = draft_effects(find_drafts(flips.base, eos_id=EOS_ID), flips)
         loe = flips.later_on_earlier()
         numbers["causal"][name] = {"positions": loe, "drafts": eff.to_dict()}
-        figures[f"canvas_flips_{_slug(name)}"] = flips.figure(f"canvas patch flip rate, {name}")
-        causal_lines.append(f"| {name} | {len(loe['steps'])} | {loe['later_on_earlier']:.3f} | "
-                            f"{loe['earlier_on_later']:.3f} | {loe['self']:.3f} | {eff.to_dict()['n_drafts_tested']} | "
-                            f"{_f(eff.to_dict()['fraction_answer_changed'])} |")
+        figures[f"canvas_flips_{slug(name)}"] = flips.figure(f"canvas patch flip rate, {name}")
 
     # 3. IIA of the carry hypotheses, per sampler setting, vs random sites and the AR twin
-    iia_rows = []
     iia_settings = [list(settings)[0]] + ([] if quick else [tight])
     for name in iia_settings:
         numbers["iia"][name] = {}
@@ -160,7 +140,7 @@ def run(ctx: StudyContext) -> Report:
 
             sel_full, sel_local = scores(runs_sel, [full, local])
             held_full, held_local = scores(runs_held, [full, local])
-            best = max(range(len(where)), key=lambda i: (_nz(sel_local[i].iia_informative), -i))
+            best = max(range(len(where)), key=lambda i: (nz(sel_local[i].iia_informative), -i))
             entry = {"selected": local[best].name, "selection_digit": [x.to_dict() for x in sel_local],
                      "selection_answer": [x.to_dict() for x in sel_full],
                      "held_out_digit": [x.to_dict() for x in held_local],
@@ -168,7 +148,7 @@ def run(ctx: StudyContext) -> Report:
             # the same variable at digit j-1's canvas position (digit j compared): layer chosen the same way
             below = [carry_at(j, w, local=True, at="below") for w in layers]
             (sel_below,), (held_below,) = scores(runs_sel, [below]), scores(runs_held, [below])
-            best_below = max(range(len(layers)), key=lambda i: (_nz(sel_below[i].iia_informative), -i))
+            best_below = max(range(len(layers)), key=lambda i: (nz(sel_below[i].iia_informative), -i))
             entry.update({"selected_below": below[best_below].name,
                           "selection_below_digit": [x.to_dict() for x in sel_below],
                           "held_out_below_digit": [x.to_dict() for x in held_below]})
@@ -178,7 +158,6 @@ def run(ctx: StudyContext) -> Report:
                 rnd = random_site_baseline(diff, hyp, runs=runs_held, draws=n_draws, seed=ctx.seed, batch_size=16)
                 kind = ("below_" if ":below" in hyp.name else "") + hyp.name.split("/")[1]
                 entry[f"random_sites_{kind}"] = rnd.to_dict()
-                iia_rows += [(f"{hyp.name} [{name}]", res), (f"random sites, {hyp.name.split('/')[1]} [{name}]", rnd)]
             if name == iia_settings[0]:
                 runs_ar = PairRuns(ar, held, seed=ctx.seed, do_sample=False)
                 entry["ar_twin"] = {}
@@ -187,17 +166,19 @@ def run(ctx: StudyContext) -> Report:
                     ar_res = interchange_accuracy(ar, hyp, runs=runs_ar, batch_size=16)
                     ar_rnd = random_site_baseline(ar, hyp, runs=runs_ar, draws=n_draws, seed=ctx.seed, batch_size=16)
                     entry["ar_twin"][hyp.name] = {"hypothesis": ar_res.to_dict(), "random_sites": ar_rnd.to_dict()}
-                    iia_rows += [(f"{hyp.name} AR twin", ar_res), (f"random sites, {hyp.name.split('/')[1]} AR twin",
-                                                                   ar_rnd)]
             numbers["iia"][name][f"c{j}"] = entry
-    figures["iia"] = _iia_figure(iia_rows)
+    figures["iia"] = _iia_figure(iia_rows(numbers))
 
     # 4. attention of the answer positions to the prompt's columns (default sampler)
     numbers["attention"] = column_attention(diff, prompts, seed=ctx.seed, **settings[list(settings)[0]])
     figures["column_attention"] = _attention_figure(numbers["attention"])
 
-    md = _markdown(numbers, table, causal_lines, iia_rows, tight, figures)
-    return Report("Case study: addition — carries and commit order", md, figures, numbers)
+    return numbers, figures
+
+
+def run(ctx: StudyContext) -> Report:
+    numbers, figures = compute(ctx)
+    return Report(TITLE, render(numbers), figures, numbers)
 
 
 def column_attention(model, problems, *, seed: int, **generation_kwargs) -> dict:
@@ -210,9 +191,6 @@ def column_attention(model, problems, *, seed: int, **generation_kwargs) -> dict
     `below` and `canvas_below` (digits 1..3), and `uniform` = 2 / number of keys (what two positions
     get under uniform attention; half that for one).
     """
-    from dgt_interp import capture
-    from dgt_interp.evaluate import prompt_batch
-
     traj = capture(model, prompt_batch([p.prompt for p in problems])["input_ids"], seed=seed,
                    names="blocks.*.attn.hook_pattern", **generation_kwargs)
     patterns = traj.stack("blocks.*.attn.hook_pattern")  # [step, layer, batch, head, canvas_pos, keys]
@@ -251,155 +229,7 @@ def _attention_figure(att) -> Figure:
     return fig
 
 
-def _attention_lines(att) -> list[str]:
-    out = ["| layer | own column: top head, mass | column below: top head, mass | "
-           "canvas digit below: top head, mass |", "|---|---|---|---|"]
-    n_heads = len(att["own"][0][0])
-    for layer in range(len(att["own"][0])):
-        cells = []
-        for key in ("own", "below", "canvas_below"):  # mean over digits, then the head that reads most
-            per_head = [sum(d[layer][h] for d in att[key]) / len(att[key]) for h in range(n_heads)]
-            top = max(range(n_heads), key=per_head.__getitem__)
-            cells.append(f"H{top}, {per_head[top]:.3f}")
-        out.append(f"| {layer} | " + " | ".join(cells) + " |")
-    return out
-
-
 def hyp_layer(hyp, n_layers: int) -> int:
     """The layer of a diffusion carry hypothesis (the self-conditioning one maps to the last layer on AR)."""
     tail = hyp.name.split("@")[1].split("/")[0]
     return int(tail[1:]) if tail.startswith("L") else n_layers - 1
-
-
-def _nz(x: float) -> float:
-    return -1.0 if x != x else x
-
-
-def _f(x) -> str:
-    return "n/a" if x is None or x != x else f"{x:.3f}"
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
-
-
-def _order_sentence(t: dict) -> str:
-    """Plain statement of whether a commit order appears (argmax and sampler), with the row counts."""
-    a, sm = t["commit_argmax"], t["commit_sampler"]
-    arg = (f"The model's own proposals (argmax canvas) show an order in {a['rows_with_order']}/{a['rows']} rows: "
-           + ("essentially none; non-chronological order is absent from what the model proposes."
-              if a["rows_with_order"] <= 0.1 * a["rows"] else "an order is present."))
-    samp = (f" What the sampler keeps shows an order in {sm['rows_with_order']}/{sm['rows']} rows"
-            + (", driven by which positions it accepts first (lowest entropy), not by the model's answer." if
-               sm["rows_with_order"] > a["rows_with_order"] else "."))
-    return arg + samp
-
-
-def _layer_table(numbers, keys=("held_out_digit", "held_out_answer")) -> list[str]:
-    """Held-out IIA (informative pairs) of every candidate site, the `keys` entries joined by " / "."""
-    out = []
-    for setting, per_carry in numbers["iia"].items():
-        for var, e in per_carry.items():
-            first = e[keys[0]]
-            if not out:
-                out = ["| setting | variable | " + " | ".join(d["name"].split("@")[1].split("/")[0].split(":")[0]
-                                                           for d in first) + " |",
-                       "|---|---|" + "---|" * len(first)]
-            cells = [" / ".join(_f(e[k][i]["iia_informative"]) for k in keys) for i in range(len(first))]
-            out.append(f"| {setting} | {var} | " + " | ".join(cells) + " |")
-    return out
-
-
-def _markdown(numbers, table, causal_lines, iia_rows, tight, figures) -> str:
-    ph = numbers["phenomena"]
-    default = ph[numbers["settings"][0]]
-    t = ph[tight]
-    order_appears = t["commit_sampler"]["rows_with_order"] > 0 or t["commit_argmax"]["rows_with_order"] > 0
-    smear_peak = t["token_smearing"]["peak"]["mass"]
-    lines = [
-        "Model: the zoo's `addition-diffusion` (DiffusionGemma) and its AR twin `addition-ar`, on 4-digit + 4-digit "
-        f"problems with a 4-digit sum ({numbers['n_phenomena_prompts']} prompts for the phenomena, "
-        f"{numbers['n_causal_prompts']} for the causal sweeps, {numbers['n_pairs']} (base, source) pairs per carry "
-        "variable for IIA). Definitions: docs/case_studies.md.",
-        "",
-        "## Findings in one paragraph",
-        "",
-        f"With the default sampler (entropy bound 0.1) the canvas settles in {default['commit_argmax']['mean_steps']:.1f} "
-        f"steps on average, and the argmax canvas already holds the final token at step 0 for "
-        f"{_f(default['commit_argmax']['fraction_committed_at_step0'])} of answer positions. Under the tightest "
-        f"setting ({tight}) runs take {t['commit_argmax']['mean_steps']:.1f} steps; "
-        f"{t['commit_argmax']['rows_with_order']}/{t['commit_argmax']['rows']} rows show any argmax commit order "
-        f"(mean Spearman rho {_f(t['commit_argmax']['mean_rho'])}) and "
-        f"{t['commit_sampler']['rows_with_order']}/{t['commit_sampler']['rows']} a sampler commit order "
-        f"(mean rho {_f(t['commit_sampler']['mean_rho'])}; rho < 0 = right to left). "
-        + _order_sentence(t)
-        + f" Peak off-centre token-smearing mass: {smear_peak:.3f}; fraction of sequence-smeared steps: "
-        f"{_f(t['sequence_smearing']['fraction_steps_smeared'])}; overwritten drafts: {t['drafts']['n_drafts']} "
-        f"({t['drafts']['n_in_canvas']} kept in the canvas).",
-        "",
-        "## Phenomena by sampler setting",
-        "",
-        *table,
-        "",
-        "rho = Spearman correlation of commit step with position over answer positions (+1 left to right, "
-        "-1 right to left); a row has an order if its positions do not all commit at the same step.",
-        "",
-        "![commit order](commit_order_tight.png) ![AR](commit_order_ar.png)",
-        "",
-        "![example](commit_heatmap_example.png)",
-        "",
-        "![token smearing](token_smearing_tight.png) ![sequence smearing](sequence_smearing_tight.png)",
-        "",
-        "## Causal effects of canvas positions and drafts",
-        "",
-        "Each input-canvas position q at each step is resample-ablated (patched from a run on another problem, "
-        "same sampler noise); flip rate = fraction of rows whose final token at p changes (max over steps).",
-        "",
-        "| setting | steps patched | later → earlier | earlier → later | on itself | kept drafts tested | "
-        "fraction of drafts whose ablation changes the answer |",
-        "|---|---|---|---|---|---|---|",
-        *causal_lines,
-        "",
-        *[f"![{k}]({k}.png)" for k in figures if k.startswith("canvas_flips")],
-        "",
-        "## Carry hypotheses: interchange-intervention accuracy",
-        "",
-        "The carry into column j is hypothesised to live at the answer position of digit j (resid_post of one "
-        "layer at every step, or the self-conditioning channel there). The layer is chosen on half the pairs and "
-        "scored on the other half (selected on the digit-j comparison). `/digit`: only digit j of the output is "
-        "compared with the counterfactual; `/answer`: the whole answer (the carry out of column j must also "
-        "propagate to higher digits, as in the algorithm). Random sites have the same shape (random layer and "
-        "position). Informative pairs: the counterfactual answer differs from the base answer (all pairs here, by "
-        "construction: base and source differ in the carry).",
-        "",
-        iia_table(iia_rows),
-        "",
-        "Held-out IIA (informative pairs) of every candidate site, digit / whole answer. The last layer's "
-        "residual at digit j's position determines that digit's logits, so a high score there is expected of "
-        "any variable that fixes the digit; the earlier layers and the self-conditioning channel are the test.",
-        "",
-        *_layer_table(numbers),
-        "",
-        "The same variable at the canvas position of answer digit j-1 (`:below`), where column j-1 is summed "
-        "and from which the carry could be read across by attention; digit j compared (patching there also "
-        "moves digit j-1). Held-out IIA (informative pairs) per layer:",
-        "",
-        *_layer_table(numbers, keys=("held_out_below_digit",)),
-        "",
-        "![iia](iia.png)",
-        "",
-        "## Where the answer digits read the prompt (attention)",
-        "",
-        f"Attention weight from answer digit j's canvas position to column j's two prompt digits (a_j, b_j), "
-        f"to column j-1's (the carry into column j comes from there) and to the canvas position of answer digit "
-        f"j-1, averaged over {numbers['attention']['n_problems']} problems and their active steps (default "
-        f"sampler, recorded under eager attention). Uniform attention would give "
-        f"{numbers['attention']['uniform']:.3f} to two positions ({numbers['attention']['uniform'] / 2:.3f} to one). "
-        "Descriptive, not causal: a head can read a column without the answer depending on it (the IIA above is "
-        "the causal test).",
-        "",
-        *_attention_lines(numbers["attention"]),
-        "",
-        "![column attention](column_attention.png)",
-    ]
-    return "\n".join(lines)

@@ -19,10 +19,9 @@ all written after the count, so the count cannot follow them (IIA 0 on the count
 
 from __future__ import annotations
 
+from case_studies.count_common import COUNT_MODEL, COUNT_POS, LIST_START, CountHypothesis, count_pairs
 from dgt_interp.causal import CaseStudyError, SiteContext
 from dgt_interp.patching import Site
-
-from case_studies.count_common import COUNT_MODEL, COUNT_POS, LIST_START, CountHypothesis, count_pairs
 
 CHANNELS = {"canvas": ("hook_embed",), "selfcond": ("self_cond.hook_logits_in",),
             "both": ("hook_embed", "self_cond.hook_logits_in")}

@@ -1,4 +1,4 @@
-"""`run(ctx)`: the intermediate-context case study (count task: is the count read off the drafted list?).
+"""`compute(ctx)` and `run(ctx)`: the intermediate-context case study (count task: is the count read off the drafted list?).
 
 1. Records, per sampler setting (`count_common.sampler_settings`) and on the AR twin: accuracy of the
    count and of the whole answer, wrong counts drafted and later corrected (`count_common.count_trace`),
@@ -11,7 +11,9 @@
    and/or self-conditioning logits from a source with another count; does the emitted count follow
    the source's list? Next to the count's own draft (`hypothesis.count_draft_at`), random sites of the
    same shape and the AR twin, per sampler setting.
-Every number in the report is computed here; nothing is hard-coded.
+Every number in the report is computed here (`compute`); nothing is hard-coded. The text is
+`report.render(numbers)`, so a wording change re-renders report.md from report.json
+(`dgt_interp.studies.rerender`) without rerunning the models.
 """
 
 from __future__ import annotations
@@ -20,26 +22,27 @@ import random
 
 import torch
 
-from dgt_interp.causal import PairRuns, expected_answers, random_site_baseline
-
-from dgt_interp.studies import Report, StudyContext, iia_table
-from dgt_interp.phenomena import canvas_flips, draft_effects, find_drafts
-from dgt_interp.stats import nanmean
-from dgt_interp.tasks import EOS_ID
-
+from case_studies.common_report import slug
 from case_studies.count_common import (
     COUNT_POS,
     LIST_START,
     count_trace,
-    f3,
     iia_figure,
     run_prompts,
     sample_problem,
     sampler_settings,
-    slug,
 )
+from dgt_interp.causal import PairRuns, expected_answers, random_site_baseline
+from dgt_interp.evaluate import prompt_batch
+from dgt_interp.patching import Patching
+from dgt_interp.phenomena import canvas_flips, draft_effects, find_drafts
+from dgt_interp.stats import nanmean
+from dgt_interp.studies import Report, StudyContext
+from dgt_interp.tasks import EOS_ID
+from dgt_interp.viz import canvas_figure
 
 from .hypothesis import CHANNELS, STEPS, context_pairs, count_draft_at, list_at
+from .report import TITLE, render
 
 COMPARES = ("count", "answer")
 
@@ -68,9 +71,6 @@ def _record_numbers(r) -> dict:
 
 def _flips(model, base, src, seed, max_steps, batch_size, **gen):
     """canvas_flips on jointly padded base/source prompts (prompts differ in length); summary + drafts."""
-    from dgt_interp.evaluate import prompt_batch
-    from dgt_interp.patching import Patching
-
     batch = prompt_batch([p.prompt for p in base] + [p.prompt for p in src])
     n = len(base)
     ids, mask = batch["input_ids"], batch["attention_mask"]
@@ -121,7 +121,8 @@ def _score(runs, hyps):
     return res
 
 
-def run(ctx: StudyContext) -> Report:
+def compute(ctx: StudyContext) -> tuple[dict, dict]:
+    """The study's numbers (everything `report.render` needs) and figures."""
     quick = ctx.quick
     n_rec = 8 if quick else 128
     n_causal = 3 if quick else 32
@@ -146,8 +147,6 @@ def run(ctx: StudyContext) -> Report:
     numbers["records"]["AR twin (greedy)"] = _record_numbers(rec_ar)
     figures["drafts_slow"] = recs[slow]["drafts"].figure(f"overwritten drafts, {slow}")
     figures["commit_order_slow"] = recs[slow]["commit"].figure(f"commit step per position, {slow}")
-    from dgt_interp.viz import canvas_figure
-
     tr = recs[slow]["trace"]
     wrong = ((tr.written != tr.final_count[:, None]) & tr.active).sum(1)
     figures["canvas_example"] = canvas_figure(recs[slow]["traj"], batch=int(wrong.argmax()))
@@ -196,117 +195,9 @@ def run(ctx: StudyContext) -> Report:
     numbers["iia_rows"] = [(label, r.to_dict()) for label, r in iia_rows]
     if iia_rows:
         figures["iia"] = iia_figure(iia_rows, "count := len(drafted list): IIA (95% Wilson CI)")
-    md = _markdown(numbers, iia_rows, default, slow, figures, headline.name)
-    return Report("Case study: intermediate-context reasoning — is the count read off the drafted list?", md, figures,
-                  numbers)
+    return numbers, figures
 
 
-def _record_rows(numbers) -> list[str]:
-    out = ["| setting | model | accuracy | count accuracy | mean steps | rows with a wrong count drafted | "
-           "of those, count corrected | corrected with the list already final | overwritten drafts (kept) | "
-           "count commit step | list commit step | count commits after the list |", "|" + "---|" * 12]
-    for name, r in numbers["records"].items():
-        t, d = r["count_trace"], r["drafts"]
-        kind = "AR twin" if name.startswith("AR") else "diffusion"
-        out.append(f"| {name} | {kind} | {r['accuracy']:.3f} | {r['count_accuracy']:.3f} | {r['mean_steps']:.1f} | "
-                   f"{t['rows_with_a_wrong_count_draft']}/{t['rows']} | {t['rows_count_corrected']} | "
-                   f"{t['corrected_with_list_already_final']} | {d['n_drafts']} ({d['n_in_canvas']}) | "
-                   f"{f3(r['count_commit_step'])} | {f3(r['list_commit_step'])} | "
-                   f"{f3(r['fraction_count_commits_after_list'])} |")
-    return out
-
-
-def _causal_rows(numbers) -> list[str]:
-    out = ["| setting | steps patched (of base steps) | list → count | count → list | later → earlier | "
-           "earlier → later | kept drafts tested | drafts whose ablation changes the answer | list drafts tested | "
-           "list drafts whose ablation changes the count |", "|" + "---|" * 10]
-    for name, c in numbers["causal"].items():
-        d = c["drafts"]
-        out.append(f"| {name} | {c['steps_patched']} ({c['base_steps']}) | {f3(c['list_to_count'])} | "
-                   f"{f3(c['count_to_list'])} | {f3(c['later_on_earlier'])} | {f3(c['earlier_on_later'])} | "
-                   f"{d['n_drafts_tested']} | {f3(d['fraction_answer_changed'])} | {c['list_drafts_tested']} | "
-                   f"{c['list_drafts_whose_ablation_changes_the_count']} |")
-    return out
-
-
-def _verdict(numbers, default, slow, headline) -> list[str]:
-    lines = []
-    for name in dict.fromkeys([default, slow]):
-        r = numbers["records"][name]
-        t = r["count_trace"]
-        lines.append(f"- **{name}** ({r['mean_steps']:.1f} steps, accuracy {r['accuracy']:.3f}, count accuracy "
-                     f"{r['count_accuracy']:.3f}): a wrong count is drafted in {t['rows_with_a_wrong_count_draft']}/"
-                     f"{t['rows']} rows and corrected in {t['rows_count_corrected']} "
-                     f"({t['corrected_with_list_already_final']} with the drafted list already final at the step before); "
-                     f"the count commits after the list in {f3(r['fraction_count_commits_after_list'])} of rows.")
-        if name in numbers["causal"]:
-            c = numbers["causal"][name]
-            lines.append(f"  Resample-ablating a list position flips the count at rate {f3(c['list_to_count'])} "
-                         f"(count → list {f3(c['count_to_list'])}); {c['list_drafts_whose_ablation_changes_the_count']}"
-                         f"/{c['list_drafts_tested']} kept list drafts change the count when ablated.")
-        if name in numbers["iia"] and "hypotheses" in numbers["iia"][name]:
-            h = numbers["iia"][name]["hypotheses"][headline]
-            rnd = numbers["iia"][name]["random_sites"]["mean_iia_informative"]
-            lines.append(f"  IIA of {headline}: {f3(h['iia_informative'])} (95% CI {f3(h['ci95_informative'][0])}–"
-                         f"{f3(h['ci95_informative'][1])}, n={h['n_informative']}); random sites {f3(rnd)}.")
-    a = numbers["iia"].get("AR twin (greedy)", {})
-    if "hypotheses" in a:
-        h = a["hypotheses"][headline]
-        lines.append(f"- **AR twin**: count accuracy {f3(numbers['records']['AR twin (greedy)']['count_accuracy'])}; "
-                     f"IIA of the same hypothesis {f3(h['iia_informative'])} (n={h['n_informative']}): the list is "
-                     "written after the count, so it cannot change it.")
-    return lines
-
-
-def _markdown(numbers, iia_rows, default, slow, figures, headline) -> str:
-    lines = [
-        "Models: the zoo's `count-diffusion` (DiffusionGemma, canvas 11) and its AR twin `count-ar`, on the count "
-        f"task ({numbers['n_record_prompts']} prompts for the records, {numbers['n_causal_prompts']} base prompts for "
-        f"the canvas-patching sweeps, {numbers['n_pairs']} (base, source) pairs with different counts for IIA). "
-        "Definitions: docs/case_studies.md; the hypothesis: case_studies/intermediate_context/hypothesis.py.",
-        "",
-        "## Findings",
-        "",
-        *_verdict(numbers, default, slow, headline),
-        "",
-        "## Drafts and corrections by sampler setting",
-        "",
-        *_record_rows(numbers),
-        "",
-        "A wrong count draft: the argmax canvas holds another count at an intermediate step than the one emitted. "
-        "Corrected: the emitted count is right. 'With the list already final': the drafted list (argmax, up to "
-        "its EOS) equalled the emitted list at the step before the count settled. Commit step (argmax, EOS excluded): the "
-        "step after which the position no longer changes; 'count commits after the list': the count's commit step is "
-        "later than every list position's.",
-        "",
-        "![drafts](drafts_slow.png) ![commit](commit_order_slow.png)",
-        "",
-        "The row with the most wrong count drafts under the slowest setting (argmax canvas per step):",
-        "",
-        "![canvas](canvas_example.png)",
-        "",
-        "## Causal effect of drafted tokens",
-        "",
-        "Each input-canvas position at each step (up to the step limit shown) is resample-ablated from a run on "
-        "another problem (same sampler noise). Flip rate = fraction of rows whose emitted token at p changes (max "
-        "over steps); list → count = mean over list positions q ≥ 2 of the count's flip rate.",
-        "",
-        *_causal_rows(numbers),
-        "",
-        *[f"![{k}]({k}.png)" for k in figures if k.startswith("canvas_flips")],
-        "",
-        "## count := len(drafted list): interchange interventions",
-        "",
-        "The drafted list (canvas positions 2..10: its tokens and where its EOS lands) is patched from a source "
-        "problem with another count: the canvas tokens the decoder reads there (`canvas`), the self-conditioning "
-        "logits there (`selfcond`) or both, at every step (`all`) or only at step 1 (`step1`, the first step that "
-        "reads a draft). `/count`: the emitted count must equal the source list's length; `/answer`: the whole "
-        "answer must be the source's. Control `n@count-draft`: the same channels at the count position itself. "
-        "Random sites: the same number of sites at random positions (and steps where the site has one). AR twin: "
-        "the list tokens it reads (generation steps 3..), all after the count.",
-        "",
-        iia_table(iia_rows) if iia_rows else "(no IIA: the model answered no pair correctly)",
-        "",
-        "![iia](iia.png)" if "iia" in figures else "",
-    ]
-    return "\n".join(lines)
+def run(ctx: StudyContext) -> Report:
+    numbers, figures = compute(ctx)
+    return Report(TITLE, render(numbers), figures, numbers)

@@ -19,9 +19,6 @@ Compared on the whole answer, or only on where EOS lands (`compare="length"`: le
 
 from __future__ import annotations
 
-from dgt_interp.causal import CaseStudyError, SiteContext
-from dgt_interp.patching import Site
-
 from case_studies.count_common import (
     COUNT_MODEL,
     COUNT_POS,
@@ -30,6 +27,8 @@ from case_studies.count_common import (
     CountHypothesis,
     count_pairs,
 )
+from dgt_interp.causal import CaseStudyError, SiteContext
+from dgt_interp.patching import Site
 
 MODELS = {"independent": COUNT_MODEL, "left": LEFT_MODEL, "right": RIGHT_MODEL}
 WHERE_SPECIAL = {"selfcond": "self_cond.hook_logits_in", "canvas": "hook_embed"}

@@ -1,4 +1,4 @@
-"""`run(ctx)`: the smearing case study (count task: do list tokens smear, and does the count place them?).
+"""`compute(ctx)` and `run(ctx)`: the smearing case study (count task: do list tokens smear, and does the count place them?).
 
 1. Phenomena per sampler setting (`count_common.sampler_settings`: the zoo default, then settings that
    resolve the canvas over more steps), on DiffusionGemma and the AR twin: accuracy, steps, token
@@ -10,38 +10,33 @@
    under three high-level models (independent / left-anchored / right-anchored), on the whole answer
    and on where EOS lands. Site chosen on a selection half of the pairs, scored on the other half,
    next to random sites of the same shape and the AR twin, per sampler setting.
-Every number in the report is computed here; nothing is hard-coded.
+Every number in the report is computed here (`compute`); nothing is hard-coded. The text is
+`report.render(numbers)`, so a wording change re-renders report.md from report.json
+(`dgt_interp.studies.rerender`) without rerunning the models.
 """
 
 from __future__ import annotations
 
 import random
 
-from dgt_interp.causal import PairRuns, expected_answers, random_site_baseline
-
-from dgt_interp.studies import Report, StudyContext, iia_table
-from dgt_interp.phenomena import token_smearing
-from dgt_interp.tasks import EOS_ID
-
+from case_studies.common_report import nz, slug
 from case_studies.count_common import (
     count_trace,
     eos_smearing,
-    offcentre_mass,
-    f3,
     iia_figure,
+    offcentre_mass,
     run_prompts,
     sample_problem,
     sampler_settings,
-    slug,
 )
+from dgt_interp.causal import PairRuns, expected_answers, random_site_baseline
+from dgt_interp.phenomena import token_smearing
+from dgt_interp.studies import Report, StudyContext
+from dgt_interp.tasks import EOS_ID
+from dgt_interp.viz import canvas_figure
 
 from .hypothesis import count_at, smearing_pairs
-
-# (model, compared on): the count itself, the list untouched (independent), EOS moved to 2 + n (left = right
-# there), the list laid out from the start or the end (whatever count character was emitted). independent/length is left out: a patch that does
-# nothing already keeps the base length, so no pair is informative for it.
-COMBOS = (("independent", "count"), ("independent", "answer"), ("left", "length"), ("left", "list"),
-          ("right", "list"))
+from .report import COMBOS, TITLE, render
 
 
 def _phenomena(model, problems, seed, ar: bool, **gen) -> tuple:
@@ -75,11 +70,8 @@ def _score_sites(runs, wheres):
     return res
 
 
-def _nz(x: float) -> float:
-    return -1.0 if x != x else x
-
-
-def run(ctx: StudyContext) -> Report:
+def compute(ctx: StudyContext) -> tuple[dict, dict]:
+    """The study's numbers (everything `report.render` needs) and figures."""
     quick = ctx.quick
     n_pheno = 8 if quick else 128
     n_pairs = 8 if quick else 96
@@ -108,8 +100,6 @@ def run(ctx: StudyContext) -> Report:
         figures[f"eos_smearing_{slug(name)}"] = r["eos_smearing"].figure(f"where the list ends (P(EOS)), {name}")
     figures["sequence_smearing_slow"] = results[slow]["sequence_smearing"].figure(f"sequence smearing, {slow}")
     figures["token_smearing_ar"] = res_ar["token_smearing"].figure("token smearing, AR twin (argmax)")
-    from dgt_interp.viz import canvas_figure
-
     st = trajs[slow]
     longest = int(st.records["active"].sum(0).argmax())  # the row that took the most steps
     figures["canvas_example"] = canvas_figure(st, batch=longest)
@@ -131,8 +121,8 @@ def run(ctx: StudyContext) -> Report:
         # the site chosen on the selection half: where the count is held (the emitted count follows the patch),
         # then EOS following it; the last block is left out (its residual at position 0 *is* the count's logits)
         cands = [w for w in wheres if w != n_layers - 1]
-        best = max(cands, key=lambda w: (_nz(s_sel[(w, "independent", "count")].iia_informative),
-                                         _nz(s_sel[(w, "left", "length")].iia_informative), -cands.index(w)))
+        best = max(cands, key=lambda w: (nz(s_sel[(w, "independent", "count")].iia_informative),
+                                         nz(s_sel[(w, "left", "length")].iia_informative), -cands.index(w)))
         entry = {"selected_site": str(best), "pairs_kept_selection": len(runs_sel.pairs),
                  "pairs_kept_held_out": len(runs_held.pairs),
                  "held_out": {f"{w}|{m}|{c}": r.to_dict() for (w, m, c), r in s_held.items()},
@@ -165,125 +155,9 @@ def run(ctx: StudyContext) -> Report:
     numbers["iia_rows"] = [(label, r.to_dict()) for label, r in iia_rows]
     if iia_rows:
         figures["iia"] = iia_figure(iia_rows, "count decides where the list lands: IIA (95% Wilson CI)")
-    md = _markdown(numbers, iia_rows, wheres, settings, slow, figures)
-    return Report("Case study: smearing — does the count place the list?", md, figures, numbers)
+    return numbers, figures
 
 
-def _pheno_rows(numbers) -> list[str]:
-    out = ["| setting | model | accuracy | mean steps | off-centre token mass (mean over steps) | peak (step, d) | "
-           "off-centre token mass, step 0 | fraction of steps sequence-smeared | rows with a smeared step | peak off-centre P(EOS) | "
-           "drafted count = drafted list length |", "|" + "---|" * 10]
-    for name, ph in numbers["phenomena"].items():
-        ts, ss, es, ct = ph["token_smearing"], ph["sequence_smearing"], ph["eos_smearing"], ph["count_trace"]
-        kind = "AR twin" if name.startswith("AR") else "diffusion"
-        step0 = ts["neighbour_mass_by_step"][0] if ts["neighbour_mass_by_step"] else float("nan")
-        rb = ph["token_smearing_robust"]
-        out.append(f"| {name} | {kind} | {ph['accuracy']:.3f} | {ph['commit']['mean_steps']:.1f} | {f3(rb['mean'])} | "
-                   f"{f3(rb['peak'])} ({rb['peak_step']}, {rb['peak_offset']:+d}) | {f3(step0)} | "
-                   f"{f3(ss['fraction_steps_smeared'])} | {ss['rows_with_smearing']}/{ss['rows']} | "
-                   f"{f3(es['peak_off_centre'])} | {f3(ct['fraction_steps_count_matches_drafted_list'])} "
-                   f"({ct['steps_with_count_and_list']} steps) |")
-    return out
-
-
-def _site_table(numbers, wheres) -> list[str]:
-    out = []
-    blocks = [(name, e) for name, e in numbers["iia"].items()]
-    blocks += [("AR twin (greedy)", e["ar_twin"]) for _, e in blocks if "held_out" in e.get("ar_twin", {})]
-    for name, e in blocks:
-        if "held_out" not in e:
-            continue
-        if not out:
-            out = ["| setting | model / compared on | " + " | ".join(f"L{w}" if isinstance(w, int) else w
-                                                                     for w in wheres) + " |",
-                   "|---|---|" + "---|" * len(wheres)]
-        for m, c in COMBOS:
-            cells = [f3(e["held_out"].get(f"{w}|{m}|{c}", {}).get("iia_informative")) for w in wheres]
-            out.append(f"| {name} | {m} / {c} | " + " | ".join(cells) + " |")
-    return out
-
-
-def _verdict(numbers, settings, slow) -> list[str]:
-    """Plain statements, each with its numbers, of whether smearing and count-placement appear."""
-    ph = numbers["phenomena"]
-    lines = []
-    for name in (list(settings)[0], slow):
-        p = ph[name]
-        rb, ss, es = p["token_smearing_robust"], p["sequence_smearing"], p["eos_smearing"]
-        smear = rb["peak"] >= 0.05 or ss["fraction_steps_smeared"] >= 0.05
-        lines.append(f"- **{name}** ({p['commit']['mean_steps']:.1f} steps on average, accuracy {p['accuracy']:.3f}): "
-                     + ("smearing **appears**" if smear else "smearing is **absent**")
-                     + f" (off-centre token mass {f3(rb['mean'])} on average, peak {f3(rb['peak'])} at step "
-                     f"{rb['peak_step']}, offset {rb['peak_offset']:+d}; {f3(ss['fraction_steps_smeared'])} of row-steps best aligned at a "
-                     f"shift, in {ss['rows_with_smearing']}/{ss['rows']} rows; peak off-centre EOS mass "
-                     f"{f3(es['peak_off_centre'])}). Threshold for 'appears': peak off-centre mass ≥ 0.05 (steps with "
-                     "≥ 25% of rows active) or ≥ 5% smeared steps.")
-    ar = ph["AR twin (greedy)"]
-    lines.append(f"- **AR twin**: accuracy {ar['accuracy']:.3f}; sequence-smeared steps "
-                 f"{f3(ar['sequence_smearing']['fraction_steps_smeared'])} (AR writes each token once, in place).")
-    for name, e in numbers["iia"].items():
-        if "held_out" not in e:
-            continue
-        w = e["selected_site"]
-        g = (lambda m, c: e["held_out"][f"{w}|{m}|{c}"])
-        lines.append(f"- **IIA [{name}]**, site {'L' + w if w.isdigit() else w} (chosen on the selection half): the emitted count follows "
-                     f"{f3(g('independent', 'count')['iia_informative'])}; EOS follows the patched count "
-                     f"(length) {f3(g('left', 'length')['iia_informative'])} "
-                     f"(CI {f3(g('left', 'length')['ci95_informative'][0])}–{f3(g('left', 'length')['ci95_informative'][1])}, "
-                     f"n={g('left', 'length')['n_informative']}); list laid out as the left-anchored model "
-                     f"{f3(g('left', 'list')['iia_informative'])}, right-anchored "
-                     f"{f3(g('right', 'list')['iia_informative'])}, independent (only the count changes) "
-                     f"{f3(g('independent', 'answer')['iia_informative'])}; random sites (length) "
-                     f"{f3(e['random_sites_left_length']['mean_iia_informative'])}.")
-    return lines
-
-
-def _markdown(numbers, iia_rows, wheres, settings, slow, figures) -> str:
-    lines = [
-        "Models: the zoo's `count-diffusion` (DiffusionGemma, canvas 11) and its AR twin `count-ar`, on the count "
-        f"task ({numbers['n_phenomena_prompts']} prompts from the task distribution for the phenomena, "
-        f"{numbers['n_pairs']} (base, source) pairs with different counts for IIA, half to choose the site, half "
-        "to score it). Definitions: docs/case_studies.md; the hypotheses: case_studies/smearing/hypothesis.py.",
-        "",
-        "## Findings",
-        "",
-        *_verdict(numbers, settings, slow),
-        "",
-        "## Phenomena by sampler setting",
-        "",
-        *_pheno_rows(numbers),
-        "",
-        "Token-smear mass at (step k, offset d): mean probability of the final token of position p at p + d "
-        "(where another token ends up). P(EOS) off centre: mass of EOS one or two positions away from where the "
-        "list finally ends. Last column: fraction of (row, step) argmax canvases with a digit count and an EOS "
-        "whose written count equals the drafted list's length (1.0 = every intermediate canvas is a consistent "
-        "answer).",
-        "",
-        *[f"![{k}]({k}.png)" for k in figures if k.startswith(("token_smearing", "eos_smearing", "sequence"))],
-        "",
-        "An example run (the row that took the most steps under the slowest setting): argmax canvas per step.",
-        "",
-        "![canvas](canvas_example.png)",
-        "",
-        "## Does the count decide where the list lands? Interchange interventions",
-        "",
-        "Variable: the count n, aligned to canvas position 0 (the count character): the residual after block L, "
-        "the self-conditioning channel or the count token read there, at every step. Patched from a source problem "
-        "with another count. Predictions: *independent* (the list ignores n: only the count character changes), "
-        "*left* (n slots filled from the start; EOS at 2 + n), *right* (n slots filled from the end). `/count`: "
-        "only the count character is compared (every model predicts the source's count); `/length`: only where EOS "
-        "lands (left = right there); `/list`: everything after the count character (the list and its EOS); "
-        "`/answer`: every character ('#' = a slot with no "
-        "member, any digit matches). The site is chosen on the selection half (where the emitted count follows the patch, "
-        "the last block excluded: its residual at position 0 is the count's logits) and scored on the held-out "
-        "half; random sites have the same shape (random layer and position). Informative pairs: the prediction differs from the base answer.",
-        "",
-        iia_table(iia_rows) if iia_rows else "(no IIA: the model answered no pair correctly)",
-        "",
-        "Held-out IIA (informative pairs) of every candidate site (AR twin: no self-conditioning channel, n/a):",
-        "",
-        *_site_table(numbers, wheres),
-        "",
-        "![iia](iia.png)" if "iia" in figures else "",
-    ]
-    return "\n".join(lines)
+def run(ctx: StudyContext) -> Report:
+    numbers, figures = compute(ctx)
+    return Report(TITLE, render(numbers), figures, numbers)

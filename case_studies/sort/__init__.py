@@ -1,8 +1,9 @@
 """Case study `sort`: which algorithm sorts digits, where it lives, and in what order digits commit.
 
-`hypothesis.py` holds the hypotheses as code (the rank algorithm: counts -> cumulative counts ->
-order statistics; the successor algorithm: each digit from the one before), aligned to sites;
-`study.py` holds `run(ctx) -> Report`. Run it with `dgt-interp case-study run sort`.
+`hypothesis.py` holds the hypotheses as code (the rank algorithm: counts -> cumulative counts -> order
+statistics; the successor algorithm: each digit from the one before), aligned to sites; `study.py` holds
+`compute(ctx)` and `run(ctx) -> Report`; `report.py` holds `render(numbers)` (the text, re-rendered from
+report.json by `dgt_interp.studies.rerender`). Run it with `dgt-interp case-study run sort`.
 """
 
 from dgt_interp.studies import CaseStudy, register
@@ -18,6 +19,7 @@ from .hypothesis import (
     sample_problem,
     successor,
 )
+from .report import TITLE, render
 from .study import run, sampler_settings
 
 STUDY = register(CaseStudy(
@@ -26,6 +28,8 @@ STUDY = register(CaseStudy(
     description="rank vs successor sorting: IIA of order statistics per layer/step/self-conditioning, a "
                 "previous-token test, phenomena across sampler settings, AR twin baseline",
     run=run,
+    render=render,
+    title=TITLE,
     models={"diffusion": "sort-diffusion", "ar": "sort-ar"},
     hypotheses=tuple(order_stat_at(i, w, s) for i in (0, 2, 4) for w, s in
                      [(layer, "all") for layer in range(4)] + [("selfcond", "all"), ("canvas", "all")])

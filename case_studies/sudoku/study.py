@@ -1,4 +1,4 @@
-"""`run(ctx)`: the sudoku case study (does DiffusionGemma fill a puzzle in constraint-propagation order?).
+"""`compute(ctx)` and `run(ctx)`: the sudoku case study (does DiffusionGemma fill a puzzle in constraint-propagation order?).
 
 1. Per sampler setting, on held-out puzzles that need at least two propagation rounds: accuracy,
    the phenomena detectors, and the order in which cells commit against the order propagation fills
@@ -9,7 +9,9 @@
 2. Intermediate context, causally: resample-ablate each canvas position (input token and
    self-conditioning logits) at the first steps (`canvas_flips`) and compare how often patching an easy (round-1) cell flips a harder (round 2+)
    cell's final digit with the reverse.
-Every number in the report is computed here; nothing is hard-coded.
+Every number in the report is computed here (`compute`); nothing is hard-coded. The text is
+`report.render(numbers)`, so a wording change re-renders report.md from report.json
+(`dgt_interp.studies.rerender`) without rerunning the models.
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ import random
 import torch
 from matplotlib.figure import Figure
 
-from dgt_interp.sampling import entropy_bound_kwargs
-from dgt_interp.studies import Report, StudyContext
+from dgt_interp.evaluate import prompt_batch
 from dgt_interp.phenomena import canvas_flips, detect_phenomena
+from dgt_interp.sampling import entropy_bound_kwargs
 from dgt_interp.stats import spearman
+from dgt_interp.studies import Report, StudyContext
 from dgt_interp.tasks import EOS_ID, SUDOKU
+from dgt_interp.viz import commit_heatmap
 
 from .hypothesis import propagation_rounds
+from .report import TITLE, render
 
 
 def sampler_settings(quick: bool) -> dict[str, dict]:
@@ -124,19 +129,8 @@ def _round_figure(orders: dict) -> Figure:
     return fig
 
 
-def _order_row(name, res, order) -> str:
-    by = order["mean_commit_step_by_round"]
-    return (f"| {name} | {res['accuracy']:.2f} | {res['commit_argmax'].to_dict()['mean_steps']:.1f} | "
-            f"{_f(order['mean_rho_round'])} ({order['rows_with_rho_round']}) | "
-            f"{_f(order['mean_rho_position'])} ({order['rows_with_rho_position']}) | "
-            f"{_f(order['concordance'])} ({order['pairs']}) | " + " / ".join(f"{by[r]:.2f}" for r in sorted(by)) + " |")
-
-
-def _f(x) -> str:
-    return "n/a" if x != x else f"{x:.3f}"
-
-
-def run(ctx: StudyContext) -> Report:
+def compute(ctx: StudyContext) -> tuple[dict, dict]:
+    """The study's numbers (everything `report.render` needs) and figures."""
     quick = ctx.quick
     n = 8 if quick else 32
     n_causal = 4 if quick else 12
@@ -146,16 +140,12 @@ def run(ctx: StudyContext) -> Report:
     numbers: dict = {"settings": list(settings), "n_puzzles": n, "n_causal": n_causal, "phenomena": {}, "order": {},
                      "causal": {}}
     figures: dict = {}
-    rows = []
     for name in ctx.progress(settings, desc="settings"):
         traj, res = detect_phenomena(diff, problems, seed=ctx.seed, **settings[name])
         order = order_vs_rounds(res["commit_argmax"].commit_step, problems)
         numbers["phenomena"][name] = {k: (v if isinstance(v, float) else v.to_dict()) for k, v in res.items()}
         numbers["order"][name] = order
-        rows.append(_order_row(name, res, order))
         if name == list(settings)[-1]:
-            from dgt_interp.viz import commit_heatmap
-
             figures["commit_heatmap_example"] = commit_heatmap(traj, batch=0)
             figures["commit_order"] = res["commit_argmax"].figure(f"commit order (argmax), {name}")
     # the AR twin writes cells left to right: the chronological reference for the same statistics
@@ -164,72 +154,20 @@ def run(ctx: StudyContext) -> Report:
     order_ar = order_vs_rounds(res_ar["commit_argmax"].commit_step, problems)
     numbers["phenomena"]["AR twin (greedy)"] = {k: (v if isinstance(v, float) else v.to_dict()) for k, v in res_ar.items()}
     numbers["order"]["AR twin (greedy)"] = order_ar
-    rows.append(_order_row("AR twin (greedy)", res_ar, order_ar))
     figures["commit_step_by_round"] = _round_figure(numbers["order"])
-
-    from dgt_interp.evaluate import prompt_batch
 
     base = problems[:n_causal]
     rng = random.Random(f"sudoku-study:{ctx.seed}")
     source = rng.sample(problems[n_causal:], k=n_causal)  # other puzzles (n >= 2 * n_causal in both modes)
-    causal_rows = []
     for name in [list(settings)[0], list(settings)[-1]]:
         flips = canvas_flips(diff, prompt_batch([p.prompt for p in base])["input_ids"],
                              prompt_batch([p.prompt for p in source])["input_ids"], steps=[0, 1, 2],
                              channels=("canvas", "self_cond"), eos_id=EOS_ID, seed=ctx.seed, batch_size=32,
                              **settings[name])
-        e = easy_hard_flips(flips, base)
-        numbers["causal"][name] = e
-        causal_rows.append(f"| {name} | {_f(e['easy_on_hard']['rate'])} ({e['easy_on_hard']['n']}) | "
-                           f"{_f(e['hard_on_easy']['rate'])} ({e['hard_on_easy']['n']}) | "
-                           f"{_f(e['easy_on_easy']['rate'])} ({e['easy_on_easy']['n']}) |")
-    md = _markdown(numbers, rows, causal_rows)
-    return Report("Case study: sudoku — does the model fill cells in constraint-propagation order?", md, figures,
-                  numbers)
+        numbers["causal"][name] = easy_hard_flips(flips, base)
+    return numbers, figures
 
 
-def _markdown(numbers, rows, causal_rows) -> str:
-    first, last = numbers["order"][numbers["settings"][0]], numbers["order"][numbers["settings"][-1]]
-    ar = numbers["order"]["AR twin (greedy)"]
-    return "\n".join([
-        f"Model: the zoo's `sudoku-diffusion` and its AR twin `sudoku-ar` on {numbers['n_puzzles']} held-out 4x4 puzzles whose propagation "
-        "needs at least two rounds (the other puzzles predict no order). Round of a cell: when constraint "
-        "propagation by naked and hidden singles fills it (0 = given); definitions: docs/case_studies.md and "
-        "`case_studies/sudoku/hypothesis.py`.",
-        "",
-        "## Findings in one paragraph",
-        "",
-        f"Under the default sampler, the commit step's rank correlation with the propagation round is "
-        f"{_f(first['mean_rho_round'])} (mean over the {first['rows_with_rho_round']} puzzles where cells commit at "
-        f"different steps), against {_f(first['mean_rho_position'])} with the cell's position; a harder cell "
-        f"commits after an easier one of the same puzzle in {_f(first['concordance'])} of {first['pairs']} pairs "
-        f"(ties count half; 0.5 = no order). Under the tightest setting these are {_f(last['mean_rho_round'])}, "
-        f"{_f(last['mean_rho_position'])} and {_f(last['concordance'])}. The AR twin, which writes left to right, "
-        f"gives {_f(ar['mean_rho_round'])}, {_f(ar['mean_rho_position'])} and {_f(ar['concordance'])}: what "
-        "position order alone yields on these puzzles.",
-        "",
-        "## Commit order against propagation order",
-        "",
-        "| setting | accuracy | mean steps | rho(commit, round) (puzzles) | rho(commit, position) (puzzles) | "
-        "harder after easier (pairs) | mean commit step, round 0 / 1 / 2 / ... |",
-        "|---|---|---|---|---|---|---|",
-        *rows,
-        "",
-        "Commit step: the first step after which a cell's argmax never changes again (`commit_order`, by argmax).",
-        "",
-        "![by round](commit_step_by_round.png) ![commit order](commit_order.png)",
-        "",
-        "![example](commit_heatmap_example.png)",
-        "",
-        "## Does the canvas carry intermediate results? (causal)",
-        "",
-        f"Each canvas position is resample-ablated at steps 0-2 in {numbers['n_causal']} puzzles: its input token and "
-        "its self-conditioning logits (the continuous channel; absent at step 0) are patched from a run on another "
-        "puzzle with the same sampler noise. The table gives the rate at which another blank cell's final digit "
-        "flips, over patches that changed the input. If easy cells' early results feed the harder ones "
-        "(intermediate-context reasoning), easy → hard should exceed hard → easy.",
-        "",
-        "| setting | easy → hard (patches) | hard → easy (patches) | easy → easy (patches) |",
-        "|---|---|---|---|",
-        *causal_rows,
-    ])
+def run(ctx: StudyContext) -> Report:
+    numbers, figures = compute(ctx)
+    return Report(TITLE, render(numbers), figures, numbers)

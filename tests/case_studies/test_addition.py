@@ -89,12 +89,15 @@ def test_column_attention_equals_hf_eager_attentions(addition_diffusion):
 
 
 @pytest.mark.slow
-def test_quick_run_writes_a_report(tmp_path, addition_diffusion, addition_ar):
-    from dgt_interp.studies import run_study
-
-    rep = run_study("addition", out=tmp_path, quick=True, progress=False)
+def test_quick_run_writes_a_report(quick_study, addition_diffusion, addition_ar):
+    rep, tmp_path = quick_study("addition")  # run_study("addition", quick=True), shared with the rerender test
     nums = json.loads((tmp_path / "report.json").read_text())
     assert set(nums) >= {"phenomena", "causal", "iia", "seconds"}
     assert nums["phenomena"]["AR twin (greedy)"]["commit_argmax"]["mean_rho"] == pytest.approx(1.0)
     assert (tmp_path / "iia.png").is_file() and "## Carry hypotheses" in rep.markdown
     assert (tmp_path / "column_attention.png").is_file() and "## Where the answer digits read the prompt" in rep.markdown
+
+
+@pytest.mark.slow
+def test_report_rerenders_from_json(quick_study, check_rerender, addition_diffusion, addition_ar):
+    check_rerender("addition", quick_study("addition")[1])

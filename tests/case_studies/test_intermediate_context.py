@@ -71,11 +71,9 @@ def test_random_sites_on_the_self_conditioning_channel(addition_diffusion):
 
 
 @pytest.mark.slow
-def test_quick_run_writes_a_report(tmp_path):
+def test_quick_run_writes_a_report(quick_study):
     _zoo("count-diffusion"), _zoo("count-ar")
-    from dgt_interp.studies import run_study
-
-    rep = run_study("intermediate_context", out=tmp_path, quick=True, progress=False)
+    rep, tmp_path = quick_study("intermediate_context")  # run_study(..., quick=True), shared with the rerender test
     nums = json.loads((tmp_path / "report.json").read_text())
     assert set(nums) >= {"records", "causal", "iia", "seconds"} and (tmp_path / "report.md").is_file()
     ar = nums["records"]["AR twin (greedy)"]
@@ -86,3 +84,9 @@ def test_quick_run_writes_a_report(tmp_path):
     for r in nums["records"].values():
         assert 0.0 <= r["accuracy"] <= r["count_accuracy"] <= 1.0
     assert "## Findings" in rep.markdown and (tmp_path / "iia.png").is_file()
+
+
+@pytest.mark.slow
+def test_report_rerenders_from_json(quick_study, check_rerender):
+    _zoo("count-diffusion"), _zoo("count-ar")
+    check_rerender("intermediate_context", quick_study("intermediate_context")[1])

@@ -133,10 +133,8 @@ def test_known_answer_iia(count_diffusion):
 
 
 @pytest.mark.slow
-def test_quick_run_writes_a_report(tmp_path, count_diffusion, count_ar):
-    from dgt_interp.studies import run_study
-
-    rep = run_study("smearing", out=tmp_path, quick=True, progress=False)
+def test_quick_run_writes_a_report(quick_study, count_diffusion, count_ar):
+    rep, tmp_path = quick_study("smearing")  # run_study("smearing", quick=True), shared with the rerender test
     nums = json.loads((tmp_path / "report.json").read_text())
     assert set(nums) >= {"phenomena", "iia", "seconds"} and (tmp_path / "report.md").is_file()
     ar = nums["phenomena"]["AR twin (greedy)"]
@@ -147,3 +145,8 @@ def test_quick_run_writes_a_report(tmp_path, count_diffusion, count_ar):
         v = r.get("iia", r.get("mean_iia"))
         assert v is None or 0.0 <= v <= 1.0, label
     assert "## Findings" in rep.markdown and any(f.suffix == ".png" for f in tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_report_rerenders_from_json(quick_study, check_rerender, count_diffusion, count_ar):
+    check_rerender("smearing", quick_study("smearing")[1])

@@ -124,13 +124,23 @@ def test_last_layer_alignment_is_exact_on_both_zoo_models(sort_diffusion, sort_a
     assert res.iia_informative == 1.0
 
 
+@pytest.fixture(scope="module")
+def cli_quick_run(tmp_path_factory, sort_diffusion, sort_ar):
+    """`case-study run sort --quick` through the CLI, once: (exit status, out dir)."""
+    from dgt_interp.cli import main
+
+    out = tmp_path_factory.mktemp("sort_quick")
+    return main(["case-study", "run", "sort", "--quick", "--quiet", "--out", str(out)]), out
+
+
 @pytest.mark.slow
-def test_quick_run_through_the_cli(tmp_path, capsys, sort_diffusion, sort_ar):
+def test_quick_run_through_the_cli(cli_quick_run, capsys):
     from dgt_interp.cli import main
 
     assert main(["case-study", "list"]) == 0
     assert "sort" in capsys.readouterr().out
-    assert main(["case-study", "run", "sort", "--quick", "--quiet", "--out", str(tmp_path)]) == 0
+    rc, tmp_path = cli_quick_run  # main(["case-study", "run", "sort", "--quick", "--quiet", "--out", dir])
+    assert rc == 0
     nums = json.loads((tmp_path / "report.json").read_text())
     assert set(nums) >= {"phenomena", "confidence", "causal", "iia", "previous_token", "summary", "seconds"}
     assert nums["phenomena"]["AR twin (greedy)"]["commit_argmax"]["mean_rho"] == pytest.approx(1.0)
@@ -143,3 +153,10 @@ def test_quick_run_through_the_cli(tmp_path, capsys, sort_diffusion, sort_ar):
     assert "## Findings" in md and "## Rank or successor" in md
     for fig in ("iia_alignments", "previous_token", "commit_order_many", "confidence_default"):
         assert (tmp_path / f"{fig}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_report_rerenders_from_json(cli_quick_run, check_rerender):
+    rc, out = cli_quick_run
+    assert rc == 0
+    check_rerender("sort", out)

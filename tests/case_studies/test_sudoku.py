@@ -45,13 +45,22 @@ def test_order_vs_rounds_on_hand_made_commit_steps():
 
 
 @pytest.mark.slow
-def test_quick_run_writes_a_report(tmp_path):
-    from dgt_interp import zoo
-    from dgt_interp.studies import run_study
-
-    if "sudoku-diffusion" not in zoo.names():
-        pytest.skip("zoo model sudoku-diffusion not shipped")
-    rep = run_study("sudoku", out=tmp_path, quick=True, progress=False)
+def test_quick_run_writes_a_report(quick_study):
+    _skip_without_zoo()
+    rep, tmp_path = quick_study("sudoku")  # run_study("sudoku", quick=True), shared with the rerender test
     nums = json.loads((tmp_path / "report.json").read_text())
     assert set(nums) >= {"phenomena", "order", "causal"}
     assert (tmp_path / "commit_step_by_round.png").is_file() and "## Commit order against propagation order" in rep.markdown
+
+
+@pytest.mark.slow
+def test_report_rerenders_from_json(quick_study, check_rerender):
+    _skip_without_zoo()
+    check_rerender("sudoku", quick_study("sudoku")[1])
+
+
+def _skip_without_zoo():
+    from dgt_interp import zoo
+
+    if "sudoku-diffusion" not in zoo.names():
+        pytest.skip("zoo model sudoku-diffusion not shipped")

@@ -1,0 +1,50 @@
+"""Case-study fixtures: one quick run per study per session (shared by the tests that read its report),
+and the check that a report re-renders byte for byte from its report.json."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def quick_study(tmp_path_factory):
+    """`quick_study(name)` -> (Report, out dir) of `run_study(name, quick=True)`, run once per session."""
+    cache: dict = {}
+
+    def run(name: str):
+        if name not in cache:
+            from dgt_interp.studies import run_study
+
+            out = tmp_path_factory.mktemp(f"quick_{name}")
+            cache[name] = (run_study(name, out=out, quick=True, progress=False), out)
+        return cache[name]
+
+    return run
+
+
+def assert_rerenders(name: str, out, tmp_path) -> None:
+    """The study's renderer on the numbers read back from `out/report.json` gives `out/report.md`'s body,
+    and `studies.rerender` rewrites report.md to the same bytes (in a copy of `out`)."""
+    from dgt_interp.studies import get_study, rerender
+
+    study = get_study(name)
+    assert study.render is not None and study.title
+    md = (out / "report.md").read_text()
+    head = f"# {study.title}\n\n"
+    assert md.startswith(head)
+    numbers = json.loads((out / "report.json").read_text())  # NaN -> None, tuples -> lists, keys -> str
+    assert study.render(numbers).strip() + "\n" == md[len(head):]
+    copy = tmp_path / "rerendered"
+    shutil.copytree(out, copy)
+    (copy / "report.md").write_text("stale")
+    rerender(study, copy)
+    assert (copy / "report.md").read_bytes() == (out / "report.md").read_bytes()
+
+
+@pytest.fixture
+def check_rerender(tmp_path):
+    """`check_rerender(name, out)`: see `assert_rerenders`."""
+    return lambda name, out: assert_rerenders(name, out, tmp_path)
