@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 
+from dgt_interp.phenomena import extra_probe_results, extra_probe_table
 from dgt_interp.studies import jsonable
 
 
@@ -85,4 +86,19 @@ def iia_table(rows) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["as_json", "num", "isnan", "nz", "f3", "sci", "slug", "ci", "figure_links", "is_baseline", "iia_table"]
+def collect_probes(numbers: dict, setting: str, results: dict) -> None:
+    """Keep the results of registered probes the study does not report itself (`numbers["probes"]`,
+    added only when there are any, so reports without them are unchanged)."""
+    extra = extra_probe_results(results)
+    if extra:
+        numbers.setdefault("probes", {})[setting] = extra
+
+
+def probe_section(numbers: dict) -> list[str]:
+    """Report lines for the probes in `numbers["probes"]` (none: no lines)."""
+    table = extra_probe_table(numbers.get("probes", {}))
+    return ["", "Other registered probes (`dgt_interp.phenomena.register_probe`):", "", table] if table else []
+
+
+__all__ = ["as_json", "num", "isnan", "nz", "f3", "sci", "slug", "ci", "figure_links", "is_baseline", "iia_table",
+           "collect_probes", "probe_section"]

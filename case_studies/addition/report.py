@@ -7,7 +7,7 @@ report.md from a report.json with it, without rerunning the models.
 
 from __future__ import annotations
 
-from case_studies.common_report import as_json, f3, figure_links, iia_table, num, slug
+from case_studies.common_report import as_json, f3, figure_links, iia_table, num, probe_section, slug
 
 TITLE = "Case study: addition — carries and commit order"
 TIGHT = "eb=1e-4"  # the tightest entropy bound (the many-step setting) in both the quick and the full run
@@ -153,6 +153,7 @@ def render(numbers: dict) -> str:
         "## Phenomena by sampler setting",
         "",
         *phenomena_table(numbers),
+        *probe_section(numbers),
         "",
         "rho = Spearman correlation of commit step with position over answer positions (+1 left to right, "
         "-1 right to left); a row has an order if its positions do not all commit at the same step.",

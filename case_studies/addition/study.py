@@ -21,7 +21,7 @@ import random
 import torch
 from matplotlib.figure import Figure
 
-from case_studies.common_report import is_baseline, nz, slug
+from case_studies.common_report import collect_probes, is_baseline, nz, slug
 from dgt_interp import capture
 from dgt_interp.causal import PairRuns, expected_answers, interchange_accuracy, random_site_baseline
 from dgt_interp.evaluate import prompt_batch
@@ -95,8 +95,10 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
         traj, res = detect_phenomena(diff, prompts, seed=ctx.seed, **settings[name])
         trajs[name], results[name] = traj, res
         numbers["phenomena"][name] = {k: (v if isinstance(v, float) else v.to_dict()) for k, v in res.items()}
+        collect_probes(numbers, name, res)
     traj_ar, res_ar = detect_phenomena(ar, prompts, seed=ctx.seed, do_sample=False)
     numbers["phenomena"]["AR twin (greedy)"] = {k: (v if isinstance(v, float) else v.to_dict()) for k, v in res_ar.items()}
+    collect_probes(numbers, "AR twin (greedy)", res_ar)
     tight = TIGHT
     res_t = results[tight]
     figures["commit_order_tight"] = res_t["commit_sampler"].figure(f"commit order, DiffusionGemma, {tight}, by sampler")

@@ -6,7 +6,7 @@ tuples are lists); `render` gives the same text for both.
 
 from __future__ import annotations
 
-from case_studies.common_report import as_json, f3, figure_links, iia_table, num, slug
+from case_studies.common_report import as_json, f3, figure_links, iia_table, num, probe_section, slug
 
 from .hypothesis import list_at
 
@@ -90,6 +90,7 @@ def render(numbers: dict) -> str:
         "## Drafts and corrections by sampler setting",
         "",
         *_record_rows(numbers),
+        *probe_section(numbers),
         "",
         "A wrong count draft: the argmax canvas holds another count at an intermediate step than the one emitted. "
         "Corrected: the emitted count is right. 'With the list already final': the drafted list (argmax, up to "

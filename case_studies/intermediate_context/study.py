@@ -22,7 +22,7 @@ import random
 
 import torch
 
-from case_studies.common_report import slug
+from case_studies.common_report import collect_probes, slug
 from case_studies.count_common import (
     COUNT_POS,
     LIST_START,
@@ -54,7 +54,7 @@ def _records(model, problems, seed, **gen) -> dict:
     after = [bool(cs[b, COUNT_POS] > torch.nan_to_num(cs[b, LIST_START:], nan=-1).max())
              for b in range(cs.shape[0]) if torch.isfinite(cs[b, LIST_START:]).any()]
     trace = count_trace(traj, problems)
-    return {"traj": traj, "accuracy": det["accuracy"],
+    return {"traj": traj, "detected": det, "accuracy": det["accuracy"],
             "count_accuracy": sum(a[:1] == p.answer[:1] for a, p in zip(answers, problems)) / len(problems),
             "trace": trace, "drafts": det["drafts"], "commit": co,
             "count_commit_step": nanmean(cs[:, COUNT_POS]),
@@ -143,8 +143,10 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
     for name in ctx.progress(list(settings), desc="records"):
         recs[name] = _records(diff, problems, ctx.seed, **settings[name])
         numbers["records"][name] = _record_numbers(recs[name])
+        collect_probes(numbers, name, recs[name]["detected"])
     rec_ar = _records(ar, problems, ctx.seed, do_sample=False)
     numbers["records"]["AR twin (greedy)"] = _record_numbers(rec_ar)
+    collect_probes(numbers, "AR twin (greedy)", rec_ar["detected"])
     figures["drafts_slow"] = recs[slow]["drafts"].figure(f"overwritten drafts, {slow}")
     figures["commit_order_slow"] = recs[slow]["commit"].figure(f"commit step per position, {slow}")
     tr = recs[slow]["trace"]

@@ -6,7 +6,7 @@ tuples are lists, site keys are str); `render` gives the same text for both.
 
 from __future__ import annotations
 
-from case_studies.common_report import as_json, f3, figure_links, iia_table, num, slug
+from case_studies.common_report import as_json, f3, figure_links, iia_table, num, probe_section, slug
 
 TITLE = "Case study: smearing — does the count place the list?"
 AR_TWIN = "AR twin (greedy)"
@@ -125,6 +125,7 @@ def render(numbers: dict) -> str:
         "## Phenomena by sampler setting",
         "",
         *_pheno_rows(numbers),
+        *probe_section(numbers),
         "",
         "Token-smear mass at (step k, offset d): mean probability of the final token of position p at p + d "
         "(where another token ends up). P(EOS) off centre: mass of EOS one or two positions away from where the "

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 
-from case_studies.common_report import nz, slug
+from case_studies.common_report import collect_probes, nz, slug
 from case_studies.count_common import (
     count_trace,
     eos_smearing,
@@ -47,7 +47,7 @@ def _phenomena(model, problems, seed, ar: bool, **gen) -> tuple:
            "sequence_smearing": det["sequence_smearing"],
            "eos_smearing": eos_smearing(traj, source=src),
            "count_trace": count_trace(traj, problems)}
-    return traj, res
+    return traj, res, det
 
 
 def _numbers(res) -> dict:
@@ -90,10 +90,12 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
     # 1. phenomena per sampler setting + the AR twin (greedy)
     results, trajs = {}, {}
     for name in ctx.progress(list(settings), desc="phenomena"):
-        trajs[name], results[name] = _phenomena(diff, problems, ctx.seed, False, **settings[name])
+        trajs[name], results[name], det = _phenomena(diff, problems, ctx.seed, False, **settings[name])
         numbers["phenomena"][name] = _numbers(results[name])
-    traj_ar, res_ar = _phenomena(ar, problems, ctx.seed, True, do_sample=False)
+        collect_probes(numbers, name, det)
+    traj_ar, res_ar, det_ar = _phenomena(ar, problems, ctx.seed, True, do_sample=False)
     numbers["phenomena"]["AR twin (greedy)"] = _numbers(res_ar)
+    collect_probes(numbers, "AR twin (greedy)", det_ar)
     for name in (list(settings)[0], slow):
         r = results[name]
         figures[f"token_smearing_{slug(name)}"] = r["token_smearing"].figure(f"token smearing, {name}")

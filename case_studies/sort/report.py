@@ -7,7 +7,7 @@ names below are shared with `study.py` (which imports them from here).
 
 from __future__ import annotations
 
-from case_studies.common_report import as_json, ci, f3, figure_links, num, nz, sci, slug
+from case_studies.common_report import as_json, ci, f3, figure_links, num, nz, probe_section, sci, slug
 
 TITLE = "Case study: sort — rank or successor, where, and in what order"
 DEFAULT, TIGHT, MANY, HOT, GENTLE = ("default (eb=0.1)", "eb=1e-4", "eb=1e-4, no early stop",
@@ -272,6 +272,7 @@ def render(numbers: dict) -> str:
         "## Phenomena by sampler setting",
         "",
         *table,
+        *probe_section(numbers),
         "",
         "rho = Spearman correlation of commit step with position over the answer digits (+1 left to right). "
         "Entropies are means over answer positions at the canvas's first step (nats).",

@@ -23,7 +23,7 @@ import random
 import torch
 from matplotlib.figure import Figure
 
-from case_studies.common_report import nz, slug
+from case_studies.common_report import collect_probes, nz, slug
 from dgt_interp.causal import BaselineResult, PairRuns, expected_answers, random_sites
 from dgt_interp.evaluate import prompt_batch
 from dgt_interp.models import is_diffusion
@@ -355,11 +355,13 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
     for name, gen in settings.items():
         trajs[name], results[name] = detect_phenomena(diff, prompts, seed=ctx.seed, **gen)
         numbers["phenomena"][name] = {k: (v if isinstance(v, float) else v.to_dict()) for k, v in results[name].items()}
+        collect_probes(numbers, name, results[name])
         numbers["confidence"][name] = confidence_structure(trajs[name], results[name]["commit_sampler"])
         tick()
     traj_ar, res_ar = detect_phenomena(ar, prompts, seed=ctx.seed, do_sample=False)
     numbers["phenomena"]["AR twin (greedy)"] = {k: (v if isinstance(v, float) else v.to_dict())
                                                 for k, v in res_ar.items()}
+    collect_probes(numbers, "AR twin (greedy)", res_ar)
     tick()
     many = MANY
     hot = HOT if HOT in settings else MANY

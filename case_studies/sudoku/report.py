@@ -6,7 +6,7 @@ the per-round dicts are keyed by str); `render` gives the same text for both.
 
 from __future__ import annotations
 
-from case_studies.common_report import as_json, f3, num
+from case_studies.common_report import as_json, f3, num, probe_section
 
 TITLE = "Case study: sudoku — does the model fill cells in constraint-propagation order?"
 AR_TWIN = "AR twin (greedy)"
@@ -61,6 +61,7 @@ def render(numbers: dict) -> str:
         "harder after easier (pairs) | mean commit step, round 0 / 1 / 2 / ... |",
         "|---|---|---|---|---|---|---|",
         *order_rows(numbers),
+        *probe_section(numbers),
         "",
         "Commit step: the first step after which a cell's argmax never changes again (`commit_order`, by argmax).",
         "",

@@ -21,6 +21,7 @@ import random
 import torch
 from matplotlib.figure import Figure
 
+from case_studies.common_report import collect_probes
 from dgt_interp.evaluate import prompt_batch
 from dgt_interp.phenomena import canvas_flips, detect_phenomena
 from dgt_interp.sampling import entropy_bound_kwargs
@@ -144,6 +145,7 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
         traj, res = detect_phenomena(diff, problems, seed=ctx.seed, **settings[name])
         order = order_vs_rounds(res["commit_argmax"].commit_step, problems)
         numbers["phenomena"][name] = {k: (v if isinstance(v, float) else v.to_dict()) for k, v in res.items()}
+        collect_probes(numbers, name, res)
         numbers["order"][name] = order
         if name == list(settings)[-1]:
             figures["commit_heatmap_example"] = commit_heatmap(traj, batch=0)
@@ -153,6 +155,7 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
     _, res_ar = detect_phenomena(ar, problems, seed=ctx.seed, do_sample=False)
     order_ar = order_vs_rounds(res_ar["commit_argmax"].commit_step, problems)
     numbers["phenomena"]["AR twin (greedy)"] = {k: (v if isinstance(v, float) else v.to_dict()) for k, v in res_ar.items()}
+    collect_probes(numbers, "AR twin (greedy)", res_ar)
     numbers["order"]["AR twin (greedy)"] = order_ar
     figures["commit_step_by_round"] = _round_figure(numbers["order"])
 

@@ -27,8 +27,8 @@ from dgt_interp.phenomena.commit import COMMIT_BY, CommitOrder, commit_order
 from dgt_interp.phenomena.detect import detect_phenomena
 from dgt_interp.phenomena.drafts import Draft, DraftEffects, Drafts, draft_effects, find_drafts
 from dgt_interp.phenomena.flips import CHANNELS, CanvasFlips, canvas_flips
-from dgt_interp.phenomena.registry import (Probe, ProbeResult, builtin_probe_names, extra_probe_table, probes,
-                                           register_probe, run_probes, unregister_probe)
+from dgt_interp.phenomena.registry import (Probe, ProbeResult, builtin_probe_names, extra_probe_results,
+                                           extra_probe_table, probes, register_probe, run_probes, unregister_probe)
 from dgt_interp.phenomena.smearing import SequenceSmearing, TokenSmearing, sequence_smearing, token_smearing
 
 __all__ = [
@@ -36,5 +36,5 @@ __all__ = [
     "CommitOrder", "commit_order", "TokenSmearing", "token_smearing", "SequenceSmearing", "sequence_smearing",
     "Draft", "Drafts", "find_drafts", "CanvasFlips", "canvas_flips", "DraftEffects", "draft_effects",
     "Probe", "ProbeResult", "register_probe", "unregister_probe", "probes", "builtin_probe_names", "run_probes",
-    "extra_probe_table", "detect_phenomena",
+    "extra_probe_results", "extra_probe_table", "detect_phenomena",
 ]

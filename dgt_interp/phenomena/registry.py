@@ -80,6 +80,13 @@ def run_probes(traj, *, eos_id: int | None = None) -> dict[str, Any]:
     return {p.name: p(traj, eos_id=eos_id) for p in probes()}
 
 
+def extra_probe_results(results: dict) -> dict[str, dict]:
+    """`{name: result.to_dict()}` of the registered probes that are not built in, from a results dict
+    (`detect_phenomena`'s): what a study stores so its tables can show probes it does not know."""
+    builtin = set(builtin_probe_names())
+    return {p.name: results[p.name].to_dict() for p in probes() if p.name not in builtin and p.name in results}
+
+
 def _cell(d) -> str:
     if not isinstance(d, dict):
         return str(d)
@@ -90,14 +97,14 @@ def _cell(d) -> str:
     return ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in scalars)
 
 
-def extra_probe_table(per_row: dict[str, dict], known: tuple[str, ...] = ()) -> str:
+def extra_probe_table(per_row: dict[str, dict]) -> str:
     """A markdown table of the probes a study does not report itself, from stored numbers.
 
     `per_row`: {row label: {probe name: result dict (`to_dict()`), ...}} as studies keep them in
-    `report.json`; columns are every probe name present that is not built in, not `accuracy` and not
-    in `known`. Empty string when there is none (so reports without extra probes are unchanged).
+    `report.json` (`extra_probe_results`); one column per probe name present that is not built in
+    (nor `accuracy`). Empty string when there is none (so reports without extra probes are unchanged).
     """
-    skip = {"accuracy", *builtin_probe_names(), *known}
+    skip = {"accuracy", *builtin_probe_names()}
     names: list[str] = []
     for res in per_row.values():
         names += [n for n in res if n not in skip and n not in names and isinstance(res[n], dict)]
@@ -110,4 +117,4 @@ def extra_probe_table(per_row: dict[str, dict], known: tuple[str, ...] = ()) -> 
 
 
 __all__ = ["ProbeResult", "Probe", "register_probe", "unregister_probe", "probes", "builtin_probe_names", "run_probes",
-           "extra_probe_table"]
+           "extra_probe_results", "extra_probe_table"]
