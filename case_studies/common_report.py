@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 
+from matplotlib.figure import Figure
+
 from dgt_interp.phenomena import extra_probe_results, extra_probe_table
 from dgt_interp.studies import jsonable
 
@@ -65,25 +67,32 @@ def is_baseline(r: dict) -> bool:
     return "draws" in r
 
 
-def iia_table(rows) -> str:
-    """`dgt_interp.studies.iia_table` on dicts: rows of (label, `IIAResult.to_dict()` or
-    `BaselineResult.to_dict()`), as live or read back from report.json; the same text."""
-    lines = ["| hypothesis / baseline | model | IIA (informative pairs) | 95% CI | n | IIA (all pairs) | n |",
-             "|---|---|---|---|---|---|---|"]
+def iia_figure(rows, title: str) -> Figure:
+    """Horizontal bars of IIA on informative pairs with 95% Wilson CIs, one row per hypothesis / baseline
+    (random-site baselines: mean of the draws, grey; AR twin rows orange; DiffusionGemma blue). Rows are
+    (label, `IIAResult` / `BaselineResult` or their `to_dict()`, live or from report.json)."""
+    fig = Figure(figsize=(8.0, 1.2 + 0.24 * len(rows)), layout="constrained")
+    ax = fig.add_subplot()
+    vals, errs, labels = [], [], []
     for label, r in rows:
+        r = r.to_dict() if hasattr(r, "to_dict") else r
+        labels.append(label)
         if is_baseline(r):
-            draws = r["draws"]
-            d = draws[0] if draws else None
-            lines.append(f"| {label} (mean of {len(draws)} draws) | {d['kind'] if d else '?'} | "
-                         f"{num(r['mean_iia_informative']):.3f} | min "
-                         f"{min(num(x['iia_informative']) for x in draws):.3f} – "
-                         f"max {max(num(x['iia_informative']) for x in draws):.3f} | "
-                         f"{d['n_informative'] if d else 0} | {num(r['mean_iia']):.3f} | {d['n'] if d else 0} |")
+            vals.append(num(r["mean_iia_informative"]))
+            errs.append((0.0, 0.0))
         else:
-            lo, hi = r["ci95_informative"]
-            lines.append(f"| {label} | {r['kind']} | {num(r['iia_informative']):.3f} | {num(lo):.3f}–"
-                         f"{num(hi):.3f} | {r['n_informative']} | {num(r['iia']):.3f} | {r['n']} |")
-    return "\n".join(lines)
+            v, (lo, hi) = num(r["iia_informative"]), r["ci95_informative"]
+            vals.append(v)
+            errs.append((0.0, 0.0) if v != v else (max(v - num(lo), 0), max(num(hi) - v, 0)))
+    y = list(range(len(vals)))
+    ax.barh(y, [0 if v != v else v for v in vals], xerr=list(zip(*errs)) if errs else None, capsize=2,
+            color=["tab:gray" if "random" in lab else "tab:orange" if "AR" in lab else "tab:blue" for lab in labels])
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.05)
+    ax.set_xlabel("IIA (informative pairs)")
+    ax.set_title(title, fontsize=9)
+    return fig
 
 
 def collect_probes(numbers: dict, setting: str, results: dict) -> None:
@@ -100,5 +109,5 @@ def probe_section(numbers: dict) -> list[str]:
     return ["", "Other registered probes (`dgt_interp.phenomena.register_probe`):", "", table] if table else []
 
 
-__all__ = ["as_json", "num", "isnan", "nz", "f3", "sci", "slug", "ci", "figure_links", "is_baseline", "iia_table",
+__all__ = ["as_json", "num", "isnan", "nz", "f3", "sci", "slug", "ci", "figure_links", "is_baseline", "iia_figure",
            "collect_probes", "probe_section"]

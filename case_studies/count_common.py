@@ -26,10 +26,10 @@ from dataclasses import dataclass
 import torch
 from matplotlib.figure import Figure
 
+from case_studies.samplers import sampler_grid
 from dgt_interp.causal import CaseStudyError, CausalModel, Hypothesis
 from dgt_interp.evaluate import prompt_batch
 from dgt_interp.phenomena import detect_phenomena
-from dgt_interp.sampling import entropy_bound_kwargs as eb
 from dgt_interp.tasks import COUNT, EOS_ID, VOCAB, Problem, decode_answer
 
 COUNT_POS, COLON_POS, LIST_START = 0, 1, 2
@@ -125,15 +125,11 @@ def count_pairs(n_pairs: int, seed: int = 0, tag: str = "count") -> list[tuple[P
 
 
 def sampler_settings(quick: bool) -> dict[str, dict]:
-    """name -> generate kwargs. The zoo default (entropy bound 0.1) first; then settings that resolve the
-    canvas over more steps: tighter entropy bounds accept fewer tokens per step, a stricter stop
-    (stable for 3 steps and mean entropy < 1e-4) keeps denoising after the argmax settles, and a hotter
-    temperature keeps entropy up. The last entry is the slowest ("many steps")."""
-    slow = dict(stability_threshold=3, confidence_threshold=1e-4)
+    """name -> generate kwargs (`case_studies.samplers`). The zoo default (entropy bound 0.1) first; then
+    settings that resolve the canvas over more steps. The last entry is the slowest ("many steps")."""
     if quick:
-        return {"eb=0.1 (default)": eb(0.1), "eb=1e-4, strict stop": eb(1e-4, **slow)}
-    return {"eb=0.1 (default)": eb(0.1), "eb=1e-3": eb(1e-3), "eb=1e-4, strict stop": eb(1e-4, **slow),
-            "eb=1e-4, strict stop, T=1.2-1.6": eb(1e-4, t_min=1.2, t_max=1.6, **slow)}
+        return sampler_grid(["eb=0.1 (default)", "eb=1e-4, strict stop"])
+    return sampler_grid(["eb=0.1 (default)", "eb=1e-3", "eb=1e-4, strict stop", "eb=1e-4, strict stop, T=1.2-1.6"])
 
 
 def run_prompts(model, problems: list[Problem], seed: int, **generation_kwargs):
@@ -292,32 +288,6 @@ def eos_smearing(traj, canvas: int = 0, max_offset: int = 2, source: str = "auto
     return EosSmearing(mass, offsets, source, traj.kind)
 
 
-def iia_figure(rows, title: str):
-    """Horizontal bars of IIA on informative pairs with 95% Wilson CIs, one row per hypothesis / baseline
-    (random-site baselines: mean of the draws, grey; AR twin rows orange; DiffusionGemma blue)."""
-    fig = Figure(figsize=(8.0, 1.2 + 0.24 * len(rows)), layout="constrained")
-    ax = fig.add_subplot()
-    vals, errs, labels = [], [], []
-    for label, r in rows:
-        labels.append(label)
-        if hasattr(r, "draws"):
-            vals.append(r.mean_iia_informative)
-            errs.append((0.0, 0.0))
-        else:
-            v, (lo, hi) = r.iia_informative, r.ci95_informative
-            vals.append(v)
-            errs.append((0.0, 0.0) if v != v else (max(v - lo, 0), max(hi - v, 0)))
-    y = list(range(len(vals)))
-    ax.barh(y, [0 if v != v else v for v in vals], xerr=list(zip(*errs)) if errs else None, capsize=2,
-            color=["tab:gray" if "random" in lab else "tab:orange" if "AR" in lab else "tab:blue" for lab in labels])
-    ax.set_yticks(y, labels, fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlim(0, 1.05)
-    ax.set_xlabel("IIA (informative pairs)")
-    ax.set_title(title, fontsize=9)
-    return fig
-
-
 def offcentre_mass(ts, min_rows: float = 0.25) -> dict:
     """Token smearing (`phenomena.TokenSmearing`) in two numbers robust to late steps where few rows are
     still active: `mean` = sum over offsets d != 0 of the (row, position)-weighted mean mass at d over
@@ -339,5 +309,5 @@ def offcentre_mass(ts, min_rows: float = 0.25) -> dict:
 
 __all__ = ["COUNT_POS", "COLON_POS", "LIST_START", "WILDCARD", "parse", "COUNT_MODEL", "layout", "layout_model",
            "LEFT_MODEL", "RIGHT_MODEL", "CountHypothesis", "sample_problem", "count_pairs", "sampler_settings",
-           "run_prompts", "digit_of", "CountTrace", "count_trace", "EosSmearing", "eos_smearing", "iia_figure",
+           "run_prompts", "digit_of", "CountTrace", "count_trace", "EosSmearing", "eos_smearing",
            "offcentre_mass"]

@@ -77,20 +77,32 @@ class Report:
         return out
 
 
-def iia_table(rows: Sequence[tuple[str, IIAResult | BaselineResult]]) -> str:
-    """A markdown table of IIA results (informative pairs first; all pairs after)."""
+def iia_table(rows: Sequence[tuple[str, IIAResult | BaselineResult | dict]]) -> str:
+    """A markdown table of IIA results (informative pairs first; all pairs after).
+
+    Rows are (label, result): an `IIAResult` / `BaselineResult`, or its `to_dict()` as live or read
+    back from report.json (NaN there is None) — the same text either way, so a report renders from
+    its numbers alone."""
+
+    def num(x) -> float:
+        return float("nan") if x is None else float(x)
+
     lines = ["| hypothesis / baseline | model | IIA (informative pairs) | 95% CI | n | IIA (all pairs) | n |",
              "|---|---|---|---|---|---|---|"]
     for label, r in rows:
-        if isinstance(r, BaselineResult):
-            d = r.draws[0] if r.draws else None
-            lines.append(f"| {label} (mean of {len(r.draws)} draws) | {d.kind if d else '?'} | "
-                         f"{r.mean_iia_informative:.3f} | min {min(x.iia_informative for x in r.draws):.3f} – "
-                         f"max {max(x.iia_informative for x in r.draws):.3f} | {d.n_informative if d else 0} | "
-                         f"{r.mean_iia:.3f} | {d.n if d else 0} |")
+        r = r.to_dict() if hasattr(r, "to_dict") else r
+        if "draws" in r:  # a random-site baseline
+            draws = r["draws"]
+            d = draws[0] if draws else None
+            lines.append(f"| {label} (mean of {len(draws)} draws) | {d['kind'] if d else '?'} | "
+                         f"{num(r['mean_iia_informative']):.3f} | min "
+                         f"{min(num(x['iia_informative']) for x in draws):.3f} – "
+                         f"max {max(num(x['iia_informative']) for x in draws):.3f} | "
+                         f"{d['n_informative'] if d else 0} | {num(r['mean_iia']):.3f} | {d['n'] if d else 0} |")
         else:
-            lines.append(f"| {label} | {r.kind} | {r.iia_informative:.3f} | {r.ci95_informative[0]:.3f}–"
-                         f"{r.ci95_informative[1]:.3f} | {r.n_informative} | {r.iia:.3f} | {r.n} |")
+            lo, hi = r["ci95_informative"]
+            lines.append(f"| {label} | {r['kind']} | {num(r['iia_informative']):.3f} | {num(lo):.3f}–"
+                         f"{num(hi):.3f} | {r['n_informative']} | {num(r['iia']):.3f} | {r['n']} |")
     return "\n".join(lines)
 
 

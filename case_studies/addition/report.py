@@ -7,7 +7,8 @@ report.md from a report.json with it, without rerunning the models.
 
 from __future__ import annotations
 
-from case_studies.common_report import as_json, f3, figure_links, iia_table, num, probe_section, slug
+from case_studies.common_report import as_json, f3, figure_links, num, probe_section, slug
+from dgt_interp.studies import iia_table
 
 TITLE = "Case study: addition — carries and commit order"
 TIGHT = "eb=1e-4"  # the tightest entropy bound (the many-step setting) in both the quick and the full run

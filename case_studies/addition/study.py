@@ -21,7 +21,8 @@ import random
 import torch
 from matplotlib.figure import Figure
 
-from case_studies.common_report import collect_probes, is_baseline, nz, slug
+from case_studies.common_report import collect_probes, iia_figure, nz, slug
+from case_studies.samplers import sampler_grid
 from dgt_interp import capture
 from dgt_interp.causal import PairRuns, expected_answers, interchange_accuracy, random_site_baseline
 from dgt_interp.evaluate import prompt_batch
@@ -31,7 +32,6 @@ from dgt_interp.phenomena import (
     draft_effects,
     find_drafts,
 )
-from dgt_interp.sampling import entropy_bound_kwargs
 from dgt_interp.studies import Report, StudyContext
 from dgt_interp.tasks import EOS_ID
 from dgt_interp.viz import commit_heatmap
@@ -41,35 +41,10 @@ from .report import TIGHT, TITLE, iia_rows, render
 
 
 def sampler_settings(quick: bool) -> dict[str, dict]:
-    """name -> generate kwargs. Tighter entropy bounds accept fewer tokens per step (more steps)."""
-    eb = entropy_bound_kwargs
+    """name -> generate kwargs (`case_studies.samplers`): from the default to ever more denoising steps."""
     if quick:
-        return {"eb=0.1 (default)": eb(0.1), "eb=1e-4": eb(1e-4)}
-    return {"eb=0.1 (default)": eb(0.1), "eb=0.01": eb(0.01), "eb=1e-3": eb(1e-3), "eb=1e-4": eb(1e-4),
-            "eb=1e-4, T=1.2-1.6": eb(1e-4, t_min=1.2, t_max=1.6)}  # hotter: more entropy, more steps
-
-
-def _iia_figure(rows) -> Figure:
-    fig = Figure(figsize=(7.5, 3.2), layout="constrained")
-    ax = fig.add_subplot()
-    labels, vals, errs = [], [], []
-    for label, r in rows:  # (label, IIAResult / BaselineResult dict), `report.iia_rows`
-        labels.append(label)
-        if is_baseline(r):
-            vals.append(r["mean_iia_informative"])
-            errs.append((0, 0))
-        else:
-            vals.append(r["iia_informative"])
-            lo, hi = r["ci95_informative"]
-            errs.append((max(r["iia_informative"] - lo, 0), max(hi - r["iia_informative"], 0)))
-    x = range(len(vals))
-    ax.bar(x, [0 if v != v else v for v in vals], yerr=list(zip(*errs)) if errs else None, capsize=3,
-           color=["tab:gray" if "random" in lab else "tab:orange" if "AR" in lab else "tab:blue" for lab in labels])
-    ax.set_xticks(list(x), labels, rotation=60, ha="right", fontsize=7)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("IIA (informative pairs)")
-    ax.set_title("carry hypotheses: interchange-intervention accuracy (95% Wilson CI)", fontsize=9)
-    return fig
+        return sampler_grid(["eb=0.1 (default)", "eb=1e-4"])
+    return sampler_grid(["eb=0.1 (default)", "eb=0.01", "eb=1e-3", "eb=1e-4", "eb=1e-4, T=1.2-1.6"])
 
 
 def compute(ctx: StudyContext) -> tuple[dict, dict]:
@@ -169,7 +144,7 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
                     ar_rnd = random_site_baseline(ar, hyp, runs=runs_ar, draws=n_draws, seed=ctx.seed, batch_size=16)
                     entry["ar_twin"][hyp.name] = {"hypothesis": ar_res.to_dict(), "random_sites": ar_rnd.to_dict()}
             numbers["iia"][name][f"c{j}"] = entry
-    figures["iia"] = _iia_figure(iia_rows(numbers))
+    figures["iia"] = iia_figure(iia_rows(numbers), "carry hypotheses: interchange-intervention accuracy (95% Wilson CI)")
 
     # 4. attention of the answer positions to the prompt's columns (default sampler)
     numbers["attention"] = column_attention(diff, prompts, seed=ctx.seed, **settings[list(settings)[0]])

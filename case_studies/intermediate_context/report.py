@@ -6,7 +6,8 @@ tuples are lists); `render` gives the same text for both.
 
 from __future__ import annotations
 
-from case_studies.common_report import as_json, f3, figure_links, iia_table, num, probe_section, slug
+from case_studies.common_report import as_json, f3, figure_links, num, probe_section, slug
+from dgt_interp.studies import iia_table
 
 from .hypothesis import list_at
 

@@ -22,12 +22,11 @@ import random
 
 import torch
 
-from case_studies.common_report import collect_probes, slug
+from case_studies.common_report import collect_probes, iia_figure, slug
 from case_studies.count_common import (
     COUNT_POS,
     LIST_START,
     count_trace,
-    iia_figure,
     run_prompts,
     sample_problem,
     sampler_settings,

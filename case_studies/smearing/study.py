@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import random
 
-from case_studies.common_report import collect_probes, nz, slug
+from case_studies.common_report import collect_probes, iia_figure, nz, slug
 from case_studies.count_common import (
     count_trace,
     eos_smearing,
-    iia_figure,
     offcentre_mass,
     run_prompts,
     sample_problem,

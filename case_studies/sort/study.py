@@ -24,6 +24,7 @@ import torch
 from matplotlib.figure import Figure
 
 from case_studies.common_report import collect_probes, nz, slug
+from case_studies.samplers import sampler_grid
 from dgt_interp.causal import BaselineResult, PairRuns, expected_answers, random_sites
 from dgt_interp.evaluate import prompt_batch
 from dgt_interp.models import is_diffusion
@@ -34,8 +35,6 @@ from dgt_interp.phenomena import (
     draft_effects,
     find_drafts,
 )
-from dgt_interp.sampling import entropy_bound_kwargs
-from dgt_interp.sampling import sampler_settings as preset
 from dgt_interp.stats import wilson_interval
 from dgt_interp.studies import Report, StudyContext
 from dgt_interp.tasks import EOS_ID, VOCAB
@@ -55,14 +54,15 @@ from .report import DEFAULT, GENTLE, HOT, MANY, POSITION_KINDS, RANK_CLASSES, TI
 
 
 def sampler_settings(quick: bool) -> dict[str, dict]:
-    """name -> generate kwargs. The first is the zoo default; `MANY` resolves the canvas over many steps."""
-    def eb(bound, base="default", **kw):
-        return {**preset(base), **entropy_bound_kwargs(bound, **kw)}
-
-    if quick:  # the many-step setting capped at 6 steps
-        return {DEFAULT: preset("default"), MANY: eb(1e-4, confidence_threshold=1e-9, max_denoising_steps=6)}
-    return {DEFAULT: preset("default"), GENTLE: preset("gentle"), TIGHT: eb(1e-4),
-            MANY: eb(1e-4, confidence_threshold=1e-9), HOT: eb(1e-4, t_max=1.6, t_min=1.2)}
+    """name -> generate kwargs (`case_studies.samplers`). The first is the zoo default; `MANY` resolves the
+    canvas over many steps (capped at 6 steps in the quick setting)."""
+    labels = {"eb=0.1 (default)": DEFAULT, "eb=1e-4": TIGHT, "eb=1e-4, no early stop": MANY,
+              "eb=1e-4, T=1.2-1.6": HOT, "gentle": GENTLE}
+    if quick:
+        return sampler_grid(["eb=0.1 (default)", "eb=1e-4, no early stop"], labels=labels,
+                            overrides={"eb=1e-4, no early stop": dict(max_denoising_steps=6)})
+    return sampler_grid(["eb=0.1 (default)", "gentle", "eb=1e-4", "eb=1e-4, no early stop", "eb=1e-4, T=1.2-1.6"],
+                        labels=labels)
 
 
 # hook names every alignment (and its random twin) patches: stashed in one clean run per PairRuns

@@ -22,9 +22,9 @@ import torch
 from matplotlib.figure import Figure
 
 from case_studies.common_report import collect_probes
+from case_studies.samplers import sampler_grid
 from dgt_interp.evaluate import prompt_batch
 from dgt_interp.phenomena import canvas_flips, detect_phenomena
-from dgt_interp.sampling import entropy_bound_kwargs
 from dgt_interp.stats import spearman
 from dgt_interp.studies import Report, StudyContext
 from dgt_interp.tasks import EOS_ID, SUDOKU
@@ -35,12 +35,10 @@ from .report import TITLE, render
 
 
 def sampler_settings(quick: bool) -> dict[str, dict]:
-    """name -> generate kwargs. Tighter entropy bounds accept fewer tokens per step (more steps)."""
-    eb = entropy_bound_kwargs
+    """name -> generate kwargs (`case_studies.samplers`): from the default to ever more denoising steps."""
     if quick:
-        return {"eb=0.1 (default)": eb(0.1), "eb=1e-4": eb(1e-4)}
-    return {"eb=0.1 (default)": eb(0.1), "eb=1e-3": eb(1e-3), "eb=1e-4": eb(1e-4),
-            "eb=1e-4, T=1.2-1.6": eb(1e-4, t_min=1.2, t_max=1.6)}
+        return sampler_grid(["eb=0.1 (default)", "eb=1e-4"])
+    return sampler_grid(["eb=0.1 (default)", "eb=1e-3", "eb=1e-4", "eb=1e-4, T=1.2-1.6"])
 
 
 def multi_round_puzzles(n: int, seed: int = 0) -> list:

@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from case_studies.addition.hypothesis import ADDITION_MODEL, answer_position, carry_at, carry_pairs, column_positions, digits
+from case_studies.addition.hypothesis import (
+    ADDITION_MODEL,
+    answer_position,
+    carry_at,
+    carry_pairs,
+    column_positions,
+    digits,
+)
 from dgt_interp.causal import SiteContext
 from dgt_interp.tasks import Problem
 

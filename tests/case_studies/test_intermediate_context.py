@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from case_studies.count_common import COUNT_MODEL, CountHypothesis
+from case_studies.count_common import COUNT_MODEL
 from case_studies.intermediate_context.hypothesis import context_pairs, count_draft_at, list_at
 from dgt_interp.causal import CaseStudyError, SiteContext
 from dgt_interp.tasks import Problem

@@ -8,7 +8,6 @@ import json
 import pytest
 
 from dgt_interp.causal import CaseStudyError
-
 from dgt_interp.studies import CaseStudy, Report, rerender
 from dgt_interp.tasks import ADDITION
 
@@ -40,16 +39,18 @@ def test_rerender_errors(tmp_path):
         rerender(_study(render=None), tmp_path)
 
 
-def test_shared_iia_table_matches_the_object_version():
-    from case_studies.common_report import as_json, iia_table
+def test_iia_table_reads_results_and_their_json_alike():
+    from case_studies.common_report import as_json
     from dgt_interp.causal import BaselineResult, IIAResult
-    from dgt_interp.studies import iia_table as object_table
+    from dgt_interp.studies import iia_table
 
     nan = float("nan")
     r = IIAResult("h", "diffusion", ["s"], 4, 3, 0.75, (0.3, 0.95), 0, 0, nan, (nan, nan))
     b = BaselineResult([IIAResult(f"random #{k}", "diffusion", ["s"], 4, k, k / 4, (0.0, 1.0), 2, k, k / 2,
                                   (0.0, 1.0)) for k in range(3)])
     rows = [("hyp", r), ("random", b)]
-    want = object_table(rows)
+    want = iia_table(rows)
+    assert "| hyp | diffusion | nan | nan–nan | 0 | 0.750 | 4 |" in want
+    assert "| random (mean of 3 draws) | diffusion | 0.500 | min 0.000 – max 1.000 | 2 | 0.250 | 4 |" in want
     assert iia_table([(label, x.to_dict()) for label, x in rows]) == want  # live dicts (NaN, tuples)
     assert iia_table(as_json([(label, x.to_dict()) for label, x in rows])) == want  # as read from report.json

@@ -21,8 +21,8 @@ from case_studies.count_common import (
 )
 from case_studies.smearing.hypothesis import count_at
 from dgt_interp.causal import CaseStudyError, SiteContext
-from dgt_interp.testing import constructed_trajectory
 from dgt_interp.tasks import COUNT, EOS_ID, Problem, encode
+from dgt_interp.testing import constructed_trajectory
 
 BASE = Problem("7291538[3-7]?", "3:753")
 
