@@ -58,3 +58,43 @@ def sort_diffusion():
 @pytest.fixture(scope="session")
 def sort_ar():
     return _zoo_model("sort-ar")
+
+
+OUTSIDE_PROBE = '''
+from matplotlib.figure import Figure
+
+from dgt_interp.phenomena import register_probe
+
+
+class StepCount:
+    def __init__(self, n):
+        self.n = n
+
+    def to_dict(self):
+        return {"summary": self.n, "steps": self.n}
+
+    def figure(self, title=""):
+        return Figure()
+
+
+@register_probe("outside_step_count", description="denoising steps of canvas 0, from a file outside the package")
+def step_count(traj, *, eos_id=None):
+    return StepCount(len(traj.canvas_steps(0)))
+'''
+
+
+@pytest.fixture
+def outside_probe(tmp_path):
+    """A probe registered by importing a file outside the package (`outside_step_count`: canvas 0's
+    steps); unregistered afterwards."""
+    import importlib.util
+
+    from dgt_interp.phenomena import probes, unregister_probe
+
+    path = tmp_path / "my_probes.py"
+    path.write_text(OUTSIDE_PROBE)
+    spec = importlib.util.spec_from_file_location("my_probes", path)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    yield "outside_step_count"
+    if "outside_step_count" in [p.name for p in probes()]:  # a test may have unregistered it already
+        unregister_probe("outside_step_count")

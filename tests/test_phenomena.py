@@ -217,46 +217,15 @@ def test_canvas_flips_identity_patch_is_noop(tiny_diffusion):
         canvas_flips(tiny_diffusion, ids, ids, steps=[5], max_denoising_steps=3, seed=1)
 
 
-PROBE_FILE = '''
-from matplotlib.figure import Figure
 
-from dgt_interp.phenomena import register_probe
+def test_a_probe_registered_from_outside_runs_in_detect_phenomena(tiny_diffusion, outside_probe):
+    from dgt_interp.phenomena import detect_phenomena, extra_probe_table, probes
 
-
-class StepCount:
-    def __init__(self, n):
-        self.n = n
-
-    def to_dict(self):
-        return {"summary": self.n, "steps": self.n}
-
-    def figure(self, title=""):
-        return Figure()
-
-
-@register_probe("test_step_count", description="denoising steps of canvas 0 (a probe from outside the package)")
-def step_count(traj, *, eos_id=None):
-    return StepCount(len(traj.canvas_steps(0)))
-'''
-
-
-def test_a_probe_registered_from_outside_runs_in_detect_phenomena(tiny_diffusion, tmp_path):
-    import importlib.util
-
-    from dgt_interp.phenomena import detect_phenomena, extra_probe_table, probes, unregister_probe
-
-    path = tmp_path / "my_probes.py"
-    path.write_text(PROBE_FILE)
-    spec = importlib.util.spec_from_file_location("my_probes", path)
-    spec.loader.exec_module(importlib.util.module_from_spec(spec))
-    try:
-        assert "test_step_count" in [p.name for p in probes()]
-        traj, res = detect_phenomena(tiny_diffusion, ["12+34=", "5+6="], max_denoising_steps=3)
-        assert res["test_step_count"].n == len(traj.canvas_steps(0)) == traj.n_steps
-        assert res["accuracy"] is None  # bare strings: no answers to score
-        assert set(res) >= {"commit_argmax", "commit_sampler", "token_smearing", "sequence_smearing", "drafts"}
-        table = extra_probe_table({"default": {k: v.to_dict() for k, v in res.items() if k != "accuracy"}})
-        assert "| test_step_count |" in table and f"| {traj.n_steps} |" in table
-    finally:
-        unregister_probe("test_step_count")
+    assert outside_probe in [p.name for p in probes()]
+    traj, res = detect_phenomena(tiny_diffusion, ["12+34=", "5+6="], max_denoising_steps=3)
+    assert res[outside_probe].n == len(traj.canvas_steps(0)) == traj.n_steps
+    assert res["accuracy"] is None  # bare strings: no answers to score
+    assert set(res) >= {"commit_argmax", "commit_sampler", "token_smearing", "sequence_smearing", "drafts"}
+    table = extra_probe_table({"default": {k: v.to_dict() for k, v in res.items() if k != "accuracy"}})
+    assert f"| {outside_probe} |" in table and f"| {traj.n_steps} |" in table
     assert extra_probe_table({"default": {"commit_argmax": {"mean_rho": 1.0}}}) == ""  # built-ins: no extra table
