@@ -24,11 +24,16 @@ from typing import Callable
 
 import torch
 
+from dgt_interp.errors import DgtInterpError
 from dgt_interp.evaluate import evaluate
 from dgt_interp.models import is_diffusion
 from dgt_interp.sampling import SAMPLERS, sampler_settings
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class BottleneckError(DgtInterpError, ValueError, TypeError):
+    """Bad bottleneck input (one-line message that says what to do)."""
 
 LOGITS_HOOK = "self_cond.hook_logits_in"
 SIGNAL_HOOK = "self_cond.hook_signal"
@@ -69,7 +74,7 @@ class TopK(Bottleneck):
 
     def __post_init__(self):
         if not isinstance(self.k, int) or self.k < 1:
-            raise ValueError(f"TopK needs an integer k >= 1, got {self.k!r}")
+            raise BottleneckError(f"TopK needs an integer k >= 1, got {self.k!r}")
 
     @property
     def name(self) -> str:
@@ -89,7 +94,7 @@ class TopP(Bottleneck):
 
     def __post_init__(self):
         if not 0.0 <= self.p < 1.0:
-            raise ValueError(f"TopP needs a threshold 0 <= p < 1, got {self.p!r}")
+            raise BottleneckError(f"TopP needs a threshold 0 <= p < 1, got {self.p!r}")
 
     @property
     def name(self) -> str:
@@ -122,7 +127,7 @@ class Zero(Bottleneck):
         return "zeroed"
 
     def __call__(self, logits):
-        raise TypeError("Zero acts on the self-conditioning signal, not on logits; use .hooks()")
+        raise BottleneckError("Zero acts on the self-conditioning signal, not on logits; use .hooks()")
 
     def hooks(self):
         return [(SIGNAL_HOOK, lambda signal, hook: torch.zeros_like(signal))]
@@ -142,7 +147,7 @@ class Custom(Bottleneck):
     def __call__(self, logits):
         out = self.fn(logits)
         if not isinstance(out, torch.Tensor) or out.shape != logits.shape:
-            raise ValueError(
+            raise BottleneckError(
                 f"bottleneck {self.label!r} must return a tensor of shape {tuple(logits.shape)}; "
                 f"got {getattr(out, 'shape', type(out).__name__)}"
             )
@@ -166,7 +171,7 @@ def as_bottleneck(spec: "Bottleneck | LogitsFn | str | None") -> Bottleneck | No
         return TopP(float(s.split("=", 1)[-1].lstrip(">")) if "=" in s or ">" in s else 0.1)
     if s.startswith("top-") and s[4:].isdigit():
         return TopK(int(s[4:]))
-    raise ValueError(f"unknown bottleneck {spec!r}; use none, top-K (e.g. top-1), top-p=P, one-hot or zero")
+    raise BottleneckError(f"unknown bottleneck {spec!r}; use none, top-K (e.g. top-1), top-p=P, one-hot or zero")
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -193,7 +198,7 @@ def bottleneck_table(model, task, *, variants=VARIANTS, samplers=SAMPLERS, n: in
     the bottleneck and the sampler. `variants` entries are anything `as_bottleneck` accepts.
     """
     if not is_diffusion(model):
-        raise TypeError(f"the token bottleneck acts on DiffusionGemma's self-conditioning; got {type(model).__name__}")
+        raise BottleneckError(f"the token bottleneck acts on DiffusionGemma's self-conditioning; got {type(model).__name__}")
     problems = task.problems("test", n, seed=seed)
     rows = []
     for sampler in samplers:

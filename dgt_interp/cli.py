@@ -9,15 +9,25 @@ import argparse
 import sys
 
 from dgt_interp import zoo
+from dgt_interp.errors import DgtInterpError
 from dgt_interp.bottleneck import SAMPLERS, VARIANTS, bottleneck_table, format_table
 from dgt_interp.demo import run_demo, run_flagship_study
 from dgt_interp.depth.presets import PRESETS, compare, get_preset, preset_summary, settings_notes
 from dgt_interp.lens_report import lens_report
 from dgt_interp.models import TinySize, load_model
-from dgt_interp.patch_report import run_patch
+from dgt_interp.patch_report import METRICS, SWEEPS, run_patch
 from dgt_interp.studies import get_study, list_studies, rerender, run_study
 from dgt_interp.tasks import get_task
 from dgt_interp.train import TrainConfig, train
+
+
+class CLIError(DgtInterpError, ValueError):
+    """A bad combination of command-line options (one-line message)."""
+
+
+def _positive(what: str, v, low=1) -> None:
+    if v is not None and (v != v or v < low or v == float("inf")):
+        raise CLIError(f"{what} {v!r} must be a finite number >= {low}")
 
 
 def _cmd_train(args) -> None:
@@ -57,6 +67,7 @@ def _cmd_demo(args) -> None:
 
 
 def _cmd_bottleneck(args) -> None:
+    _positive("-n", args.n)
     task = get_task(args.task)
     model = load_model(args.model)
     rows = bottleneck_table(model, task, variants=args.variants, samplers=args.samplers, n=args.n, seed=args.seed,
@@ -66,6 +77,9 @@ def _cmd_bottleneck(args) -> None:
 
 
 def _cmd_depth(args) -> None:
+    _positive("--steps", args.steps)
+    _positive("--canvas", args.canvas)
+    _positive("--prompt-len", args.prompt_len)
     preset = get_preset(args.preset)
     rule_sets = ["reference", "corrected"] if args.rules == "both" else [args.rules]
     if args.vs is None:
@@ -77,7 +91,7 @@ def _cmd_depth(args) -> None:
     other = get_preset(args.vs)
     diffusion, ar = (args.preset, args.vs) if preset.kind == "diffusion" else (args.vs, args.preset)
     if PRESETS[diffusion].kind != "diffusion" or PRESETS[ar].kind != "ar":
-        raise ValueError(f"--preset and --vs must be one diffusion and one AR preset; got {preset.kind} and {other.kind}")
+        raise CLIError(f"--preset and --vs must be one diffusion and one AR preset; got {preset.kind} and {other.kind}")
     print(f"{diffusion} vs {ar}")
     for note in settings_notes(PRESETS[diffusion].dtype):
         print(f"  assumes: {note}")
@@ -133,8 +147,9 @@ def _cmd_case_study_render(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dgt-interp", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
+    fmt = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}  # --help shows every default
 
-    t = sub.add_parser("train", help="train a tiny diffusion or AR model on a task and save it as an HF dir")
+    t = sub.add_parser("train", **fmt, help="train a tiny diffusion or AR model on a task and save it as an HF dir")
     t.add_argument("--task", required=True)
     t.add_argument("--kind", choices=["diffusion", "ar"], required=True)
     t.add_argument("--out", required=True, help="output dir (written atomically)")
@@ -158,46 +173,46 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_cmd_train)
 
-    z = sub.add_parser("zoo", help="the shipped models")
+    z = sub.add_parser("zoo", **fmt, help="the shipped models")
     zsub = z.add_subparsers(dest="zoo_command", required=True)
-    zl = zsub.add_parser("list", help="list shipped models with their held-out accuracy")
+    zl = zsub.add_parser("list", **fmt, help="list shipped models with their held-out accuracy")
     zl.set_defaults(func=_cmd_zoo_list)
-    b = sub.add_parser("bottleneck", help="accuracy under token bottlenecks of the self-conditioning channel")
+    b = sub.add_parser("bottleneck", **fmt, help="accuracy under token bottlenecks of the self-conditioning channel")
     b.add_argument("--model", required=True, help="zoo name or model dir (DiffusionGemma)")
     b.add_argument("--task", required=True)
     b.add_argument("--variants", nargs="+", default=list(VARIANTS),
-                   help="none, top-K, top-p=P, one-hot, zero (default: %(default)s)")
-    b.add_argument("--samplers", nargs="+", default=list(SAMPLERS), help="sampler settings: default, gentle")
+                   help="none, top-K, top-p=P, one-hot, zero")
+    b.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=SAMPLERS, help="sampler settings")
     b.add_argument("-n", type=int, default=1000, help="held-out problems per cell")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=_cmd_bottleneck)
 
-    d = sub.add_parser("demo", help="denoise a few additions step by step, then run the flagship case study")
+    d = sub.add_parser("demo", **fmt, help="denoise a few additions step by step, then run the flagship case study")
     d.add_argument("--model", default="addition-diffusion", help="zoo name or model dir")
     d.add_argument("-n", type=int, default=3, help="number of problems")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--entropy-bound", type=float, default=None,
                    help="sampler entropy bound (smaller = fewer tokens accepted per step = more steps)")
     d.add_argument("--study", default="addition",
-                   help="case study to run after the trace, end to end ('none' to skip; default: %(default)s)")
-    d.add_argument("--out", default="dgt_interp_demo", help="where the study report goes (default: %(default)s/)")
+                   help="case study to run after the trace, end to end ('none' to skip)")
+    d.add_argument("--out", default="dgt_interp_demo", help="where the study report goes")
     d.add_argument("--quick", action="store_true", help="run the study's reduced setting (seconds, for smoke tests)")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=_cmd_demo)
 
-    dp = sub.add_parser("depth", help="opaque serial depth of a released architecture (meta device, no weights)")
+    dp = sub.add_parser("depth", **fmt, help="opaque serial depth of a released architecture (meta device, no weights)")
     dp.add_argument("--preset", required=True,
                     help="diffusiongemma-26b-a4b, gemma4-26b-a4b, diffusiongemma-tiny or gemma4-tiny")
     dp.add_argument("--vs", default=None, help="a preset to compare with (one diffusion, one AR)")
-    dp.add_argument("--steps", type=int, default=48, help="denoising steps per canvas (default: %(default)s)")
+    dp.add_argument("--steps", type=int, default=48, help="denoising steps per canvas")
     dp.add_argument("--canvas", type=int, default=None, help="canvas length (default: the model's, 256)")
-    dp.add_argument("--prompt-len", type=int, default=256, help="prompt tokens (default: %(default)s)")
+    dp.add_argument("--prompt-len", type=int, default=256, help="prompt tokens")
     dp.add_argument("--rules", choices=["reference", "corrected", "both"], default="reference",
                     help="cost rules: the published tool's, ours with its gaps fixed, or both")
     dp.set_defaults(func=_cmd_depth)
 
-    ln = sub.add_parser("lens", help="logit / tuned lens over (step, layer, position) of one prompt: PNGs + tensors")
+    ln = sub.add_parser("lens", **fmt, help="logit / tuned lens over (step, layer, position) of one prompt: PNGs + tensors")
     ln.add_argument("--model", required=True, help="zoo name or model dir")
     ln.add_argument("--prompt", required=True, help='e.g. "1234+5678="')
     ln.add_argument("--out", required=True, help="output dir (PNGs, lens_*.safetensors, summary.json)")
@@ -214,25 +229,24 @@ def build_parser() -> argparse.ArgumentParser:
     ln.add_argument("--entropy-bound", type=float, default=None, help="sampler entropy bound (smaller = more steps)")
     ln.add_argument("--max-denoising-steps", type=int, default=None)
     ln.set_defaults(func=_cmd_lens)
-    pt = sub.add_parser("patch", help="activation patching over (step, layer, position) of a clean/corrupted pair: PNGs + tensors")
+    pt = sub.add_parser("patch", **fmt, help="activation patching over (step, layer, position) of a clean/corrupted pair: PNGs + tensors")
     pt.add_argument("--model", required=True, help="zoo name or model dir")
     pt.add_argument("--clean", required=True, help='clean prompt, e.g. "4721+3856="')
     pt.add_argument("--corrupted", required=True, help="corrupted prompt with the same number of tokens")
     pt.add_argument("--out", required=True, help="output dir (<sweep>.png, patching.safetensors, patching.json)")
-    pt.add_argument("--sweeps", nargs="+", default=["resid_pre", "attn_out", "mlp_out", "self_cond", "canvas"],
-                    help="resid_pre attn_out mlp_out self_cond canvas (default: all)")
-    pt.add_argument("--metric", default="logit_diff", help="logit_diff, prob or exact (default: %(default)s)")
+    pt.add_argument("--sweeps", nargs="+", default=list(SWEEPS), choices=SWEEPS, help="sweeps to run")
+    pt.add_argument("--metric", default="logit_diff", choices=METRICS, help="what the patched runs are scored by")
     pt.add_argument("--seed", type=int, default=0)
     pt.add_argument("--batch-size", type=int, default=64, help="patched copies per generate")
     pt.add_argument("--attribution", action="store_true", help="also attribution patching (gradient estimate)")
     pt.add_argument("--quiet", action="store_true")
     pt.set_defaults(func=_cmd_patch)
 
-    cs = sub.add_parser("case-study", help="packaged case studies (case_studies/<name>/): list them or run one")
+    cs = sub.add_parser("case-study", **fmt, help="packaged case studies (case_studies/<name>/): list them or run one")
     cssub = cs.add_subparsers(dest="case_study_command", required=True)
-    csl = cssub.add_parser("list", help="list registered case studies")
+    csl = cssub.add_parser("list", **fmt, help="list registered case studies")
     csl.set_defaults(func=_cmd_case_study_list)
-    csr = cssub.add_parser("run", help="run a case study and write report.md, PNGs and report.json")
+    csr = cssub.add_parser("run", **fmt, help="run a case study and write report.md, PNGs and report.json")
     csr.add_argument("name", help="a registered study (see `case-study list`) or a path to a study .py file / package")
     csr.add_argument("--model", default=None, help="DiffusionGemma zoo name or dir (default: the study's)")
     csr.add_argument("--ar-model", default=None, help="AR twin zoo name or dir (default: the study's)")
@@ -241,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     csr.add_argument("--quick", action="store_true", help="reduced settings (minutes, small n): a smoke run")
     csr.add_argument("--quiet", action="store_true", help="no progress bar")
     csr.set_defaults(func=_cmd_case_study_run)
-    csd = cssub.add_parser("render", help="rewrite report.md of a finished run from its report.json (no model runs)")
+    csd = cssub.add_parser("render", **fmt, help="rewrite report.md of a finished run from its report.json (no model runs)")
     csd.add_argument("name", help="the study that wrote the report")
     csd.add_argument("dir", help="the report dir (holds report.json)")
     csd.set_defaults(func=_cmd_case_study_render)
@@ -252,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except DgtInterpError as e:  # bad input; anything else is a bug and shows its traceback
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
     return 0

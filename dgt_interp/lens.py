@@ -41,7 +41,7 @@ from torch import nn
 from torch.func import functional_call
 from transformers import DiffusionGemmaForBlockDiffusion, Gemma4ForCausalLM
 
-from dgt_interp.atomic import save_tensors, write_text
+from dgt_interp.atomic import atomic_dir, save_tensors, write_text
 from dgt_interp.backends.tl import UnsupportedModelError
 from dgt_interp.capturing import capture
 from dgt_interp.errors import DgtInterpError
@@ -455,14 +455,14 @@ class TunedLens(Lens):
     def save(self, out_dir: str | Path) -> Path:
         """Write `tuned_lens.safetensors` (weight, bias) and `tuned_lens.json` to `out_dir`."""
         root = Path(out_dir)
-        root.mkdir(parents=True, exist_ok=True)
         u = self.unembed
         tensors = {"weight": self.weight.detach().cpu().contiguous(), "bias": self.bias.detach().cpu().contiguous()}
-        save_tensors(root / "tuned_lens.safetensors", tensors)
         meta = {"format_version": FORMAT_VERSION, "model_class": u.model_class, "d_model": u.d_model,
                 "n_layers": u.n_layers, "vocab_size": u.vocab_size, "step_buckets": self.step_buckets,
                 "training": self.training_info}
-        write_text(root / "tuned_lens.json", json.dumps(meta, indent=1))
+        with atomic_dir(root) as tmp:  # both files, or the old lens: never one of each
+            save_tensors(tmp / "tuned_lens.safetensors", tensors)
+            write_text(tmp / "tuned_lens.json", json.dumps(meta, indent=1))
         return root
 
     @classmethod

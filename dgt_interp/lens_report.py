@@ -12,7 +12,7 @@ import json
 import math
 from pathlib import Path
 
-from dgt_interp.atomic import save_figure, write_text
+from dgt_interp.atomic import atomic_dir, save_figure, write_text
 from dgt_interp.lens import LensError, LogitLens, TunedLens, format_kl_table, lens_capture
 from dgt_interp.models import is_diffusion, load_model
 from dgt_interp.sampling import entropy_bound_kwargs
@@ -34,8 +34,12 @@ def _generation_kwargs(model, entropy_bound, max_denoising_steps) -> dict:
             raise LensError("--entropy-bound and --max-denoising-steps apply to diffusion models only; drop them for the AR twin")
         return kwargs
     if entropy_bound is not None:
+        if not math.isfinite(entropy_bound) or entropy_bound < 0:
+            raise LensError(f"--entropy-bound {entropy_bound!r} must be a finite number >= 0 (smaller = more steps)")
         kwargs.update(entropy_bound_kwargs(entropy_bound))
     if max_denoising_steps is not None:
+        if max_denoising_steps < 1:
+            raise LensError(f"--max-denoising-steps {max_denoising_steps!r} must be >= 1")
         kwargs["max_denoising_steps"] = int(max_denoising_steps)
     return kwargs
 
@@ -81,6 +85,12 @@ def lens_report(model_name: str, prompt: str, out_dir: str | Path, *, position: 
     """Run the lens CLI: see the module docstring. Returns the summary written to `summary.json`."""
     if tuned is not None and fit_tuned is not None:
         raise LensError("pass either --tuned (load a lens) or --fit-tuned (train one), not both")
+    for what, v in (("-k", k), ("--fit-n", fit_n), ("--fit-iters", fit_iters), ("--step-buckets", step_buckets)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise LensError(f"{what} {v!r} must be an int >= 1")
+    for what, d in (("--out", out_dir), ("--fit-tuned", fit_tuned)):
+        if d is not None and Path(d).exists() and not Path(d).is_dir():
+            raise LensError(f"{what} {str(d)!r} exists and is not a directory; pass a directory path")
     model = load_model(model_name)
     tok = load_tokenizer(model)
     gen = _generation_kwargs(model, entropy_bound, max_denoising_steps)
@@ -95,41 +105,40 @@ def lens_report(model_name: str, prompt: str, out_dir: str | Path, *, position: 
     answer = decode_until_eos(tok, traj.sequences[0, traj.meta["prompt_length"]:])
     if target_id is None:  # the token finally emitted at that position
         target_id = int(traj.argmax_canvas[-1, 0, position])
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(out_dir) as out:  # the whole dir is replaced at once: never old and new files mixed
 
-    summary: dict = {"model": str(model_name), "prompt": prompt, "answer": answer, "position": position,
-                     "target": tok.convert_ids_to_tokens(target_id), "target_id": target_id, "steps": traj.n_steps,
-                     "seed": seed}
-    if fit_tuned is not None:
-        lens, report = fit_tuned_lens(model, _task_of(model_name, task), n=fit_n, iters=fit_iters,
-                                      step_buckets=step_buckets, seed=seed, **gen)
-        lens.save(fit_tuned)
-        lenses["tuned"] = lens
-        summary["heldout_kl"] = {key: report[key] for key in ("logit", "tuned", "steps", "layers")}
-        print_fn(f"tuned lens trained on {fit_n} prompts, saved to {fit_tuned}; held-out KL to final:\n{report['text']}")
+        summary: dict = {"model": str(model_name), "prompt": prompt, "answer": answer, "position": position,
+                         "target": tok.convert_ids_to_tokens(target_id), "target_id": target_id, "steps": traj.n_steps,
+                         "seed": seed}
+        if fit_tuned is not None:
+            lens, report = fit_tuned_lens(model, _task_of(model_name, task), n=fit_n, iters=fit_iters,
+                                          step_buckets=step_buckets, seed=seed, **gen)
+            lens.save(fit_tuned)
+            lenses["tuned"] = lens
+            summary["heldout_kl"] = {key: report[key] for key in ("logit", "tuned", "steps", "layers")}
+            print_fn(f"tuned lens trained on {fit_n} prompts, saved to {fit_tuned}; held-out KL to final:\n{report['text']}")
 
-    stack = traj.stack("blocks.*.hook_resid_post")
-    last = lenses["logit"].logits(stack[:, -1], lenses["logit"].n_layers - 1)
-    summary["last_layer_max_abs_diff"] = float((last - traj["logits"]).abs().max())
-    files = []
-    for name, lens in lenses.items():
-        res = lens.run(traj, targets=[target_id], k=k)
-        res.save(out / f"lens_{name}.safetensors")
-        save_figure(out / f"{name}_target.png",
-                    layer_step_heatmap(res, position=position, metric="target", tokenizer=tok), dpi=90)
-        save_figure(out / f"{name}_kl.png", layer_step_heatmap(res, metric="kl", tokenizer=tok), dpi=90)
-        files += [f"lens_{name}.safetensors", f"{name}_target.png", f"{name}_kl.png"]
-        summary[f"kl_{name}"] = _table(res.kl_table())
-        print_fn(format_kl_table(res))
-    save_figure(out / "canvas.png", canvas_figure(traj, tokenizer=tok), dpi=90)
-    save_figure(out / "commit.png", commit_heatmap(traj, tokenizer=tok), dpi=90)
-    files += ["canvas.png", "commit.png", "summary.json"]
-    summary["files"] = files
-    write_text(out / "summary.json", json.dumps(summary, indent=1))  # last: its presence means complete
+        stack = traj.stack("blocks.*.hook_resid_post")
+        last = lenses["logit"].logits(stack[:, -1], lenses["logit"].n_layers - 1)
+        summary["last_layer_max_abs_diff"] = float((last - traj["logits"]).abs().max())
+        files = []
+        for name, lens in lenses.items():
+            res = lens.run(traj, targets=[target_id], k=k)
+            res.save(out / f"lens_{name}.safetensors")
+            save_figure(out / f"{name}_target.png",
+                        layer_step_heatmap(res, position=position, metric="target", tokenizer=tok), dpi=90)
+            save_figure(out / f"{name}_kl.png", layer_step_heatmap(res, metric="kl", tokenizer=tok), dpi=90)
+            files += [f"lens_{name}.safetensors", f"{name}_target.png", f"{name}_kl.png"]
+            summary[f"kl_{name}"] = _table(res.kl_table())
+            print_fn(format_kl_table(res))
+        save_figure(out / "canvas.png", canvas_figure(traj, tokenizer=tok), dpi=90)
+        save_figure(out / "commit.png", commit_heatmap(traj, tokenizer=tok), dpi=90)
+        files += ["canvas.png", "commit.png", "summary.json"]
+        summary["files"] = files
+        write_text(out / "summary.json", json.dumps(summary, indent=1))
     print_fn(f"{prompt} -> {answer!r} in {traj.n_steps} steps; target {summary['target']!r} at position {position}; "
              f"last-layer lens vs model logits: max |diff| = {summary['last_layer_max_abs_diff']:.1e}")
-    print_fn(f"wrote {', '.join(files)} to {out}")
+    print_fn(f"wrote {', '.join(files)} to {out_dir}")
     return summary
 
 

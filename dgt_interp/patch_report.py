@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from dgt_interp.atomic import save_figure, save_tensors, write_text
+from dgt_interp.atomic import atomic_dir, save_figure, save_tensors, write_text
 from dgt_interp.attribution import attribution_patch
 from dgt_interp.models import load_model
 from dgt_interp.patching import (
@@ -46,6 +46,10 @@ def run_patch(model_ref: str, clean: str, corrupted: str, out: str | Path, *, sw
         raise PatchingError(f"unknown sweep {bad[0]!r}; choose from {', '.join(SWEEPS)}")
     if metric not in METRICS:
         raise PatchingError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise PatchingError(f"--batch-size {batch_size!r} must be an int >= 1")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise PatchingError(f"--out {str(out)!r} exists and is not a directory; pass a directory path")
     model = load_model(model_ref)
     tok = load_tokenizer(model)
     ids_c, ids_k = prompt_batch([clean], tok)["input_ids"], prompt_batch([corrupted], tok)["input_ids"]
@@ -69,27 +73,26 @@ def run_patch(model_ref: str, clean: str, corrupted: str, out: str | Path, *, sw
         raise PatchingError(f"metric {metric} is equal on the clean and corrupted runs; nothing to normalise")
     fns = {"resid_pre": get_act_patch_resid_pre, "attn_out": get_act_patch_attn_out, "mlp_out": get_act_patch_mlp_out,
            "self_cond": get_act_patch_self_cond, "canvas": get_act_patch_canvas}
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tensors = {"clean_metric": torch.tensor(clean_v), "corrupted_metric": torch.tensor(corr_v)}
-    for s in sweeps:
-        grid = fns[s](p, m, batch_size=batch_size, progress=progress)
-        tensors[s] = grid
-        norm = normalise(grid, clean_v, corr_v)
-        title = f"{s}: {clean!r} -> {corrupted!r}, {metric} (normalised)"
-        save_figure(out / f"{s}.png", step_layer_pos_figure(norm, title=title, vmax=1.0))
-        if attribution and s in ("resid_pre", "attn_out", "mlp_out"):
-            est = attribution_patch(p, m, f"blocks.*.hook_{s}")
-            tensors[f"attribution_{s}"] = est
-            save_figure(out / f"attribution_{s}.png",
-                        step_layer_pos_figure(est / (clean_v - corr_v), title=f"attribution {s} (normalised)", vmax=1.0))
-    save_tensors(out / "patching.safetensors", {k: v.float() for k, v in tensors.items()})
-    summary = {"model": model_ref, "clean": clean, "corrupted": corrupted, "seed": seed, "metric": metric,
-               "metric_positions": diff if metric != "logit_diff" else [diff[0]], "clean_metric": clean_v,
-               "corrupted_metric": corr_v, "rounding_noise": p.rounding_noise(m, n=64, batch_size=batch_size),
-               "steps": p.n_steps, "sweeps": list(sweeps),
-               "layout": "[step, layer, pos] (self_cond, canvas: [step, pos]); NaN = hook absent"}
-    write_text(out / "patching.json", json.dumps(summary, indent=1))  # last: its presence means complete
+    with atomic_dir(out) as out:  # the whole dir is replaced at once: never old and new files mixed
+        tensors = {"clean_metric": torch.tensor(clean_v), "corrupted_metric": torch.tensor(corr_v)}
+        for s in sweeps:
+            grid = fns[s](p, m, batch_size=batch_size, progress=progress)
+            tensors[s] = grid
+            norm = normalise(grid, clean_v, corr_v)
+            title = f"{s}: {clean!r} -> {corrupted!r}, {metric} (normalised)"
+            save_figure(out / f"{s}.png", step_layer_pos_figure(norm, title=title, vmax=1.0))
+            if attribution and s in ("resid_pre", "attn_out", "mlp_out"):
+                est = attribution_patch(p, m, f"blocks.*.hook_{s}")
+                tensors[f"attribution_{s}"] = est
+                save_figure(out / f"attribution_{s}.png",
+                            step_layer_pos_figure(est / (clean_v - corr_v), title=f"attribution {s} (normalised)", vmax=1.0))
+        save_tensors(out / "patching.safetensors", {k: v.float() for k, v in tensors.items()})
+        summary = {"model": model_ref, "clean": clean, "corrupted": corrupted, "seed": seed, "metric": metric,
+                   "metric_positions": diff if metric != "logit_diff" else [diff[0]], "clean_metric": clean_v,
+                   "corrupted_metric": corr_v, "rounding_noise": p.rounding_noise(m, n=64, batch_size=batch_size),
+                   "steps": p.n_steps, "sweeps": list(sweeps),
+                   "layout": "[step, layer, pos] (self_cond, canvas: [step, pos]); NaN = hook absent"}
+        write_text(out / "patching.json", json.dumps(summary, indent=1))
     return summary
 
 

@@ -35,7 +35,6 @@ from dgt_interp.causal import BaselineResult, CaseStudyError, Hypothesis, IIARes
 from dgt_interp.models import load_model
 from dgt_interp.tasks import Task
 
-
 ENTRY_POINT_GROUP = "dgt_interp.case_studies"
 
 

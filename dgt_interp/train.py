@@ -26,9 +26,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from dgt_interp.atomic import atomic_dir, write_text
+from dgt_interp.errors import DgtInterpError
 from dgt_interp.evaluate import evaluate, prompt_batch
 from dgt_interp.models import TinySize, build_ar, build_diffusion, is_diffusion, load_model, size_of
 from dgt_interp.tasks import EOS_ID, PAD_ID, Problem, Task, build_tokenizer, encode, get_task
+
+
+class TrainError(DgtInterpError, ValueError):
+    """Bad training input (one-line message that says what to do)."""
 
 
 @dataclass
@@ -65,7 +70,7 @@ def canvas_targets(problems: list[Problem], canvas_length: int) -> torch.Tensor:
     for p in problems:
         ids = encode(p.answer)[1:] + [EOS_ID]
         if len(ids) > canvas_length:
-            raise ValueError(f"answer {p.answer!r} + EOS does not fit a canvas of {canvas_length}")
+            raise TrainError(f"answer {p.answer!r} + EOS does not fit a canvas of {canvas_length}")
         rows.append(ids + [PAD_ID] * (canvas_length - len(ids)))
     return torch.tensor(rows)
 
@@ -140,7 +145,7 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, progress: bool
           command: str | None = None) -> tuple[torch.nn.Module, dict]:
     """Train one model; if `out_dir` is given, evaluate on `cfg.eval_n` held-out problems and save it."""
     if cfg.kind not in ("diffusion", "ar"):
-        raise ValueError(f"unknown kind {cfg.kind!r}; choose 'diffusion' or 'ar'")
+        raise TrainError(f"unknown kind {cfg.kind!r}; choose 'diffusion' or 'ar'")
     task: Task = get_task(cfg.task)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -149,7 +154,7 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, *, progress: bool
     if cfg.init_from:
         model = load_model(cfg.init_from).train()
         if is_diffusion(model) != (cfg.kind == "diffusion"):
-            raise ValueError(f"--init-from {cfg.init_from!r} is not a {cfg.kind} model; pass a matching dir")
+            raise TrainError(f"--init-from {cfg.init_from!r} is not a {cfg.kind} model; pass a matching dir")
         recipe_file = Path(cfg.init_from) / "recipe.json"
         parent = json.loads(recipe_file.read_text()) if recipe_file.is_file() else None
         cfg = replace(cfg, size=size_of(model))  # the recipe records the architecture actually trained

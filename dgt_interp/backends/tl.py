@@ -47,9 +47,9 @@ from transformer_lens.model_bridge.generalized_components import LinearBridge
 from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
 from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
 from transformer_lens.model_bridge.supported_architectures.gemma4 import Gemma4ArchitectureAdapter
+from transformers import DiffusionGemmaForBlockDiffusion, Gemma4ForCausalLM
 
 from dgt_interp.errors import DgtInterpError
-from transformers import DiffusionGemmaForBlockDiffusion, Gemma4ForCausalLM
 
 DIFFUSION_ARCH = "DiffusionGemmaForBlockDiffusion"
 AR_ARCH = "Gemma4ForCausalLM"

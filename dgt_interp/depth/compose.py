@@ -28,7 +28,7 @@ import torch
 from transformers import DynamicCache
 
 from .rules import lg
-from .tracer import CONST, DepthTracer, dense_experts, interpretable, serial_depth
+from .tracer import CONST, DepthError, DepthTracer, dense_experts, interpretable, serial_depth
 
 SELF_CONDITIONING = ("opaque", "bottleneck")
 
@@ -136,7 +136,7 @@ def ar_generation_depth(
 ) -> ARGenerationDepth:
     """Composed depth of AR generation: one traced prefill, one traced decode pass per key-length bucket."""
     if prompt_len < 1 or new_tokens < 1:
-        raise ValueError("prompt_len and new_tokens must be >= 1")
+        raise DepthError("prompt_len and new_tokens must be >= 1")
     cache = _new_cache(model)
     ids = _tokens(model, prompt_len)
 
@@ -248,7 +248,7 @@ class DiffusionStepMaps:
     def compose(self, steps: int, self_conditioning: str = "opaque") -> list[int]:
         """Logits depth of each of `steps` steps, with the channel opaque or bottlenecked."""
         if self_conditioning not in SELF_CONDITIONING:
-            raise ValueError(f"unknown self_conditioning {self_conditioning!r}; "
+            raise DepthError(f"unknown self_conditioning {self_conditioning!r}; "
                              f"choose one of: {', '.join(SELF_CONDITIONING)}")
         state = self.first.apply()
         kv = {k: v for k, v in state.items() if k not in ("logits", "sc")}
@@ -274,7 +274,7 @@ def diffusion_step_maps(
 ) -> DiffusionStepMaps:
     """Trace step 0 and one later step of a canvas (the later step with symbolic cache and channel)."""
     if prompt_len < 1 or canvas < 1:
-        raise ValueError("prompt_len and canvas must be >= 1")
+        raise DepthError("prompt_len and canvas must be >= 1")
     dtype = _embedding_dtype(model)
     cache = _new_cache(model)
     prompt, canvas_ids = _tokens(model, prompt_len), _tokens(model, canvas)
@@ -311,7 +311,7 @@ def diffusion_generation_depth(
 ) -> DiffusionGenerationDepth:
     """Composed depth of one canvas from two traced passes (pass `maps` to reuse them)."""
     if steps < 1:
-        raise ValueError("steps must be >= 1")
+        raise DepthError("steps must be >= 1")
     maps = maps or diffusion_step_maps(model, prompt_len, canvas, rules=rules, on_unknown=on_unknown)
     step_depths = maps.compose(steps, self_conditioning)
     return DiffusionGenerationDepth(

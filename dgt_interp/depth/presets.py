@@ -19,6 +19,7 @@ from transformers import (
     Gemma4TextConfig,
 )
 
+from dgt_interp.depth.tracer import DepthError
 from dgt_interp.models.build import ar_config, diffusion_config, tiny_vision_config
 
 from .compose import ar_generation_depth, ar_pass_depth, diffusion_generation_depth, diffusion_step_maps
@@ -97,7 +98,7 @@ PRESETS: dict[str, Preset] = {
 
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        raise DepthError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     return PRESETS[name]
 
 
@@ -192,7 +193,7 @@ def compare(
     """Trace both presets on meta and compose the generations (about 10 s for the 26B-A4B pair)."""
     dg_preset, ar_preset = get_preset(diffusion), get_preset(autoregressive)
     if dg_preset.kind != "diffusion" or ar_preset.kind != "ar":
-        raise ValueError(f"compare a diffusion preset with an AR one; got {diffusion!r} ({dg_preset.kind}) "
+        raise DepthError(f"compare a diffusion preset with an AR one; got {diffusion!r} ({dg_preset.kind}) "
                          f"and {autoregressive!r} ({ar_preset.kind})")
     t0 = time.perf_counter()
     dg = build_preset(diffusion)

@@ -28,7 +28,13 @@ from typing import Any, Callable
 
 import torch
 
+from dgt_interp.errors import DgtInterpError
+
 RULE_SETS = ("reference", "corrected")
+
+
+class RulesError(DgtInterpError, ValueError):
+    """An op a cost rule cannot read."""
 
 
 def lg(n: int) -> int:
@@ -67,7 +73,7 @@ class OpCall:
         for value in self.bound.values():
             if isinstance(value, torch.Tensor):
                 return value
-        raise ValueError(f"aten.{self.name} has no tensor input")
+        raise RulesError(f"aten.{self.name} has no tensor input")
 
 
 RuleFn = Callable[[OpCall], Any]  # returns an int, or {argument name: cost, "*": default}

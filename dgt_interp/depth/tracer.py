@@ -20,12 +20,14 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field, is_dataclass, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from dgt_interp.errors import DgtInterpError
 
 from . import rules as _rules
 
@@ -37,6 +39,10 @@ _OVERWRITES = frozenset(
     {"copy_", "fill_", "zero_", "normal_", "uniform_", "random_", "bernoulli_", "exponential_",
      "geometric_", "cauchy_", "log_normal_"}
 )
+
+
+class DepthError(DgtInterpError, ValueError):
+    """Bad serial-depth input (one-line message that says what to do)."""
 
 
 class UnknownOpError(RuntimeError):
@@ -167,9 +173,9 @@ class DepthTracer(TorchDispatchMode):
     ):
         super().__init__()
         if rules not in _rules.RULE_SETS:
-            raise ValueError(f"unknown rules {rules!r}; choose one of: {', '.join(_rules.RULE_SETS)}")
+            raise DepthError(f"unknown rules {rules!r}; choose one of: {', '.join(_rules.RULE_SETS)}")
         if on_unknown not in ON_UNKNOWN:
-            raise ValueError(f"unknown on_unknown {on_unknown!r}; choose one of: {', '.join(ON_UNKNOWN)}")
+            raise DepthError(f"unknown on_unknown {on_unknown!r}; choose one of: {', '.join(ON_UNKNOWN)}")
         self.rules = rules
         self.on_unknown = on_unknown
         self.models = [models] if isinstance(models, torch.nn.Module) else list(models or [])
@@ -509,11 +515,11 @@ def serial_depth(
     for key, depth in (input_depths or {}).items():
         if isinstance(key, int):
             if not 0 <= key < len(inputs):
-                raise ValueError(f"input_depths names input {key} but only {len(inputs)} positional inputs were given")
+                raise DepthError(f"input_depths names input {key} but only {len(inputs)} positional inputs were given")
             tracer.set_depth(inputs[key], depth)
         else:
             if key not in kwargs:
-                raise ValueError(f"input_depths names {key!r}, which is not a keyword input; "
+                raise DepthError(f"input_depths names {key!r}, which is not a keyword input; "
                                  f"pass it as {key}=... or use its position")
             tracer.set_depth(kwargs[key], depth)
     with torch.no_grad(), tracer:

@@ -17,15 +17,20 @@ from transformers import (
     Gemma4ForCausalLM,
     Gemma4TextConfig,
     Gemma4VisionConfig,
+    GenerationConfig,
 )
 from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
     DiffusionGemmaGenerationConfig,
     EntropyBoundSamplerConfig,
 )
-from transformers import GenerationConfig
 
+from dgt_interp.errors import DgtInterpError
 from dgt_interp.tasks.tokenizer import VOCAB, build_tokenizer
 from dgt_interp.tokenizer import attach_tokenizer
+
+
+class ModelConfigError(DgtInterpError, ValueError):
+    """A tiny-model size that cannot be built (one-line message)."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,7 @@ def _layer_types(size: TinySize) -> list[str]:
         return ["full_attention"] * size.num_hidden_layers
     if size.attention == "gemma":
         return ["sliding_attention"] * (size.num_hidden_layers - 1) + ["full_attention"]
-    raise ValueError(f"unknown attention layout {size.attention!r}; use 'full' or 'gemma'")
+    raise ModelConfigError(f"unknown attention layout {size.attention!r}; use 'full' or 'gemma'")
 
 
 def _text_kwargs(size: TinySize) -> dict:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoConfig, DiffusionGemmaForBlockDiffusion, Gemma4ForCausalLM, PreTrainedModel
+from transformers.utils import logging as hf_logging
 
 from dgt_interp.errors import DgtInterpError
 from dgt_interp.tokenizer import attach_tokenizer, load_tokenizer
@@ -42,6 +43,10 @@ def load_model(
     >>> model = load_model("addition-diffusion")          # shipped zoo model
     >>> model = load_model("/path/to/save_pretrained/dir")
     """
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ModelLoadError(f"dtype={dtype!r}: weights load in a floating dtype; pass torch.float32, "
+                             "torch.bfloat16 or torch.float16")
+    device = _check_device(device)
     name = resolve(name_or_dir)
     path = Path(name).expanduser()
     if _looks_like_path(name):
@@ -79,13 +84,16 @@ def load_model(
         raise ModelLoadError(
             f"{name!r} is a {model_type!r} model; dgt_interp loads {', '.join(sorted(MODEL_CLASSES))}"
         )
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # loading a model is not progress to report (and keeps stderr for errors)
     try:
-        model = cls.from_pretrained(
+        model, info = cls.from_pretrained(
             source,
             dtype=dtype,
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
             local_files_only=local_files_only,
+            output_loading_info=True,
         )
     except OSError as e:
         raise ModelLoadError(f"cannot load {name!r}: {str(e).splitlines()[0]}") from None
@@ -94,10 +102,36 @@ def load_model(
             f"model dir {name!r} is corrupt ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
             "re-save or re-train it"
         ) from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    problems = [(kind, sorted(info.get(key) or [])) for kind, key in
+                (("missing", "missing_keys"), ("of the wrong shape", "mismatched_keys"), ("unexpected", "unexpected_keys"),
+                 ("unreadable", "error_msgs"))]
+    problems = [(kind, keys) for kind, keys in problems if keys]
+    if problems:  # HF would random-initialise what is missing and only log it: the answers would be wrong
+        kind, keys = problems[0]
+        first = keys[0] if isinstance(keys[0], str) else keys[0][0]
+        raise ModelLoadError(f"model dir {name!r} has {len(keys)} weight tensor(s) {kind} (e.g. {first!r}); it is "
+                             "incomplete or from another architecture: re-save or re-train it")
     model = model.to(device).eval()
     if (path / "tokenizer_config.json").is_file() or (path / "tokenizer.json").is_file():
         attach_tokenizer(model, load_tokenizer(path))
     return model
+
+
+def _check_device(device) -> torch.device:
+    """A device torch can place the model on, or a one-line error naming the ones this machine has."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    have = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    ok = dev is not None and (dev.type == "cpu" or (dev.type == "cuda" and torch.cuda.is_available() and
+                                                     (dev.index or 0) < torch.cuda.device_count()) or dev.type == "meta")
+    if not ok:
+        raise ModelLoadError(f"device {device!r} is not available here; this machine has {', '.join(have)}")
+    return dev
 
 
 def is_diffusion(model) -> bool:

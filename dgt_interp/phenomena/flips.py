@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 from matplotlib.figure import Figure
 
+from dgt_interp.patching import Patching, Site
 from dgt_interp.phenomena.base import PhenomenaError, check_canvas
 from dgt_interp.stats import nanmean
-from dgt_interp.patching import Patching, Site
 from dgt_interp.trajectory import answer_mask
 
 

@@ -12,6 +12,7 @@ from dgt_interp.phenomena.base import PhenomenaError, check_canvas
 from dgt_interp.stats import fraction, nanmean
 from dgt_interp.trajectory import answer_mask
 
+
 @dataclass
 class TokenSmearing:
     """Mass of each final token at neighbouring offsets, per canvas step.

@@ -1,10 +1,10 @@
 """Algorithmic tasks with known algorithms, and the character tokenizer they share."""
 
-from .base import Problem, Split, Task
+from .base import Problem, Split, Task, TaskError
 from .library import ADDITION, COUNT, SORT, SUDOKU, TASKS, get_task
 from .tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB, build_tokenizer, decode_answer, encode
 
 __all__ = [
-    "Problem", "Split", "Task", "ADDITION", "COUNT", "SORT", "SUDOKU", "TASKS", "get_task",
+    "Problem", "Split", "Task", "TaskError", "ADDITION", "COUNT", "SORT", "SUDOKU", "TASKS", "get_task",
     "BOS_ID", "EOS_ID", "PAD_ID", "VOCAB", "build_tokenizer", "decode_answer", "encode",
 ]

@@ -12,7 +12,13 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
+from dgt_interp.errors import DgtInterpError
+
 Split = Literal["train", "test"]
+
+
+class TaskError(DgtInterpError, ValueError):
+    """Bad task input (one-line message that says what to do)."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +51,7 @@ class Task:
         if mix is not None:
             if mix not in self.train_mixes:
                 known = ", ".join(sorted(self.train_mixes)) or "(none)"
-                raise ValueError(f"task {self.name!r} has no training mix {mix!r}; choose one of: {known}")
+                raise TaskError(f"task {self.name!r} has no training mix {mix!r}; choose one of: {known}")
             return self.train_mixes[mix]
         return self.train_sample or self.sample
 
@@ -58,7 +64,7 @@ class Task:
 
         `mix` picks a named training distribution (train split only)."""
         if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+            raise TaskError(f"split must be 'train' or 'test', got {split!r}")
         rng = random.Random(f"{self.name}:{split}:{seed}")
         want_test = split == "test"
         sample = self.train_sampler(mix) if split == "train" else self.sample

@@ -6,7 +6,7 @@ import itertools
 import random
 from functools import lru_cache
 
-from .base import Problem, Task
+from .base import Problem, Task, TaskError
 
 
 def _addition(rng: random.Random) -> Problem:
@@ -139,4 +139,4 @@ def get_task(name: str) -> Task:
     try:
         return TASKS[name]
     except KeyError:
-        raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(sorted(TASKS))}") from None
+        raise TaskError(f"unknown task {name!r}; choose one of: {', '.join(sorted(TASKS))}") from None

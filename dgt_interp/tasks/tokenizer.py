@@ -11,6 +11,8 @@ from functools import lru_cache
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
+from .base import TaskError
+
 PAD, EOS, BOS = "<pad>", "<eos>", "<bos>"
 # DiffusionGemma reserves image token ids; they sit at the end of the vocabulary (never produced by tasks).
 IMAGE_TOKENS = ("<image>", "<boi>", "<eoi>")
@@ -48,7 +50,7 @@ def encode(text: str) -> list[int]:
     """Ids of `text` with the leading `<bos>`, no padding. Raises on characters outside the vocabulary."""
     unknown = sorted({c for c in text if c not in CHARS})
     if unknown:
-        raise ValueError(f"characters {unknown} are not in the task vocabulary {''.join(CHARS)!r}; remove them")
+        raise TaskError(f"characters {unknown} are not in the task vocabulary {''.join(CHARS)!r}; remove them")
     return build_tokenizer()(text)["input_ids"]
 
 

@@ -9,7 +9,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dgt_interp.errors import DgtInterpError
+
 ZOO_DIR = Path(__file__).resolve().parent
+
+
+class ZooError(DgtInterpError, ValueError):
+    """An unknown zoo model (one-line message listing the shipped ones)."""
 
 
 def names() -> list[str]:
@@ -21,7 +27,7 @@ def path(name: str) -> Path:
     """The dir of zoo model `name`; a one-line error lists the known names."""
     known = names()
     if name not in known:
-        raise ValueError(f"unknown zoo model {name!r}; choose one of: {', '.join(known) or '(none shipped)'}")
+        raise ZooError(f"unknown zoo model {name!r}; choose one of: {', '.join(known) or '(none shipped)'}")
     return ZOO_DIR / name
 
 
@@ -37,4 +43,4 @@ def recipe(name: str) -> dict:
     return json.loads(f.read_text()) if f.is_file() else {}
 
 
-__all__ = ["ZOO_DIR", "names", "path", "resolve", "recipe"]
+__all__ = ["ZooError", "ZOO_DIR", "names", "path", "resolve", "recipe"]
