@@ -110,7 +110,7 @@ _OWNED_KWARGS = ("return_dict_in_generate", "output_scores", "output_logits", "o
 _PIXEL_KWARGS = ("pixel_values", "image_position_ids", "mm_token_type_ids")
 
 
-def _generation_config(model, generation_kwargs: dict):
+def check_generation_kwargs(model, generation_kwargs: dict):
     """(HF's resolved generation config, the kwargs it left over) after one-line checks of every kwarg.
 
     HF's `generate` silently ignores what it does not know (a typo such as `t_mni=0.1`, or
@@ -137,7 +137,7 @@ def _generation_config(model, generation_kwargs: dict):
 
 def _bounds(model, input_ids: torch.Tensor, generation_kwargs: dict) -> tuple[str, int, int, int]:
     """(kind, max_steps, canvas_length, n_canvases) from HF's own generation-config resolution."""
-    config, _ = _generation_config(model, generation_kwargs)
+    config, _ = check_generation_kwargs(model, generation_kwargs)
     prompt_len = input_ids.shape[1]
     if architecture_of(model) == DIFFUSION_ARCH:
         _, max_new = model._prepare_generated_length(config, prompt_len)
@@ -638,7 +638,7 @@ def _run(model, input_ids, plan, seed, backend, generation_kwargs, user_hooks, h
     gen_kwargs = dict(generation_kwargs)
     prompt_len = input_ids.shape[1]
     if plan.kind == "diffusion":
-        config, _ = _generation_config(model, gen_kwargs)
+        config, _ = check_generation_kwargs(model, gen_kwargs)
         twin._dgt_max_steps = config.max_denoising_steps
     else:
         processors = LogitsProcessorList(list(gen_kwargs.pop("logits_processor", None) or []))
@@ -735,4 +735,5 @@ def _build(plan, rec, records, sequences, model, backend, seed, generation_kwarg
     return Trajectory(meta=meta, sequences=sequences, records=records, activations=acts, fired=fired, model=model)
 
 
-__all__ = ["capture", "estimate_bytes", "plan_capture", "Plan", "CaptureBudgetError", "CaptureError", "BACKENDS"]
+__all__ = ["capture", "estimate_bytes", "plan_capture", "check_generation_kwargs", "Plan", "CaptureBudgetError",
+           "CaptureError", "BACKENDS"]

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
-from dgt_interp.capturing import capture
+from dgt_interp.capturing import capture, check_generation_kwargs
 from dgt_interp.models.load import is_diffusion
 from dgt_interp.stats import wilson_interval
 from dgt_interp.tasks import EOS_ID, PAD_ID, Problem, Task, build_tokenizer, decode_answer, encode
@@ -45,6 +45,7 @@ def generate_answers(model, prompts: list[str], *, seed: int = 0, fwd_hooks=(), 
     With `fwd_hooks` (TL-style `[(hook_name, fn)]`, e.g. a token bottleneck) the same generation
     runs through `dgt_interp.capture` with those hooks applied at every step.
     """
+    check_generation_kwargs(model, generation_kwargs)  # generate would drop unknown settings silently
     max_new = generation_kwargs.get("max_new_tokens") or model.generation_config.max_new_tokens
     batch = prompt_batch(prompts, _max_prompt_positions(model, max_new))
     batch = {k: v.to(model.device) for k, v in batch.items()}

@@ -232,3 +232,40 @@ def test_b8_settings_generate_would_ignore_or_break_on_are_refused_up_front(tiny
     with pytest.raises(CaptureError, match=needle):
         capture(tiny_diffusion, ids("12+3=")["input_ids"], **kw)
     assert ran == []  # refused before any generation
+
+
+def test_evaluate_refuses_settings_generate_would_drop(tiny_diffusion):
+    from dgt_interp.tasks import ADDITION
+
+    with pytest.raises(CaptureError, match="did you mean 't_min'"):
+        from dgt_interp.evaluate import evaluate
+
+        evaluate(tiny_diffusion, ADDITION, n=2, t_mni=0.1)
+
+
+def test_b4_a_death_between_the_renames_of_a_save_cannot_leave_no_model(tmp_path, monkeypatch):
+    """The old save moved the model dir aside, then the new one in: killed in between, no model was at
+    --out. Now the swap is one step, and no rename ever moves the model dir away."""
+    import os as os_module
+
+    from dgt_interp.models import load_model
+    from dgt_interp.train import save_atomically
+
+    out = tmp_path / "model"
+    model = build_diffusion(seed=0)
+    save_atomically(model, out, {"round": 1})
+    real_replace, real_rename = os_module.replace, os_module.rename
+
+    def guarded(src, dst, *a, **k):
+        if Path(src).resolve() == out.resolve():  # moving the model itself away: the window B4 was about
+            raise KeyboardInterrupt("killed between the two renames")
+        return (real_rename if guarded.kind == "rename" else real_replace)(src, dst, *a, **k)
+
+    guarded.kind = "replace"
+    monkeypatch.setattr(os_module, "replace", guarded)
+    monkeypatch.setattr(os_module, "rename", lambda s, d, *a, **k: (setattr(guarded, "kind", "rename"),
+                                                                     guarded(s, d, *a, **k))[1])
+    save_atomically(build_diffusion(seed=1), out, {"round": 2})
+    monkeypatch.undo()
+    assert json.loads((out / "recipe.json").read_text())["round"] == 2
+    assert load_model(out) is not None
