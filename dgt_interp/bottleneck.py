@@ -201,10 +201,10 @@ def bottleneck_table(model, task, *, variants=VARIANTS, samplers=SAMPLERS, n: in
         raise BottleneckError(f"the token bottleneck acts on DiffusionGemma's self-conditioning; got {type(model).__name__}")
     problems = task.problems("test", n, seed=seed)
     rows = []
-    for sampler in samplers:
-        kwargs = sampler_settings(sampler)
-        for spec in variants:
-            b = as_bottleneck(spec)
+    settings = {name: sampler_settings(name) for name in samplers}  # every bad name refused before any run
+    bottlenecks = [as_bottleneck(spec) for spec in variants]
+    for sampler, kwargs in settings.items():
+        for b in bottlenecks:
             res = evaluate(model, task, problems=problems, seed=seed, batch_size=batch_size,
                            fwd_hooks=b.hooks() if b is not None else (), progress=progress, **kwargs)
             rows.append(BottleneckRow(b.name if b is not None else "none (continuous)", sampler, res.accuracy,

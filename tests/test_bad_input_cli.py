@@ -71,6 +71,8 @@ def _cases(r: Path) -> dict[str, list[str]]:
         "patch: batch size 0": patch + ["--batch-size", "0"],
         "patch: prompt outside the vocabulary": ["patch", "--model", ADD, "--clean", "12a+3=", "--corrupted", "12b+3=",
                                                  "--out", out],
+        "patch: unknown metric": patch + ["--metric", "nope"],
+        "patch: unknown sweep": patch + ["--sweeps", "nope"],
         "patch: unknown zoo model": ["patch", "--model", "nope", "--clean", "1+2=", "--corrupted", "1+3=", "--out", out],
         # bottleneck
         "bottleneck: -n 0": ["bottleneck", "--model", ADD, "--task", "addition", "-n", "0"],
@@ -79,6 +81,7 @@ def _cases(r: Path) -> dict[str, list[str]]:
         "bottleneck: unknown variant": ["bottleneck", "--model", ADD, "--task", "addition", "--variants", "top-x"],
         "bottleneck: top-0": ["bottleneck", "--model", ADD, "--task", "addition", "--variants", "top-0"],
         "bottleneck: top-p=2": ["bottleneck", "--model", ADD, "--task", "addition", "--variants", "top-p=2"],
+        "bottleneck: unknown sampler": ["bottleneck", "--model", ADD, "--task", "addition", "--samplers", "fast"],
         "bottleneck: on the AR twin": ["bottleneck", "--model", "addition-ar", "--task", "addition", "-n", "4"],
         # depth
         "depth: unknown preset": ["depth", "--preset", "nope"],
@@ -109,11 +112,6 @@ def _cases(r: Path) -> dict[str, list[str]]:
 USAGE = {  # argparse refuses these itself (exit 2, a usage line and an error line)
     "lens: -k not an int": ["lens", "--model", ADD, "--prompt", "1+2=", "--out", "o", "-k", "two"],
     "lens: position not an int": ["lens", "--model", ADD, "--prompt", "1+2=", "--out", "o", "--position", "1.5"],
-    "patch: unknown metric": ["patch", "--model", ADD, "--clean", "1+2=", "--corrupted", "1+3=", "--out", "o",
-                              "--metric", "nope"],
-    "patch: unknown sweep": ["patch", "--model", ADD, "--clean", "1+2=", "--corrupted", "1+3=", "--out", "o",
-                             "--sweeps", "nope"],
-    "bottleneck: unknown sampler": ["bottleneck", "--model", ADD, "--task", "addition", "--samplers", "fast"],
     "depth: unknown rules": ["depth", "--preset", "diffusiongemma-tiny", "--rules", "nope"],
     "train: unknown kind": ["train", "--task", "addition", "--kind", "nope", "--out", "o"],
     "no command": [],
