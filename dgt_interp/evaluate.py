@@ -45,7 +45,8 @@ def generate_answers(model, prompts: list[str], *, seed: int = 0, fwd_hooks=(), 
     With `fwd_hooks` (TL-style `[(hook_name, fn)]`, e.g. a token bottleneck) the same generation
     runs through `dgt_interp.capture` with those hooks applied at every step.
     """
-    check_generation_kwargs(model, generation_kwargs)  # generate would drop unknown settings silently
+    if generation_kwargs:  # generate would drop unknown settings silently
+        check_generation_kwargs(model, generation_kwargs)
     max_new = generation_kwargs.get("max_new_tokens") or model.generation_config.max_new_tokens
     batch = prompt_batch(prompts, _max_prompt_positions(model, max_new))
     batch = {k: v.to(model.device) for k, v in batch.items()}
