@@ -196,7 +196,7 @@ class CountTrace:
 
 
 def count_trace(traj, problems: list[Problem], canvas: int = 0) -> CountTrace:
-    """Read each step's argmax canvas (`dgt_interp.phenomena.row_steps` order) as count + list."""
+    """Read each step's argmax canvas (`Trajectory.row_steps` order) as count + list."""
 
     steps = traj.row_steps(canvas)
     k_n = max(len(s) for s in steps)
