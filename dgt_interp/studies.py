@@ -10,7 +10,7 @@ studies (the `case_studies/` package) and third-party ones are discovered the sa
 
 and importing that module registers its study. A study anywhere else is registered by importing its
 file (`load_study(path)`, or pass the path as NAME on the command line). `Report.write(dir)` writes
-`report.md`, one PNG per figure and `report.json`, each file atomically (JSON last).
+`report.md`, one PNG per figure and `report.json` into a temporary sibling that replaces `dir` whole.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from dgt_interp.atomic import save_figure, write_text
+from dgt_interp.atomic import atomic_dir, save_figure, write_text
 from dgt_interp.causal import BaselineResult, CaseStudyError, Hypothesis, IIAResult
 from dgt_interp.models import load_model
 from dgt_interp.tasks import Task
@@ -57,8 +57,8 @@ class Report:
     """A study's output: markdown text, named figures (matplotlib `Figure`s) and a dict of numbers.
 
     `write(out_dir)` writes `report.md` (figures linked as `<name>.png`), the PNGs and
-    `report.json` (NaN -> null), each atomically; the JSON is written last, so its presence means
-    the report is complete.
+    `report.json` (NaN -> null) into a temporary sibling that then replaces `out_dir` in one step:
+    an interrupted write leaves the previous report whole.
     """
 
     title: str
@@ -68,11 +68,13 @@ class Report:
 
     def write(self, out_dir: str | Path) -> Path:
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        for name, fig in self.figures.items():
-            save_figure(out / f"{name}.png", fig, dpi=110)
-        write_text(out / "report.md", f"# {self.title}\n\n{self.markdown.strip()}\n")
-        write_text(out / "report.json", json.dumps(jsonable(self.numbers), indent=1))
+        if out.exists() and not out.is_dir():
+            raise CaseStudyError(f"{str(out)!r} exists and is not a directory; pass a directory for the report")
+        with atomic_dir(out) as tmp:  # the report dir is replaced whole: never one run's figures beside another's text
+            for name, fig in self.figures.items():
+                save_figure(tmp / f"{name}.png", fig, dpi=110)
+            write_text(tmp / "report.md", f"# {self.title}\n\n{self.markdown.strip()}\n")
+            write_text(tmp / "report.json", json.dumps(jsonable(self.numbers), indent=1))
         return out
 
 

@@ -269,3 +269,21 @@ def test_b4_a_death_between_the_renames_of_a_save_cannot_leave_no_model(tmp_path
     monkeypatch.undo()
     assert json.loads((out / "recipe.json").read_text())["round"] == 2
     assert load_model(out) is not None
+
+
+def test_an_interrupted_report_write_leaves_the_previous_report_whole(tmp_path):
+    from matplotlib.figure import Figure
+
+    from dgt_interp.studies import Report
+
+    out = tmp_path / "report"
+    Report("old", "old text", {"a": Figure()}, {"n": 1}).write(out)
+    before = tree_bytes(out)
+
+    class Broken(Figure):
+        def savefig(self, *a, **k):
+            raise KeyboardInterrupt("killed while saving the second figure")
+
+    with pytest.raises(KeyboardInterrupt):
+        Report("new", "new text", {"a": Figure(), "b": Broken()}, {"n": 2}).write(out)
+    assert tree_bytes(out) == before and [p.name for p in tmp_path.iterdir()] == ["report"]
