@@ -34,7 +34,7 @@ import torch
 from dgt_interp.names import natural_key
 from dgt_interp.patching import Patching, PatchingError, call_metric, indices
 from dgt_interp.stats import rank_correlation
-from dgt_interp.trajectory import select_outputs
+from dgt_interp.trajectory import output_steps
 
 UNEMBED = "unembed.hook_out"  # lm_head output, before the soft-cap
 
@@ -52,8 +52,8 @@ def attribution_patch(p: Patching, metric, pattern: str = "blocks.*.hook_resid_p
     if by not in ("pos", "head", "layer"):
         raise PatchingError(f"by={by!r}: use 'pos', 'head' or 'layer'")
     names = sorted(p.resolve([pattern]), key=natural_key)
-    p.need(names)
     step_idx = indices(steps, p.n_steps, "step", f"both runs reached {p.n_steps} steps")
+    p.need(names, step_idx)
     wanted = set(step_idx)
     live: dict[tuple[str, int], torch.Tensor] = {}
     logits_live: dict[int, torch.Tensor] = {}
@@ -79,12 +79,12 @@ def attribution_patch(p: Patching, metric, pattern: str = "blocks.*.hook_resid_p
     traj = p.capture("corrupted", fwd_hooks=[(n, keep(n)) for n in names] + [(UNEMBED, unembed)], record=())
     if not torch.equal(traj.sequences, p.corrupted.sequences):
         raise PatchingError("the gradient run diverged from the corrupted run; report this (sampler replay broken)")
-    logits = _stack_logits(p, traj, logits_live)
-    if not torch.allclose(logits.detach().cpu(), p.corrupted["logits"], atol=1e-4, rtol=1e-4):
+    step = getattr(metric, "step", None)
+    out_logits, tokens = _output_logits(p, traj, logits_live, step)
+    recorded, _ = p.reference("corrupted", metric).outputs(step)
+    if not torch.allclose(out_logits.detach().cpu(), recorded, atol=1e-4, rtol=1e-4):
         raise PatchingError("rebuilt logits differ from the recorded ones (soft-cap changed?); report this")
-    out_logits, tokens = select_outputs(traj.kind, logits, traj.argmax_canvas.to(logits.device),
-                                        traj.active.to(logits.device), traj.canvas, getattr(metric, "step", None))
-    value = call_metric(metric, out_logits, tokens).sum()
+    value = call_metric(metric, out_logits, tokens.to(out_logits.device)).sum()
     keys = [k for k in live if p.clean_activation(*k) is not None]
     grads = [None] * len(keys)
     if keys and value.requires_grad:  # the one backward pass
@@ -123,25 +123,28 @@ def attribution_patch(p: Patching, metric, pattern: str = "blocks.*.hook_resid_p
     return out
 
 
-def _stack_logits(p: Patching, traj, logits_live: dict[int, torch.Tensor]) -> torch.Tensor:
-    """`[S, batch, pos, vocab]` logits with their graph, as the Trajectory lays them out."""
+def _output_logits(p: Patching, traj, logits_live: dict[int, torch.Tensor], step: int | None):
+    """(logits `[batch, pos, vocab]` with their graph, tokens) = `traj.outputs(step)` rebuilt from the live
+    unembedding outputs: only the steps the outputs read are soft-capped (no `[step, ...]` stack)."""
     cap = p.model.config.get_text_config().final_logit_softcapping
 
     def softcap(x):
         x = x.float()
         return torch.tanh(x / cap) * cap if cap else x
 
-    n_steps = traj.n_steps
+    picks = output_steps(traj.kind, traj.active, traj.canvas, step)
+    tokens = traj.output_tokens(step)
     if traj.kind == "diffusion":
-        return torch.stack([softcap(logits_live[s]) for s in range(n_steps)])
-    # AR: step s holds generated tokens 0..s (the newest from this step's last position), zeros after
-    length = p.corrupted["logits"].shape[2]
-    cols = [softcap(logits_live[s][:, -1]) for s in range(n_steps)]
-    rows = []
-    for s in range(n_steps):
-        pad = torch.zeros((cols[0].shape[0], length - s - 1, cols[0].shape[-1]), device=cols[0].device)
-        rows.append(torch.cat([torch.stack(cols[:s + 1], 1), pad], 1))
-    return torch.stack(rows)
+        capped = {s: softcap(logits_live[s]) for s in sorted({int(s) for pick in picks for s in pick})}
+        rows = torch.arange(traj.active.shape[1])
+        per_canvas = [torch.stack([capped[int(s)][b] for b, s in zip(rows.tolist(), pick)]) for pick in picks]
+        return torch.cat(per_canvas, 1), tokens
+    # AR: step s holds generated tokens 0..s (the newest from each step's last position), zeros after
+    s = int(picks[0][0])
+    length = p.corrupted.records["input_canvas"].shape[-1]
+    cols = [softcap(logits_live[i][:, -1]) for i in range(s + 1)]
+    pad = torch.zeros((cols[0].shape[0], length - s - 1, cols[0].shape[-1]), device=cols[0].device)
+    return torch.cat([torch.stack(cols, 1), pad], 1), tokens
 
 
 __all__ = ["attribution_patch", "rank_correlation"]

@@ -220,10 +220,14 @@ def plan_capture(model, input_ids, *, names=None, steps=None, positions=None, re
             numel = numel // shape[0] * batch * len(sel_pos)
         per_name[n] = numel * float_size
     vocab = model.config.get_text_config().vocab_size
+    logit_size = itemsize(dtype) if dtype is not None else 4
     for r in record:
-        per_name[r] = batch * len(sel_pos) * vocab * (itemsize(dtype) if dtype is not None else 4)
+        if r != "final_logits":
+            per_name[r] = batch * len(sel_pos) * vocab * logit_size
     # input/sampled/argmax canvases (int64), accepted (bool), entropy (float32), active/has_self_cond (bool)
     record_bytes = max_steps * (batch * canvas * (3 * 8 + 1 + 4) + 2 * batch + 16)
+    if "final_logits" in record:  # one [batch, canvas, vocab] per canvas, whatever the step count
+        record_bytes += n_canvases * batch * canvas * vocab * logit_size
     record_bytes += batch * (input_ids.shape[1] + n_canvases * canvas) * 8  # sequences
     return Plan(kind, resolved, level, layouts, record, sel_steps, sel_pos, max_steps, canvas, n_canvases, batch,
                 dtype, per_name, record_bytes)
@@ -256,7 +260,13 @@ class _Recorder:
                                                     ("input_canvas", "sampled_canvas", "argmax_canvas", "accepted",
                                                      "entropy", "active", "has_self_cond", "cur_step", "canvas")}
         self.buf: dict[str, torch.Tensor] = {}
-        self.acts: dict[str, dict[int, torch.Tensor]] = {n: {} for n in plan.names + plan.record}
+        self.acts: dict[str, dict[int, torch.Tensor]] = {n: {} for n in plan.names + plan.record
+                                                         if n != "final_logits"}
+        # record "final_logits": per canvas, each row's logits at its last active step so far
+        self.final: list[torch.Tensor] | None = [] if "final_logits" in plan.record else None
+        self.eos: torch.Tensor = torch.zeros(0, dtype=torch.long)
+        self.finished_before = torch.zeros(plan.batch, dtype=torch.bool)  # EOS in an earlier canvas
+        self.canvas_start = False
         self.specs: dict[str, dict] = {}
         self.done_steps: list[int] = []
         self.ar_state: dict[str, torch.Tensor] = {}
@@ -318,6 +328,26 @@ class _Recorder:
         self.done_steps.append(step)
         self.buf = {}
 
+    def store_logits(self, t: torch.Tensor, step: int) -> None:
+        """The model's raw logits of this step (`[batch, pos, vocab]`): the "logits" record and/or the
+        running "final_logits" (a row's slot is overwritten at each step it is active: after the run it
+        holds the logits `Trajectory.outputs` selects, without keeping every step)."""
+        if "logits" in self.acts:
+            self.store("logits", t, step)
+        if self.final is None:
+            return
+        if self.plan.kind == "ar":  # the newest position's logits into column `step`
+            if not self.final:
+                dtype = self.plan.dtype if self.plan.dtype is not None else t.dtype
+                self.final.append(torch.zeros((self.plan.batch, self.plan.canvas_length, t.shape[-1]), dtype=dtype))
+            self.final[0][:, step] = self._to_store(t[:, -1])
+        elif self.canvas_start:
+            self.final.append(self._to_store(t))
+        else:
+            write = self.rows["active"][-1] & ~self.finished_before  # = Trajectory.active after the run
+            if bool(write.any()):
+                self.final[-1][write] = self._to_store(t[write.to(t.device)])
+
     def hook(self, name: str):
         """A TL hook function that records `name` at the current step."""
 
@@ -328,8 +358,11 @@ class _Recorder:
 
     # -- diffusion per-step records -----------------------------------------------------------
     def begin_diffusion_step(self, current_canvas, self_conditioning_logits, finished, cur_step: int, max_steps: int):
-        if cur_step == max_steps:
+        self.canvas_start = cur_step == max_steps
+        if self.canvas_start:
             self.canvas += 1
+            if self.canvas > 0 and self.eos.numel():  # as _mark_finished_rows marks them after the run
+                self.finished_before |= torch.isin(self.rows["argmax_canvas"][-1], self.eos).any(-1)
         b = current_canvas.shape[0]
         self.rows["input_canvas"].append(current_canvas.detach().cpu().clone())
         self.rows["active"].append((~finished).detach().cpu().clone())
@@ -380,7 +413,10 @@ class _Recorder:
             self.rows["active"].append(~done_before)
 
     def records(self) -> dict[str, torch.Tensor]:
-        return {k: torch.stack(v) if v else torch.zeros(0) for k, v in self.rows.items()}
+        out = {k: torch.stack(v) if v else torch.zeros(0) for k, v in self.rows.items()}
+        if self.final is not None:
+            out["final_logits"] = torch.stack(self.final) if self.final else torch.zeros(0)
+        return out
 
 
 class _RecordingSampler(EntropyBoundSampler):
@@ -463,7 +499,7 @@ def _instrument(twin, rec: _Recorder, plan: Plan, stack: ExitStack, want_raw_log
 
                 def decoder_forward(**fkw):
                     out = forward(**fkw)
-                    rec.store("logits", out.logits, rec.step)
+                    rec.store_logits(out.logits, rec.step)
                     return out
 
                 kw["decoder_forward"] = decoder_forward
@@ -481,7 +517,7 @@ def _instrument(twin, rec: _Recorder, plan: Plan, stack: ExitStack, want_raw_log
 
         def forward(*args, **kwargs):
             out = orig_forward(*args, **kwargs)
-            rec.store("logits", out.logits.float(), rec.step)
+            rec.store_logits(out.logits.float(), rec.step)
             return out
 
         twin.forward = forward
@@ -538,7 +574,9 @@ def capture(
         positions: canvas positions to keep for `[batch, pos]` activations; None = all.
         seed: seeds torch's global RNG right before `generate` (None: use the current RNG state).
         record: opt-in per-step tensors: "logits" (the model's output logits), "processed_logits"
-            (after the temperature schedule: what the sampler and the next step's self-conditioning see).
+            (after the temperature schedule: what the sampler and the next step's self-conditioning see);
+            "final_logits": only the logits `traj.outputs()` returns, `[canvas, batch, pos, vocab]`
+            (each row's last active step per canvas; memory independent of the step count).
         dtype: store floating activations in this dtype (e.g. `torch.bfloat16`).
         backend: "tl" (TransformerLens hooks) or "nnsight" (nnsight's per-call cache); same tensors.
         fwd_hooks: TL-style `[(name, fn)]` applied while generating, `fn(tensor, hook[, step])`
@@ -635,6 +673,8 @@ def _run(model, input_ids, plan, seed, backend, generation_kwargs, user_hooks, h
     pad_id = model.generation_config.pad_token_id
     pad_id = pad_id if pad_id is not None else (text.pad_token_id or 0)
     rec = _Recorder(plan, pad_id, disk_root)
+    eos = model.generation_config.eos_token_id
+    rec.eos = torch.tensor([eos] if isinstance(eos, int) else list(eos or []), dtype=torch.long)
     gen_kwargs = dict(generation_kwargs)
     prompt_len = input_ids.shape[1]
     if plan.kind == "diffusion":
@@ -653,7 +693,7 @@ def _run(model, input_ids, plan, seed, backend, generation_kwargs, user_hooks, h
 
     hooks = [(n, _wrap_user_hook(fn, rec, hook_step_set)) for n, fn in user_hooks]
     with ExitStack() as stack:
-        _instrument(twin, rec, plan, stack, "logits" in plan.record, noise)
+        _instrument(twin, rec, plan, stack, bool({"logits", "final_logits"} & set(plan.record)), noise)
         if backend == "tl":
             hooks += [(n, rec.hook(n)) for n in plan.names]
             stack.enter_context(bridge.hooks(fwd_hooks=hooks))
@@ -706,7 +746,7 @@ def _build(plan, rec, records, sequences, model, backend, seed, generation_kwarg
         "generation_kwargs": settings, "model_class": type(model).__name__,
         "model_fingerprint": model_fingerprint(model),
     }
-    names = [n for n in plan.names + plan.record if any(fired[n]) or n in rec.specs]
+    names = [n for n in rec.acts if any(fired[n]) or n in rec.specs]
     if disk_root is not None:
         specs = {n: rec.specs[n] for n in names if n in rec.specs}
         fired = {n: fired[n] for n in specs}

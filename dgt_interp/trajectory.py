@@ -18,6 +18,9 @@ P = recorded positions, V = vocabulary):
     traj[name]                    [R, B, P, ...]       a hook name, e.g. "blocks.0.hook_resid_post"
     traj.stack("blocks.*.hook_resid_post")  [R, layer, B, P, d]
     traj["logits"], traj["processed_logits"]  [R, B, P, V]  (opt-in via `record=`)
+  per canvas (opt-in via `record=("final_logits",)`, C = canvases; AR: C = 1):
+    final_logits                  [C, B, L, V]  each row's logits at its last active step of the canvas:
+                                              all `outputs()` needs, in memory independent of S
     traj.fired(name)              [R] bool   steps where the hook fired (others hold zeros)
   traj.cache(step)                a TransformerLens `ActivationCache` of one recorded step
 
@@ -61,7 +64,7 @@ from dgt_interp.tokenizer import TokenizerError, load_tokenizer
 
 STEP_RECORDS = ("input_canvas", "sampled_canvas", "argmax_canvas", "accepted", "entropy", "active",
                 "has_self_cond", "cur_step", "canvas")
-OPTIONAL_RECORDS = ("logits", "processed_logits")
+OPTIONAL_RECORDS = ("logits", "processed_logits", "final_logits")
 FORMAT_VERSION = 2  # 2: per-file sha256 digests and the model fingerprint in meta.json
 
 
@@ -153,14 +156,15 @@ def answer_mask(final: torch.Tensor, eos_id: int | None, include_eos: bool = Tru
     return torch.where(has, before, torch.ones_like(before))
 
 
-def select_outputs(kind: str, logits: torch.Tensor, argmax: torch.Tensor, active: torch.Tensor, canvas: torch.Tensor,
-                   step: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """`Trajectory.outputs` on per-step tensors (e.g. logits that carry an autograd graph): logits
-    `[S, batch, pos, vocab]`, argmax `[S, batch, pos]`, active `[S, batch]`, canvas `[S]`."""
+def output_steps(kind: str, active: torch.Tensor, canvas: torch.Tensor, step: int | None) -> list[torch.Tensor]:
+    """Which step's logits and argmax each row outputs: one `[batch]` tensor of global steps per canvas
+    (step None: every canvas, in order) or one for the canvas of `step` (the state after `step`).
+
+    DiffusionGemma: a row's output of a canvas is its last active step there (its first step if it
+    was never active); AR: the last step (or `step`). `active` `[S, batch]`, `canvas` `[S]`."""
     if kind == "ar":
-        s = logits.shape[0] - 1 if step is None else min(step, logits.shape[0] - 1)
-        return logits[s], argmax[s]
-    rows = torch.arange(active.shape[1])
+        s = len(canvas) - 1 if step is None else min(step, len(canvas) - 1)
+        return [torch.full((active.shape[1],), s, dtype=torch.long)]
 
     def last_active(steps: list[int]) -> torch.Tensor:
         idx = torch.tensor(steps)
@@ -169,14 +173,17 @@ def select_outputs(kind: str, logits: torch.Tensor, argmax: torch.Tensor, active
 
     if step is not None:
         c = int(canvas[min(step, len(canvas) - 1)])
-        s = last_active([i for i in range(len(canvas)) if int(canvas[i]) == c and i <= step])
-        return logits[s, rows], argmax[s, rows]
-    outs, toks = [], []
-    for c in sorted(set(canvas.tolist())):
-        s = last_active([i for i in range(len(canvas)) if int(canvas[i]) == c])
-        outs.append(logits[s, rows])
-        toks.append(argmax[s, rows])
-    return torch.cat(outs, 1), torch.cat(toks, 1)
+        return [last_active([i for i in range(len(canvas)) if int(canvas[i]) == c and i <= step])]
+    return [last_active([i for i in range(len(canvas)) if int(canvas[i]) == c]) for c in sorted(set(canvas.tolist()))]
+
+
+def select_outputs(kind: str, logits: torch.Tensor, argmax: torch.Tensor, active: torch.Tensor, canvas: torch.Tensor,
+                   step: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`Trajectory.outputs` on per-step tensors (e.g. logits that carry an autograd graph): logits
+    `[S, batch, pos, vocab]`, argmax `[S, batch, pos]`, active `[S, batch]`, canvas `[S]`."""
+    rows = torch.arange(active.shape[1])
+    picks = output_steps(kind, active, canvas, step)
+    return torch.cat([logits[s, rows] for s in picks], 1), torch.cat([argmax[s, rows] for s in picks], 1)
 
 
 class Trajectory:
@@ -276,15 +283,41 @@ class Trajectory:
         return answer_mask(self.final_tokens(canvas), eos_id, include_eos)
 
     def outputs(self, step: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits `[batch, pos, vocab]`, emitted tokens `[batch, pos]`), recorded with `record=("logits",)`.
+        """(logits `[batch, pos, vocab]`, emitted tokens `[batch, pos]`) of a run recorded with
+        `record=("final_logits",)` (the outputs only: memory independent of the step count) or
+        `record=("logits",)` (every step).
 
         step None = the final output: DiffusionGemma: per canvas, each row's logits at its last active
         step (canvases concatenated along pos) and the emitted argmax canvas; AR: the logits of every
         generated token. step s = the state after execution step s (a row that had stopped keeps its
-        final values).
+        final values): needs "logits" recorded at steps up to s, or s at or past its canvas's end.
         """
-        return select_outputs(self.kind, self["logits"], self.records["argmax_canvas"], self.records["active"],
-                              self.records["canvas"], step)
+        active, canvas, argmax = self.records["active"], self.records["canvas"], self.records["argmax_canvas"]
+        picks = output_steps(self.kind, active, canvas, step)
+        rows = torch.arange(active.shape[1])
+        tokens = torch.cat([argmax[s, rows] for s in picks], 1)
+        recorded = self.recorded_steps
+        if "logits" in self.activations and all(int(s) in recorded for p in picks for s in p):
+            logits = self.activations["logits"]
+            index = {s: i for i, s in enumerate(recorded)}
+            return torch.cat([logits[torch.tensor([index[int(s)] for s in p]), rows] for p in picks], 1), tokens
+        final = self.records.get("final_logits")
+        if final is not None and final.numel():
+            if step is None:
+                return torch.cat(list(final), 1), tokens
+            c = int(canvas[min(step, len(canvas) - 1)])
+            ends = output_steps(self.kind, active, canvas, None)
+            if torch.equal(picks[0], ends[c if self.kind == "diffusion" else 0]):
+                return final[c].clone(), tokens
+        raise TrajectoryError(f"the outputs {'after step ' + str(step) if step is not None else ''} need logits this run "
+                              "did not keep; capture with record=('final_logits',) for the final outputs or "
+                              "record=('logits',) (steps=slice(0, step + 1)) for the state after a step")
+
+    def output_tokens(self, step: int | None = None) -> torch.Tensor:
+        """`[batch, pos]` the emitted tokens of `outputs(step)`, from the per-step records alone (no logits needed)."""
+        active, canvas, argmax = self.records["active"], self.records["canvas"], self.records["argmax_canvas"]
+        rows = torch.arange(active.shape[1])
+        return torch.cat([argmax[s, rows] for s in output_steps(self.kind, active, canvas, step)], 1)
 
     # ---- access -----------------------------------------------------------------------------
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -469,4 +502,5 @@ def layer_of(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-__all__ = ["Trajectory", "TrajectoryError", "DiskActivations", "STEP_RECORDS", "OPTIONAL_RECORDS"]
+__all__ = ["Trajectory", "TrajectoryError", "DiskActivations", "STEP_RECORDS", "OPTIONAL_RECORDS", "output_steps",
+           "select_outputs"]

@@ -60,6 +60,12 @@ def ar_single(tiny_ar):
 METRIC = LogitDiff(pos=[0, 3], correct=[5, 7], wrong=[6, 9])
 
 
+def step_logits(p, which):
+    """`[step, batch, pos, vocab]` every step's logits of `p`'s clean or corrupted run (its references keep
+    the output logits only): the same run again, recorded in full."""
+    return p.capture(which, record=("logits",))["logits"]
+
+
 def _tl_sweeps(model, seed, metric):
     """TL's own get_act_patch_{resid_pre,attn_out,mlp_out} on the bridge of `model`.
 
@@ -109,13 +115,14 @@ def test_reference_runs_equal_plain_capture(multi_step, tiny_diffusion):
                         max_denoising_steps=3)
         assert torch.equal(plain.sequences, traj.sequences)
         assert torch.equal(plain.sampled_canvas, traj.sampled_canvas)
-        assert torch.equal(plain["logits"], traj["logits"])
+        assert torch.equal(plain["logits"], step_logits(multi_step, which))
+        assert torch.equal(plain.outputs()[0], traj.outputs()[0])  # what the reference keeps: the output logits
 
 
 def test_patching_nothing_is_the_corrupted_run(multi_step):
     run = multi_step.run([])
     assert torch.equal(run.sequences, multi_step.corrupted.sequences)
-    assert torch.equal(run["logits"], multi_step.corrupted["logits"])
+    assert torch.equal(run["logits"], step_logits(multi_step, "corrupted"))
 
 
 def test_complete_cut_reproduces_the_clean_run(multi_step, single_step):
@@ -125,9 +132,9 @@ def test_complete_cut_reproduces_the_clean_run(multi_step, single_step):
     run = multi_step.run(Site(f"blocks.{last}.hook_resid_post"))
     n = ids(CLEAN).shape[1]
     assert torch.equal(run.sequences[:, n:], multi_step.clean.sequences[:, n:])
-    assert torch.equal(run["logits"], multi_step.clean["logits"])
+    assert torch.equal(run["logits"], step_logits(multi_step, "clean"))
     one = single_step.run(Site(f"blocks.{last}.hook_resid_post", step=0))
-    assert torch.equal(one["logits"], single_step.clean["logits"])
+    assert torch.equal(one["logits"], step_logits(single_step, "clean"))
 
 
 def test_whole_layer_with_prompt_path_reproduces_clean(multi_step, single_step):
@@ -135,18 +142,19 @@ def test_whole_layer_with_prompt_path_reproduces_clean(multi_step, single_step):
     step, gives that step's clean decoder output exactly; patched at every step, the clean run."""
     n = ids(CLEAN).shape[1]
     clean = multi_step.clean
+    clean_logits = step_logits(multi_step, "clean")
     assert not torch.equal(clean.sequences[:, n:], multi_step.corrupted.sequences[:, n:])  # the prompts matter
     for layer in range(4):
         run = multi_step.run(layer_sites(multi_step, layer))
         assert torch.equal(run.sequences[:, n:], clean.sequences[:, n:])
-        assert torch.equal(run["logits"], clean["logits"])
+        assert torch.equal(run["logits"], clean_logits)
         for s in range(multi_step.n_steps):
-            assert torch.equal(multi_step.run(layer_sites(multi_step, layer, s))["logits"][s], clean["logits"][s])
+            assert torch.equal(multi_step.run(layer_sites(multi_step, layer, s))["logits"][s], clean_logits[s])
         one = single_step.run(layer_sites(single_step, layer, 0))
         assert torch.equal(one.sequences[:, n:], single_step.clean.sequences[:, n:])
-        assert torch.equal(one["logits"], single_step.clean["logits"])
+        assert torch.equal(one["logits"], step_logits(single_step, "clean"))
         # the canvas side alone leaves the prompt path corrupted
-        assert not torch.equal(multi_step.run(layer_sites(multi_step, layer, prompt=False))["logits"], clean["logits"])
+        assert not torch.equal(multi_step.run(layer_sites(multi_step, layer, prompt=False))["logits"], clean_logits)
     with pytest.raises(PatchingError, match="layer 4 is out of range"):
         layer_sites(multi_step, 4)
 
@@ -170,7 +178,7 @@ def test_ar_complete_layer_at_a_step_reproduces_clean(tiny_ar):
     run = p.run(Site("blocks.0.hook_resid_pre", step=0))
     n = ids(CLEAN).shape[1]
     assert torch.equal(run.sequences[:, n:], p.clean.sequences[:, n:])
-    torch.testing.assert_close(run["logits"], p.clean["logits"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(run["logits"], step_logits(p, "clean"), atol=1e-5, rtol=1e-5)
 
 
 def test_batched_equals_looped(multi_step):
@@ -207,7 +215,7 @@ def test_per_head_and_metrics(single_step):
     assert normalise(torch.tensor(m_clean), m_clean, m_corr) == 1
     tokens = single_step.clean.argmax_canvas[-1, 0]
     assert single_step.clean_metric(ExactMatch(pos=[0, 1], tokens=tokens[:2].tolist())) == 1.0
-    probs = torch.softmax(single_step.clean["logits"][-1, 0, 0], -1)
+    probs = torch.softmax(single_step.clean.outputs()[0][0, 0], -1)
     assert single_step.clean_metric(AnswerProb(pos=0, tokens=int(tokens[0]))) == pytest.approx(probs.max().item())
 
 

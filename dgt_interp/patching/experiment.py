@@ -1,9 +1,16 @@
 """The patching experiment: a clean and a corrupted run that replay the same sampler noise.
 
 `Patching(model, clean_ids, corrupted_ids, seed=...)` runs both prompts once (with `capture`,
-`record=("logits",)`), keeps the clean activations patches need, and re-runs the corrupted prompt
-with sites patched: many patched copies at once along the batch axis (`iter_runs`,
-`run_patches`, `patched_tokens`), each copy continuing to denoise with the real HF `generate`.
+`record=("final_logits",)`: the output logits only), keeps the clean activations patches need (at the
+steps they patch), and re-runs the corrupted prompt with sites patched: many patched copies at once
+along the batch axis (`iter_runs`, `run_patches`, `patched_tokens`), each copy continuing to denoise
+with the real HF `generate`.
+
+Memory. A patched run keeps only what its metric reads (the final output logits, or the logits up to
+the metric's step; nothing but tokens for `patched_tokens`), so it does not grow with the step count,
+and the copies of one `generate` are chunked to a budget (`max_bytes`, default a fraction of the free
+RAM; `budget.plan_patching` decides before running and refuses with a one-line error when not even
+one copy fits). An explicit `batch_size` caps the chunk.
 
 Randomness. A patched run must differ from the corrupted run only because of the patch. All runs
 (clean, corrupted, patched) pass one `sampling.ReplayedNoise(seed)` to `capture`: the same draws for
@@ -23,6 +30,7 @@ from tqdm.auto import tqdm
 from dgt_interp.backends.tl import DIFFUSION_ARCH, architecture_of
 from dgt_interp.capturing import capture
 from dgt_interp.names import name_info, natural_key, resolve_names
+from dgt_interp.patching.budget import check_max_bytes, metric_record, plan_patching
 from dgt_interp.patching.interventions import NextUlp
 from dgt_interp.patching.metrics import metric_values
 from dgt_interp.patching.sites import PatchingError, Site, indices
@@ -37,17 +45,21 @@ class Patching:
         clean_ids, corrupted_ids: `[batch, pos]` prompts of the same shape (left-padded batches: pass
             `attention_mask=` (clean) and `corrupted_attention_mask=`).
         seed: the sampler noise table's seed (the runs equal `capture(..., seed=seed)` for canvas 0).
-        names: hook names / globs whose clean activations to keep up front (more are fetched on
-            demand by re-running the clean run).
+        names: hook names / globs whose clean activations to keep up front at every step (more are
+            fetched on demand, at the steps patches need, by re-running the clean run).
+        record: what the clean and corrupted runs keep (`capture`'s `record=`): the output logits
+            ("final_logits", the default: what metrics read) or every step's ("logits").
+        max_bytes: memory budget of one chunk of patched copies (and of each reference run); None =
+            `budget.MEMORY_FRACTION` of the RAM available when the chunk is planned (`budget.plan_patching`).
         **generation_kwargs: passed to every `generate` (max_denoising_steps, sampler_config, ...).
 
-    Attributes: `clean`, `corrupted` (Trajectory, with logits), `n_steps` (steps both runs reached:
-    the step axis of every sweep), `kind` ("diffusion" | "ar").
+    Attributes: `clean`, `corrupted` (Trajectory, with `record`), `n_steps` (steps both runs reached:
+    the step axis of every sweep), `kind` ("diffusion" | "ar"), `last_plan` (the latest `PatchPlan`).
     """
 
     def __init__(self, model, clean_ids: torch.Tensor, corrupted_ids: torch.Tensor, *, seed: int = 0,
                  attention_mask: torch.Tensor | None = None, corrupted_attention_mask: torch.Tensor | None = None,
-                 names=(), **generation_kwargs):
+                 names=(), record=("final_logits",), max_bytes: int | None = None, **generation_kwargs):
         self.kind = "diffusion" if architecture_of(model) == DIFFUSION_ARCH else "ar"
         for what, t in (("clean_ids", clean_ids), ("corrupted_ids", corrupted_ids)):
             if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.is_floating_point():
@@ -72,22 +84,27 @@ class Patching:
                                     "pass do_sample=False")
             self.noise = None
         self._acts: dict[tuple[str, int], torch.Tensor] = {}
-        self._stashed: set[str] = set()
+        self._stashed: dict[str, set[int] | None] = {}  # name -> clean steps held (None: every step)
         self._names: dict[str, list[str]] = {}  # pattern -> resolved names (resolution is not free)
         self._layouts: dict[str, str | None] = {}
+        self._references: dict[tuple[str, int], object] = {}  # (which, metric step) -> run keeping those logits
+        self.record = (record,) if isinstance(record, str) else tuple(record)
+        self.max_bytes = None if max_bytes is None else check_max_bytes(max_bytes)
+        self.last_plan = plan_patching(self, 1, record=self.record, max_bytes=self.max_bytes, what="reference run")
         self.clean = self._reference("clean", names)
         self.corrupted = self._reference("corrupted", ())
         self.n_steps = min(self.clean.n_steps, self.corrupted.n_steps)
 
     # -- runs -----------------------------------------------------------------------------------
-    def capture(self, which: str, *, copies: int = 1, fwd_hooks=(), record=("logits",)):
+    def capture(self, which: str, *, copies: int = 1, fwd_hooks=(), record=("final_logits",), steps=None):
         """Run the `which` ("clean" | "corrupted") prompts, `copies` times along the batch axis, with the
-        experiment's replayed noise and `fwd_hooks` (TL-style, `fn(t, hook, step)`); a `Trajectory`."""
+        experiment's replayed noise and `fwd_hooks` (TL-style, `fn(t, hook, step)`); a `Trajectory`
+        keeping `record` (at `steps` for per-step records)."""
         ids, mask = self.ids[which], self.masks[which]
         kwargs = dict(self.generation_kwargs)
         if mask is not None:
             kwargs["attention_mask"] = mask.repeat(copies, 1)
-        return capture(self.model, ids.repeat(copies, 1), names=(), seed=self.seed, record=record,
+        return capture(self.model, ids.repeat(copies, 1), names=(), seed=self.seed, record=record, steps=steps,
                        fwd_hooks=list(fwd_hooks), noise=self.noise, **kwargs)
 
     def resolve(self, names) -> list[str]:
@@ -102,40 +119,66 @@ class Patching:
 
     def _reference(self, which: str, names) -> "object":
         names = self.resolve(names)
-        traj = self.capture(which, fwd_hooks=self._stash_hooks(names))
-        self._stashed |= set(names)
+        traj = self.capture(which, fwd_hooks=self._stash_hooks({n: None for n in names}), record=self.record)
+        self._stashed.update({n: None for n in names})
         return traj
 
-    def _stash_hooks(self, names: list[str]):
-        def stash(name):
+    def _stash_hooks(self, wanted: dict[str, set[int] | None]):
+        """Hooks that keep the clean activation of each name at its wanted steps (None: every step)."""
+        def stash(name, steps):
             def fn(t, hook, step):
-                self._acts[(name, step)] = t.detach().clone()
+                if steps is None or step in steps:
+                    self._acts[(name, step)] = t.detach().clone()
 
             return fn
 
-        return [(n, stash(n)) for n in names]
+        return [(n, stash(n, steps)) for n, steps in wanted.items()]
 
-    def need(self, names) -> list[str]:
-        """Make sure the clean activations of `names` (globs) are held; returns the resolved names."""
+    def need(self, names, steps=None) -> list[str]:
+        """Make sure the clean activations of `names` (globs) are held at `steps` (ints; None = every step),
+        re-running the clean run once for whatever is missing; returns the resolved names."""
         resolved = self.resolve(names)
-        missing = [n for n in resolved if n not in self._stashed]
+        steps = None if steps is None else {int(s) for s in ([steps] if isinstance(steps, int) else steps)}
+        missing: dict[str, set[int] | None] = {}
+        for n in resolved:
+            held = self._stashed.get(n, set())
+            if held is None:
+                continue
+            if steps is None:
+                missing[n] = None
+            elif not steps <= held:
+                missing[n] = steps - held
         if missing:
             self.capture("clean", fwd_hooks=self._stash_hooks(missing), record=())
-            self._stashed |= set(missing)
+            for n, got in missing.items():
+                self._stashed[n] = None if got is None else self._stashed.get(n, set()) | got
         return resolved
 
     def clean_activation(self, name: str, step: int) -> torch.Tensor | None:
         """The clean run's `name` at `step` as the hook saw it (`[batch, pos, ...]`), None if it did not fire."""
-        self.need([name])
+        self.need([name], [step])
         return self._acts.get((name, step))
+
+    def reference(self, which: str, metric=None):
+        """The clean or corrupted run (`which`) holding the logits `metric` reads: the stored run for a
+        metric read at the end; for one read after step s, a re-run (same noise: the same run) that keeps
+        the logits of steps 0..s, cached."""
+        step = getattr(metric, "step", None)
+        traj = self.clean if which == "clean" else self.corrupted
+        if step is None or "logits" in self.record:
+            return traj
+        if (which, step) not in self._references:
+            record, steps = metric_record(metric)
+            self._references[(which, step)] = self.capture(which, record=record, steps=steps)
+        return self._references[(which, step)]
 
     def clean_metric(self, metric) -> float:
         """The metric on the clean run, averaged over the prompt batch."""
-        return float(metric_values(self.clean, metric).mean())
+        return float(metric_values(self.reference("clean", metric), metric).mean())
 
     def corrupted_metric(self, metric) -> float:
         """The metric on the (unpatched) corrupted run, averaged over the prompt batch."""
-        return float(metric_values(self.corrupted, metric).mean())
+        return float(metric_values(self.reference("corrupted", metric), metric).mean())
 
     def positions(self, name: str, step: int) -> int:
         """How many positions hook `name` has at `step` (0 if it did not fire)."""
@@ -155,7 +198,7 @@ class Patching:
         steps = indices(site.step, self.n_steps, "step", f"both runs reached {self.n_steps} steps")
         out = []
         for name in names:
-            self.need([name])
+            self.need([name], steps)
             for s in steps:
                 t = self._acts.get((name, s))
                 if t is None:
@@ -215,30 +258,63 @@ class Patching:
 
         return [(name, hook_for(name)) for name in plan]
 
-    def run(self, sites: Site | Sequence[Site] = (), *, record=("logits",)):
-        """One corrupted run with `sites` applied (by default patched from the clean run); its Trajectory."""
+    def run(self, sites: Site | Sequence[Site] = (), *, record=("logits",), max_bytes: int | None = None):
+        """One corrupted run with `sites` applied (by default patched from the clean run); its Trajectory,
+        keeping `record` (default every step's logits: pass `record=("final_logits",)` to keep the outputs
+        only). Refused before running when it would not fit `max_bytes` (see `budget.plan_patching`)."""
         sites = [sites] if isinstance(sites, Site) else list(sites)
+        hooked = self._need_sites([sites])
+        self.last_plan = plan_patching(self, 1, record=record, hooked=hooked, batch_size=1,
+                                       max_bytes=self.max_bytes if max_bytes is None else max_bytes)
         return self.capture("corrupted", fwd_hooks=self._patch_hooks([sites]), record=record)
 
-    def iter_runs(self, patches: Sequence[Site | Sequence[Site]], *, batch_size: int = 64, progress: bool = False,
-                  desc: str = "patched runs") -> Iterator[tuple[int, int, object]]:
-        """Run many patched copies of the corrupted prompts, `batch_size` per `generate` along the batch axis.
+    def _need_sites(self, patches: list[list[Site]]) -> list[str]:
+        """Stash the clean activations every site reads with one clean re-run; the hook names patched."""
+        wanted: dict[str, set[int] | None] = {}
+        for sites in patches:
+            for site in sites:
+                steps = None if site.step is None else set(indices(site.step, self.n_steps, "step",
+                                                                   f"both runs reached {self.n_steps} steps"))
+                for name in self.resolve([site.name]):
+                    have = wanted.get(name, set())
+                    wanted[name] = None if steps is None or have is None else have | steps
+        for name, steps in wanted.items():
+            if steps is not None:
+                self.need([name], sorted(steps))
+        every = [n for n, steps in wanted.items() if steps is None]
+        if every:
+            self.need(every)
+        return list(wanted)
 
-        Yields `(start, n, traj)` per chunk: `traj` (a `Trajectory` with logits) holds copies
-        `patches[start:start + n]`, copy i in rows `i * batch .. (i + 1) * batch - 1`. Every site is
-        validated before the first run; nothing but the chunk's run is held.
+    def iter_runs(self, patches: Sequence[Site | Sequence[Site]], *, metric=None, record=None,
+                  batch_size: int | None = 64, max_bytes: int | None = None, progress: bool = False,
+                  desc: str = "patched runs") -> Iterator[tuple[int, int, object]]:
+        """Run many patched copies of the corrupted prompts, chunked along the batch axis to a memory budget.
+
+        Yields `(start, n, traj)` per chunk: `traj` holds copies `patches[start:start + n]`, copy i in
+        rows `i * batch .. (i + 1) * batch - 1`, and keeps what `metric` reads (`budget.metric_record`:
+        the final output logits, or the logits up to the metric's step), or `record` if given (default
+        without a metric: "final_logits"). Chunks: `budget.plan_patching` (`max_bytes`, None = the
+        experiment's budget or a fraction of the free RAM; at most `batch_size` copies; the plan is
+        `self.last_plan`). Every site is validated before the first run; nothing but the chunk's run is held.
         """
         patches = [[p] if isinstance(p, Site) else list(p) for p in patches]
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise PatchingError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if record is None and metric is None:
+            record = ("final_logits",)
+        hooked = self._need_sites(patches)
         for sites in patches:  # validate everything before the first run
             for site in sites:
                 self._resolve(site)
+        plan = plan_patching(self, len(patches), metric=metric, record=record, hooked=hooked,
+                             max_bytes=self.max_bytes if max_bytes is None else max_bytes, batch_size=batch_size)
+        self.last_plan = plan
+        rec, steps = metric_record(metric) if record is None else (tuple(record), None)
         bar = tqdm(total=len(patches), desc=desc, unit="patch") if progress else None
         try:
-            for start in range(0, len(patches), batch_size):
-                chunk = patches[start:start + batch_size]
-                traj = self.capture("corrupted", copies=len(chunk), fwd_hooks=self._patch_hooks(chunk))
+            for start in range(0, len(patches), plan.copies):
+                chunk = patches[start:start + plan.copies]
+                traj = self.capture("corrupted", copies=len(chunk), fwd_hooks=self._patch_hooks(chunk), record=rec,
+                                    steps=steps)
                 if bar is not None:
                     bar.update(len(chunk))
                 yield start, len(chunk), traj
@@ -246,30 +322,34 @@ class Patching:
             if bar is not None:
                 bar.close()
 
-    def iter_patches(self, patches: Sequence[Site | Sequence[Site]], metric, *, batch_size: int = 64,
-                     progress: bool = False) -> Iterator[tuple[int, torch.Tensor]]:
+    def iter_patches(self, patches: Sequence[Site | Sequence[Site]], metric, *, batch_size: int | None = 64,
+                     max_bytes: int | None = None, progress: bool = False) -> Iterator[tuple[int, torch.Tensor]]:
         """Metric of many patched runs, streamed: yields `(start, values)` per chunk, `values[i]`
         (averaged over the prompt batch) belonging to `patches[start + i]` (see `iter_runs`)."""
-        for start, n, traj in self.iter_runs(patches, batch_size=batch_size, progress=progress, desc="patching"):
+        for start, n, traj in self.iter_runs(patches, metric=metric, batch_size=batch_size, max_bytes=max_bytes,
+                                             progress=progress, desc="patching"):
             yield start, metric_values(traj, metric).view(n, self.batch).mean(-1)
 
-    def run_patches(self, patches, metric, *, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+    def run_patches(self, patches, metric, *, batch_size: int | None = 64, max_bytes: int | None = None,
+                    progress: bool = False) -> torch.Tensor:
         """`[n_patches]` metric values (see `iter_patches`); batch_size=1 = one generate per patch."""
         out = torch.full((len(patches),), float("nan"))
-        for start, values in self.iter_patches(patches, metric, batch_size=batch_size, progress=progress):
+        for start, values in self.iter_patches(patches, metric, batch_size=batch_size, max_bytes=max_bytes,
+                                               progress=progress):
             out[start:start + len(values)] = values
         return out
 
-    def patched_tokens(self, patches: Sequence[Site | Sequence[Site]], *, batch_size: int = 64,
-                       progress: bool = False) -> torch.Tensor:
-        """`[n_patches, batch, pos]` the emitted tokens of each patched run (see `iter_runs`)."""
+    def patched_tokens(self, patches: Sequence[Site | Sequence[Site]], *, batch_size: int | None = 64,
+                       max_bytes: int | None = None, progress: bool = False) -> torch.Tensor:
+        """`[n_patches, batch, pos]` the emitted tokens of each patched run (see `iter_runs`; no logits kept)."""
         out = []
-        for _, n, traj in self.iter_runs(patches, batch_size=batch_size, progress=progress):
-            out.append(traj.outputs()[1].view(n, self.batch, -1))
+        for _, n, traj in self.iter_runs(patches, record=(), batch_size=batch_size, max_bytes=max_bytes,
+                                         progress=progress):
+            out.append(traj.output_tokens().view(n, self.batch, -1))
         return torch.cat(out) if out else torch.zeros(0, self.batch, 0, dtype=torch.long)
 
     def rounding_noise(self, metric, pattern: str = "blocks.*.hook_resid_pre", *, n: int = 256, seed: int = 0,
-                       batch_size: int = 256) -> float:
+                       batch_size: int | None = 256, max_bytes: int | None = None) -> float:
         """How far float rounding alone moves the metric: the largest |effect| of `n` one-ulp nudges.
 
         Any patch perturbs every later float operation, so even a site whose true effect is 1e-30
@@ -280,15 +360,15 @@ class Patching:
         corrupted runs; returns max |metric - corrupted metric| (averaged over the prompt batch).
         """
         names = layer_names(self, pattern)
-        self.need(names)
+        self.need(names)  # every step: the nudges land anywhere
         sites = [Site(nm, s, q, intervention=NextUlp()) for nm in names for s in range(self.n_steps)
                  for q in range(self.positions(nm, s))]
         if not sites:
             raise PatchingError(f"{pattern!r} fires at none of the {self.n_steps} steps; pick another hook")
-        if n < 1 or batch_size < 1:
+        if n < 1 or (batch_size is not None and batch_size < 1):
             raise PatchingError(f"n and batch_size must be >= 1, got n={n}, batch_size={batch_size}")
         pick = torch.randint(len(sites), (n,), generator=torch.Generator().manual_seed(seed)).tolist()
-        values = self.run_patches([sites[i] for i in pick], metric, batch_size=batch_size)
+        values = self.run_patches([sites[i] for i in pick], metric, batch_size=batch_size, max_bytes=max_bytes)
         return float((values - self.corrupted_metric(metric)).abs().max())
 
 

@@ -20,21 +20,24 @@ from dgt_interp.patching.sites import Index, PatchingError, Site, indices
 
 
 def get_act_patch(p: Patching, pattern: str, metric, *, by: str = "pos", steps: Index = None, layers: Index = None,
-                  positions: Index = None, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+                  positions: Index = None, batch_size: int | None = 64, max_bytes: int | None = None,
+                  progress: bool = False) -> torch.Tensor:
     """Generic sweep: patch each (step, layer[, pos][, head]) cell of hook `pattern` alone.
 
     `pattern`: one hook name or a glob with `*` for the layer (`"blocks.*.hook_resid_pre"`).
     `by`: "pos" -> `[step, layer, pos]`; "head" -> `[step, layer, pos, head]` (per position and
     head; needs a head axis); "layer" -> `[step, layer]` (all positions at once). A name without a
-    layer gives a layer axis of length 1. NaN marks cells where the hook does not fire.
+    layer gives a layer axis of length 1. NaN marks cells where the hook does not fire. Memory: the clean
+    activations are kept at the swept steps only; patched copies run in chunks of at most `batch_size`
+    that fit `max_bytes` (`Patching.iter_runs`, `budget.plan_patching`), keeping only what the metric reads.
     """
     if by not in ("pos", "head", "layer"):
         raise PatchingError(f"by={by!r}: use 'pos', 'head' or 'layer'")
     names = layer_names(p, pattern)
-    p.need(names)
     layer_idx = indices(layers, len(names), "layer", f"{pattern!r} matches {len(names)} names")
     names = [names[i] for i in layer_idx]
     step_idx = indices(steps, p.n_steps, "step", f"both runs reached {p.n_steps} steps")
+    p.need(names, step_idx)
     max_pos = max((p.positions(n, s) for n in names for s in step_idx), default=0)
     n_heads = 0
     if by == "head":
@@ -66,7 +69,7 @@ def get_act_patch(p: Patching, pattern: str, metric, *, by: str = "pos", steps: 
     shape = {"layer": (len(step_idx), len(names)), "pos": (len(step_idx), len(names), max_pos),
              "head": (len(step_idx), len(names), max_pos, n_heads)}[by]
     out = torch.full(shape, float("nan"))
-    for start, values in p.iter_patches(patches, metric, batch_size=batch_size, progress=progress):
+    for start, values in p.iter_patches(patches, metric, batch_size=batch_size, max_bytes=max_bytes, progress=progress):
         for c, v in zip(cells[start:start + len(values)], values):
             out[c] = v
     if by != "layer" and positions is not None:

@@ -1,0 +1,130 @@
+"""Peak memory of a patch sweep at DiffusionGemma's real vocabulary: 8 vs 48 denoising steps.
+
+A random-init DiffusionGemma with the released vocabulary (262,144) and canvas width small enough
+for a laptop CPU (hidden 64, 2 layers, canvas 32 by default; the embedding alone is 16.7M
+parameters). A random model's logits are near-uniform, so the entropy-bound sampler accepts few
+tokens per step and every run goes the full `max_denoising_steps`: the worst case for memory.
+Each measurement runs in a fresh subprocess (`measure_sweep`) and reads its peak resident set
+(`resource.getrusage(RUSAGE_SELF).ru_maxrss`), so runs cannot inherit each other's peaks; the
+model is built inside, and its own footprint is reported separately (`model_rss`: the peak right
+after building, before any run).
+
+What is swept: `get_act_patch_resid_pre` over 1 layer x `--positions` positions x 1 step (the
+shape of the sweep that passed 15 GB on a 1-layer 26B-shaped model at 48 steps). Target: the
+48-step peak within 10% of the 8-step peak (memory that does not grow with the step count).
+
+    .venv/bin/python bench/patch_memory.py [--canvas 32] [--positions 8] [--steps 8 48]
+
+`measure_sweep(...)` is importable (e.g. from a real-shapes bench) and returns a dict of numbers.
+Ends with `name: value` lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+
+REAL_VOCAB = 262_144
+
+
+def real_vocab_model(canvas: int = 32, *, hidden: int = 64, layers: int = 2, seed: int = 0):
+    """A random-init DiffusionGemma with the released vocabulary and a small width (float32, eval)."""
+    from dgt_interp.models import build_diffusion
+    from dgt_interp.models.build import TinySize
+
+    size = TinySize(vocab_size=REAL_VOCAB, hidden_size=hidden, num_hidden_layers=layers, head_dim=16,
+                    num_attention_heads=4, num_key_value_heads=2, moe_intermediate_size=32, intermediate_size=128,
+                    canvas_length=canvas, max_position_embeddings=4 * canvas + 64)
+    return build_diffusion(size, seed=seed)
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def measure_sweep(steps: int, *, canvas: int = 32, positions: int = 8, prompt_len: int = 12, threads: int = 1,
+                  max_bytes: int | None = None) -> dict:
+    """Build the real-vocabulary model, run one `Patching` and a resid_pre sweep; peak RSS (bytes)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from dgt_interp.patching import LogitDiff, Patching, get_act_patch_resid_pre
+
+    model = real_vocab_model(canvas)
+    model_rss = peak_rss_bytes()
+    gen = torch.Generator().manual_seed(0)
+    clean = torch.randint(3, REAL_VOCAB - 3, (1, prompt_len), generator=gen)
+    corrupted = clean.clone()
+    corrupted[0, prompt_len // 2] = (clean[0, prompt_len // 2] + 1) % (REAL_VOCAB - 3)
+    kw = {} if max_bytes is None else {"max_bytes": max_bytes}
+    p = Patching(model, clean, corrupted, seed=0, max_denoising_steps=steps, **kw)
+    after_refs = peak_rss_bytes()
+    metric = LogitDiff(pos=0, correct=5, wrong=6)
+    grid = get_act_patch_resid_pre(p, metric, layers=[0], steps=[0], positions=slice(0, positions), **kw)
+    return {"steps": steps, "steps_run": p.n_steps, "canvas": canvas, "positions": positions,
+            "model_rss": model_rss, "after_references": after_refs, "peak_rss": peak_rss_bytes(),
+            "finite_cells": int(torch.isfinite(grid).sum())}
+
+
+def measure_capture(rows: int, *, steps: int = 4, canvas: int = 32, prompt_len: int = 12, threads: int = 1) -> dict:
+    """Peak RSS of one corrupted-style run of `rows` rows keeping the output logits (the working set of
+    a denoising step at this vocabulary: compare rows to get the bytes per row)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from dgt_interp import capture
+    from dgt_interp.sampling import ReplayedNoise
+
+    model = real_vocab_model(canvas)
+    ids = torch.randint(3, REAL_VOCAB - 3, (1, prompt_len), generator=torch.Generator().manual_seed(0))
+    capture(model, ids, max_denoising_steps=2, record=("final_logits",), noise=ReplayedNoise(0))  # warm up
+    before = peak_rss_bytes()
+    capture(model, ids.repeat(rows, 1), max_denoising_steps=steps, record=("final_logits",), noise=ReplayedNoise(0))
+    return {"rows": rows, "before": before, "peak_rss": peak_rss_bytes(),
+            "row_logits_bytes": canvas * REAL_VOCAB * 4}
+
+
+def measure_in_subprocess(steps: int, fn: str = "measure_sweep", **kw) -> dict:
+    """`measure_sweep` (or another `fn` here) in a fresh interpreter (its own peak RSS)."""
+    code = (f"import json, sys; sys.path.insert(0, {str(__file__.rsplit('/', 1)[0])!r}); "
+            f"from patch_memory import {fn}; print(json.dumps({fn}({steps}, **{kw!r})))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--canvas", type=int, default=32)
+    ap.add_argument("--positions", type=int, default=8)
+    ap.add_argument("--steps", type=int, nargs="+", default=[8, 48])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--working-set", action="store_true",
+                    help="measure the per-row working set of a denoising step instead (rows 1 vs 4)")
+    args = ap.parse_args()
+    if args.working_set:
+        one, four = (measure_in_subprocess(r, "measure_capture", canvas=args.canvas) for r in (1, 4))
+        per_row = (four["peak_rss"] - one["peak_rss"]) / 3
+        print(f"per-row peak {per_row / 2**20:.1f} MiB = {per_row / one['row_logits_bytes']:.2f} x [canvas, vocab] float32")
+        print(f"step_working_logits: {per_row / one['row_logits_bytes']:.2f}")
+        return
+    results = [measure_in_subprocess(s, canvas=args.canvas, positions=args.positions, threads=args.threads)
+               for s in args.steps]
+    gib = 2 ** 30
+    for r in results:
+        print(f"max_denoising_steps={r['steps']} (ran {r['steps_run']}): model {r['model_rss'] / gib:.2f} GiB, "
+              f"after clean+corrupted {r['after_references'] / gib:.2f} GiB, peak {r['peak_rss'] / gib:.2f} GiB "
+              f"({r['finite_cells']} cells)")
+    lo, hi = results[0], results[-1]
+    print(f"peak_rss_{lo['steps']}_steps_gib: {lo['peak_rss'] / gib:.3f}")
+    print(f"peak_rss_{hi['steps']}_steps_gib: {hi['peak_rss'] / gib:.3f}")
+    print(f"peak_ratio_{hi['steps']}_vs_{lo['steps']}: {hi['peak_rss'] / lo['peak_rss']:.3f}")
+    above = (hi['peak_rss'] - hi['model_rss']) / max(1, lo['peak_rss'] - lo['model_rss'])
+    print(f"above_model_ratio_{hi['steps']}_vs_{lo['steps']}: {above:.3f}")
+
+
+if __name__ == "__main__":
+    main()
