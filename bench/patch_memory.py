@@ -27,20 +27,6 @@ import resource
 import subprocess
 import sys
 
-REAL_VOCAB = 262_144
-
-
-def real_vocab_model(canvas: int = 32, *, hidden: int = 64, layers: int = 2, seed: int = 0):
-    """A random-init DiffusionGemma with the released vocabulary and a small width (float32, eval)."""
-    from dgt_interp.models import build_diffusion
-    from dgt_interp.models.build import TinySize
-
-    size = TinySize(vocab_size=REAL_VOCAB, hidden_size=hidden, num_hidden_layers=layers, head_dim=16,
-                    num_attention_heads=4, num_key_value_heads=2, moe_intermediate_size=32, intermediate_size=128,
-                    canvas_length=canvas, max_position_embeddings=4 * canvas + 64)
-    return build_diffusion(size, seed=seed)
-
-
 def peak_rss_bytes() -> int:
     """This process's peak resident set so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -53,6 +39,7 @@ def measure_sweep(steps: int, *, canvas: int = 32, positions: int = 8, prompt_le
 
     torch.set_num_threads(threads)
     from dgt_interp.patching import LogitDiff, Patching, get_act_patch_resid_pre
+    from dgt_interp.testing import REAL_VOCAB, real_vocab_model
 
     model = real_vocab_model(canvas)
     model_rss = peak_rss_bytes()
@@ -78,6 +65,7 @@ def measure_capture(rows: int, *, steps: int = 4, canvas: int = 32, prompt_len: 
     torch.set_num_threads(threads)
     from dgt_interp import capture
     from dgt_interp.sampling import ReplayedNoise
+    from dgt_interp.testing import REAL_VOCAB, real_vocab_model
 
     model = real_vocab_model(canvas)
     ids = torch.randint(3, REAL_VOCAB - 3, (1, prompt_len), generator=torch.Generator().manual_seed(0))

@@ -2,6 +2,8 @@
 
 `constructed_trajectory(argmax_canvas, ...)` makes a real `Trajectory` from given per-step canvases,
 so a probe can be checked against a trajectory whose commit order, smearing or drafts are known.
+`real_vocab_model(canvas_length)` is a random-init DiffusionGemma with the released vocabulary
+(262,144) at a small width: memory behaviour at the real vocabulary, in tests that stay fast.
 """
 
 from __future__ import annotations
@@ -51,4 +53,22 @@ def constructed_trajectory(argmax_canvas: torch.Tensor, *, accepted: torch.Tenso
     return Trajectory(meta=meta, sequences=sequences, records=records, activations=acts, fired=fired)
 
 
-__all__ = ["constructed_trajectory"]
+REAL_VOCAB = 262_144  # DiffusionGemma's released vocabulary
+
+
+def real_vocab_model(canvas_length: int = 32, *, hidden_size: int = 64, num_hidden_layers: int = 2, seed: int = 0):
+    """A random-init DiffusionGemma with the released vocabulary (262,144) and a small width (float32, eval).
+
+    The embedding alone is 16.7M parameters (67 MB); one row's `[canvas, vocab]` float32 logits are
+    `canvas_length` MiB. Its near-uniform logits make the entropy-bound sampler accept few tokens per
+    step, so every run goes the full `max_denoising_steps`: the worst case for memory."""
+    from dgt_interp.models import build_diffusion
+    from dgt_interp.models.build import TinySize
+
+    size = TinySize(vocab_size=REAL_VOCAB, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers, head_dim=16,
+                    num_attention_heads=4, num_key_value_heads=2, moe_intermediate_size=32, intermediate_size=128,
+                    canvas_length=canvas_length, max_position_embeddings=4 * canvas_length + 64)
+    return build_diffusion(size, seed=seed)
+
+
+__all__ = ["constructed_trajectory", "real_vocab_model", "REAL_VOCAB"]
