@@ -76,6 +76,62 @@ def measure_capture(rows: int, *, steps: int = 4, canvas: int = 32, prompt_len: 
             "row_logits_bytes": canvas * REAL_VOCAB * 4}
 
 
+def measure_attribution(steps: int, *, canvas: int = 16, prompt_len: int = 12, threads: int = 1) -> dict:
+    """Peak RSS of `attribution_patch` over every step of one layer's resid_pre (the graph spans all steps)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from dgt_interp.attribution import attribution_patch
+    from dgt_interp.patching import LogitDiff, Patching
+    from dgt_interp.testing import REAL_VOCAB, real_vocab_model
+
+    model = real_vocab_model(canvas)
+    clean = torch.randint(3, REAL_VOCAB - 3, (1, prompt_len), generator=torch.Generator().manual_seed(0))
+    corrupted = clean.clone()
+    corrupted[0, 1] += 1
+    p = Patching(model, clean, corrupted, seed=0, max_denoising_steps=steps)
+    before = peak_rss_bytes()
+    attribution_patch(p, LogitDiff(pos=0, correct=5, wrong=6), "blocks.0.hook_resid_pre")
+    return {"steps": p.n_steps, "before": before, "peak_rss": peak_rss_bytes(), "row_logits_bytes": canvas * REAL_VOCAB * 4}
+
+
+def capture_for_lens(steps: int, out_dir: str, *, canvas: int = 32, prompt_len: int = 12, threads: int = 1) -> dict:
+    """Capture `blocks.*.hook_resid_post` of 2 prompts at the real vocabulary and save it to `out_dir`."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from dgt_interp import capture
+    from dgt_interp.testing import REAL_VOCAB, real_vocab_model
+
+    model = real_vocab_model(canvas)
+    ids = torch.randint(3, REAL_VOCAB - 3, (2, prompt_len), generator=torch.Generator().manual_seed(0))
+    traj = capture(model, ids, names="blocks.*.hook_resid_post", max_denoising_steps=steps)
+    traj.save(out_dir)
+    return {"steps": traj.n_steps}
+
+
+def measure_lens(steps: int, *, canvas: int = 32, threads: int = 1) -> dict:
+    """Peak RSS of `LogitLens.run` (top-k, entropy, KL to final, two targets) over a whole trajectory, captured
+    in another process (so the capture's own peak is not this one's)."""
+    import tempfile
+
+    import torch
+
+    torch.set_num_threads(threads)
+    from dgt_interp.lens import LogitLens
+    from dgt_interp.testing import REAL_VOCAB, real_vocab_model
+    from dgt_interp.trajectory import Trajectory
+
+    with tempfile.TemporaryDirectory() as tmp:
+        measure_in_subprocess(steps, "capture_for_lens", out_dir=f"{tmp}/traj", canvas=canvas)
+        model = real_vocab_model(canvas)
+        traj = Trajectory.load(f"{tmp}/traj", model).to_memory()
+        before = peak_rss_bytes()
+        res = LogitLens(model).run(traj, targets=[5, 6])
+    return {"steps": traj.n_steps, "entries": int(res.entropy.numel()), "before": before, "peak_rss": peak_rss_bytes(),
+            "row_logits_bytes": canvas * REAL_VOCAB * 4}
+
+
 def measure_in_subprocess(steps: int, fn: str = "measure_sweep", **kw) -> dict:
     """`measure_sweep` (or another `fn` here) in a fresh interpreter (its own peak RSS)."""
     code = (f"import json, sys; sys.path.insert(0, {str(__file__.rsplit('/', 1)[0])!r}); "
@@ -92,7 +148,24 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--working-set", action="store_true",
                     help="measure the per-row working set of a denoising step instead (rows 1 vs 4)")
+    ap.add_argument("--attribution", action="store_true", help="measure attribution's graph per step instead")
+    ap.add_argument("--lens", action="store_true", help="measure the logit lens's peak instead")
     args = ap.parse_args()
+    if args.attribution:
+        lo, hi = (measure_in_subprocess(n, "measure_attribution") for n in (2, 4))
+        per_step = (hi["peak_rss"] - lo["peak_rss"]) / (hi["steps"] - lo["steps"])
+        for r in (lo, hi):
+            print(f"attribution over {r['steps']} steps: peak {r['peak_rss'] / 2**30:.2f} GiB "
+                  f"(+{(r['peak_rss'] - r['before']) / 2**20:.0f} MiB over the references)")
+        print(f"attribution_graph_logits_per_step: {per_step / lo['row_logits_bytes']:.2f}")
+        return
+    if args.lens:
+        lo, hi = (measure_in_subprocess(n, "measure_lens") for n in (4, 16))
+        for r in (lo, hi):
+            print(f"logit lens over {r['steps']} steps ({r['entries']} entries): +{(r['peak_rss'] - r['before']) / 2**20:.0f} "
+                  f"MiB over the capture")
+        print(f"lens_peak_above_capture_mib_{hi['steps']}_steps: {(hi['peak_rss'] - hi['before']) / 2**20:.0f}")
+        return
     if args.working_set:
         one, four = (measure_in_subprocess(r, "measure_capture", canvas=args.canvas) for r in (1, 4))
         per_row = (four["peak_rss"] - one["peak_rss"]) / 3

@@ -24,6 +24,15 @@ can undo the patch) changes the real run in a way the linear estimate misses; so
 non-linear changes (softmax saturation, the logit soft-cap). Compare with the exact sweep on a few
 cells (bench/patching.py).
 
+Memory. The one backward pass needs the autograd graph of every step from the first selected one
+on: on DiffusionGemma each step keeps a few `[batch, canvas, vocab]` float32 tensors (the soft-cap,
+the temperature-scaled logits and the softmax the self-conditioning channel reads;
+`ATTRIBUTION_GRAPH_LOGITS` per step, measured at the released vocabulary), so attribution grows with
+the steps it spans; `estimate_attribution_bytes` says how much, and `attribution_patch` refuses
+(`CaptureBudgetError`, one line) a run over `max_bytes`. The model's logits are rebuilt from the
+unembedding input at the steps the metric reads only: no step's full-vocabulary logits are held
+for the backward pass besides what the graph itself needs.
+
     >>> est = attribution_patch(p, metric, "blocks.*.hook_resid_pre")     # [step, layer, pos]
 """
 
@@ -31,32 +40,63 @@ from __future__ import annotations
 
 import torch
 
+from dgt_interp.capturing import CaptureBudgetError, fmt_bytes, plan_capture
 from dgt_interp.names import natural_key
 from dgt_interp.patching import Patching, PatchingError, call_metric, indices
+from dgt_interp.patching.budget import STEP_WORKING_LOGITS, Estimate, check_max_bytes
 from dgt_interp.stats import rank_correlation
 from dgt_interp.trajectory import output_steps
 
-UNEMBED = "unembed.hook_out"  # lm_head output, before the soft-cap
+UNEMBED = "unembed.hook_in"  # lm_head input: the logits are recomputed from it at the steps the metric reads
+# `[batch, canvas, vocab]` float32 tensors the autograd graph keeps per denoising step it spans
+# (bench/patch_memory.py --attribution, real vocabulary), rounded up
+ATTRIBUTION_GRAPH_LOGITS = 4
+
+
+def estimate_attribution_bytes(p: Patching, pattern: str = "blocks.*.hook_resid_pre", *, steps=None) -> Estimate:
+    """The bytes `attribution_patch(p, metric, pattern, steps=steps)` holds at its peak, part by part: the
+    graph of every step from the first selected one on, one step's working set, and the live
+    activations of `pattern` with their gradients and clean copies."""
+    names = sorted(p.resolve([pattern]), key=natural_key)
+    step_idx = indices(steps, p.n_steps, "step", f"both runs reached {p.n_steps} steps")
+    ids = p.ids["corrupted"]
+    text = p.model.config.get_text_config()
+    plan = plan_capture(p.model, ids, names=names, **p.generation_kwargs)
+    per_step = ids.shape[0] * (plan.canvas_length if p.kind == "diffusion" else 1) * int(text.vocab_size) * 4
+    spanned = p.n_steps - min(step_idx) if step_idx else 0
+    acts = sum(plan.bytes_per_name.values()) * len(step_idx)
+    return Estimate("for attribution", {
+        f"graph of {spanned} steps": ATTRIBUTION_GRAPH_LOGITS * spanned * per_step,
+        "step working set": STEP_WORKING_LOGITS * per_step,
+        "activations, gradients, clean copies": 4 * acts,
+    })
 
 
 def attribution_patch(p: Patching, metric, pattern: str = "blocks.*.hook_resid_pre", *, by: str = "pos",
-                      steps=None) -> torch.Tensor:
+                      steps=None, max_bytes: int | None = None) -> torch.Tensor:
     """Linear estimate of `patched - corrupted` for every cell of `get_act_patch(p, pattern, metric, by=by)`.
 
     Returns `[step, layer, pos]` (by="pos"), `[step, layer, pos, head]` (by="head") or
     `[step, layer]` (by="layer": all positions patched at once = the sum over positions), averaged
     over the prompt batch; NaN where the hook does not fire. Cost: one corrupted run, recorded for
     autograd only from the first selected site on, and one backward pass for every cell at once
-    (the clean activations are the ones `p` holds).
+    (the clean activations are the ones `p` holds). Refused before running (`CaptureBudgetError`) when
+    `estimate_attribution_bytes` exceeds `max_bytes` (None: `p`'s budget, or a fraction of the free RAM).
     """
     if by not in ("pos", "head", "layer"):
         raise PatchingError(f"by={by!r}: use 'pos', 'head' or 'layer'")
     names = sorted(p.resolve([pattern]), key=natural_key)
     step_idx = indices(steps, p.n_steps, "step", f"both runs reached {p.n_steps} steps")
+    budget = check_max_bytes(p.max_bytes if max_bytes is None else max_bytes)
+    estimate = estimate_attribution_bytes(p, pattern, steps=steps)
+    if estimate.total > budget:
+        raise CaptureBudgetError(f"attribution would hold {estimate.describe()} > max_bytes={fmt_bytes(budget)}; cut it "
+                                 "with steps= (the graph spans from the first selected step to the end), fewer "
+                                 "max_denoising_steps, a smaller prompt batch, or a larger max_bytes")
     p.need(names, step_idx)
     wanted = set(step_idx)
     live: dict[tuple[str, int], torch.Tensor] = {}
-    logits_live: dict[int, torch.Tensor] = {}
+    hidden_live: dict[int, torch.Tensor] = {}  # [batch, pos, d] per step: not [batch, pos, vocab] logits
 
     def keep(name):
         def fn(t, hook, step):
@@ -74,13 +114,13 @@ def attribution_patch(p: Patching, metric, pattern: str = "blocks.*.hook_resid_p
         return fn
 
     def unembed(t, hook, step):
-        logits_live[step] = t
+        hidden_live[step] = t
 
     traj = p.capture("corrupted", fwd_hooks=[(n, keep(n)) for n in names] + [(UNEMBED, unembed)], record=())
     if not torch.equal(traj.sequences, p.corrupted.sequences):
         raise PatchingError("the gradient run diverged from the corrupted run; report this (sampler replay broken)")
     step = getattr(metric, "step", None)
-    out_logits, tokens = _output_logits(p, traj, logits_live, step)
+    out_logits, tokens = _output_logits(p, traj, hidden_live, step)
     recorded, _ = p.reference("corrupted", metric).outputs(step)
     if not torch.allclose(out_logits.detach().cpu(), recorded, atol=1e-4, rtol=1e-4):
         raise PatchingError("rebuilt logits differ from the recorded ones (soft-cap changed?); report this")
@@ -123,28 +163,29 @@ def attribution_patch(p: Patching, metric, pattern: str = "blocks.*.hook_resid_p
     return out
 
 
-def _output_logits(p: Patching, traj, logits_live: dict[int, torch.Tensor], step: int | None):
+def _output_logits(p: Patching, traj, hidden_live: dict[int, torch.Tensor], step: int | None):
     """(logits `[batch, pos, vocab]` with their graph, tokens) = `traj.outputs(step)` rebuilt from the live
-    unembedding outputs: only the steps the outputs read are soft-capped (no `[step, ...]` stack)."""
+    unembedding inputs: the model's own `lm_head` and the soft-cap run again at the steps the outputs read
+    only (same shapes, same ops: the same numbers), so no step's full-vocabulary logits are held."""
     cap = p.model.config.get_text_config().final_logit_softcapping
 
-    def softcap(x):
-        x = x.float()
+    def softcap(h):
+        x = p.model.lm_head(h).float()
         return torch.tanh(x / cap) * cap if cap else x
 
     picks = output_steps(traj.kind, traj.active, traj.canvas, step)
     tokens = traj.output_tokens(step)
     if traj.kind == "diffusion":
-        capped = {s: softcap(logits_live[s]) for s in sorted({int(s) for pick in picks for s in pick})}
+        capped = {s: softcap(hidden_live[s]) for s in sorted({int(s) for pick in picks for s in pick})}
         rows = torch.arange(traj.active.shape[1])
         per_canvas = [torch.stack([capped[int(s)][b] for b, s in zip(rows.tolist(), pick)]) for pick in picks]
         return torch.cat(per_canvas, 1), tokens
     # AR: step s holds generated tokens 0..s (the newest from each step's last position), zeros after
     s = int(picks[0][0])
     length = p.corrupted.records["input_canvas"].shape[-1]
-    cols = [softcap(logits_live[i][:, -1]) for i in range(s + 1)]
+    cols = [softcap(hidden_live[i])[:, -1] for i in range(s + 1)]
     pad = torch.zeros((cols[0].shape[0], length - s - 1, cols[0].shape[-1]), device=cols[0].device)
     return torch.cat([torch.stack(cols, 1), pad], 1), tokens
 
 
-__all__ = ["attribution_patch", "rank_correlation"]
+__all__ = ["attribution_patch", "estimate_attribution_bytes", "ATTRIBUTION_GRAPH_LOGITS", "rank_correlation"]

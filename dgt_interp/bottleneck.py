@@ -15,6 +15,11 @@ opaque channel. A *bottleneck* replaces that distribution by one a person can re
 Sampling inside a step is unchanged: the bottleneck only edits what step s+1 *reads*. Each variant
 is applied as a TransformerLens hook on `self_cond.hook_logits_in` (`Zero` on
 `self_cond.hook_signal`), so it works inside `capture`, patching and `generate` alike.
+
+Memory: the hook maps the `[batch, pos, vocab]` logits in chunks of at most `CHUNK_ELEMENTS` logits
+(`Bottleneck.apply`), so at a 262,144-token vocabulary it holds its output and one chunk's
+temporaries, not several full-vocabulary copies of the canvas (each position is mapped on its own,
+so the result is the same bit for bit).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from dgt_interp.models import is_diffusion
 from dgt_interp.sampling import SAMPLERS, sampler_settings
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+CHUNK_ELEMENTS = 2**24  # logits mapped at once by `Bottleneck.apply` (64 MiB of float32)
 
 
 class BottleneckError(DgtInterpError, ValueError, TypeError):
@@ -60,10 +66,21 @@ class Bottleneck:
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:  # [batch, pos, vocab] -> same
         raise NotImplementedError
 
+    def apply(self, logits: torch.Tensor, chunk_elements: int = CHUNK_ELEMENTS) -> torch.Tensor:
+        """`self(logits)` in `logits.dtype`, computed over chunks of positions of at most `chunk_elements`
+        logits (one output tensor plus one chunk's temporaries)."""
+        vocab = logits.shape[-1]
+        flat = logits.reshape(-1, vocab)
+        out = torch.empty_like(flat)
+        rows = max(1, chunk_elements // vocab)
+        for r0 in range(0, flat.shape[0], rows):
+            out[r0:r0 + rows] = self(flat[r0:r0 + rows]).to(logits.dtype)
+        return out.view(logits.shape)
+
     def hooks(self) -> list[tuple[str, Callable]]:
         """TL-style `(hook_name, fn)` pairs that apply this bottleneck at every step."""
         def fn(logits, hook):
-            return self(logits).to(logits.dtype)
+            return self.apply(logits)
 
         return [(LOGITS_HOOK, fn)]
 
@@ -143,6 +160,10 @@ class Custom(Bottleneck):
     @property
     def name(self) -> str:
         return self.label
+
+    def apply(self, logits, chunk_elements: int = CHUNK_ELEMENTS):
+        """The whole `[batch, pos, vocab]` tensor at once (a custom map may mix positions)."""
+        return self(logits).to(logits.dtype)
 
     def __call__(self, logits):
         out = self.fn(logits)

@@ -56,7 +56,8 @@ class CaptureError(DgtInterpError, ValueError):
     """Bad capture arguments (one-line message that says what to do)."""
 
 
-def _fmt(n: float) -> str:
+def fmt_bytes(n: float) -> str:
+    """`n` bytes for people: "1.5 GiB" (what budget refusals quote)."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
@@ -98,10 +99,10 @@ class Plan:
 
     def __str__(self) -> str:
         biggest = sorted(self.bytes_per_name.items(), key=lambda kv: -kv[1])[:3]
-        top = ", ".join(f"{n} {_fmt(b * len(self.steps))}" for n, b in biggest)
-        return (f"~{_fmt(self.total_bytes)} (activations {_fmt(self.activation_bytes)} = {len(self.names) + len(self.record)} "
+        top = ", ".join(f"{n} {fmt_bytes(b * len(self.steps))}" for n, b in biggest)
+        return (f"~{fmt_bytes(self.total_bytes)} (activations {fmt_bytes(self.activation_bytes)} = {len(self.names) + len(self.record)} "
                 f"names x {len(self.steps)} steps x {len(self.positions)} positions x batch {self.batch}"
-                f"{'; largest: ' + top if top else ''}; per-step records {_fmt(self.record_bytes)})")
+                f"{'; largest: ' + top if top else ''}; per-step records {fmt_bytes(self.record_bytes)})")
 
 
 # generate kwargs capture sets itself, or that would change what generate returns
@@ -620,11 +621,11 @@ def capture(
         held, what = plan.total_bytes, str(plan)
     else:
         held = plan.record_bytes + sum(plan.bytes_per_name.values())
-        what = (f"~{_fmt(held)} in RAM with storage='disk' (per-step records {_fmt(plan.record_bytes)} + one step "
-                f"of activations {_fmt(sum(plan.bytes_per_name.values()))})")
+        what = (f"~{fmt_bytes(held)} in RAM with storage='disk' (per-step records {fmt_bytes(plan.record_bytes)} + one step "
+                f"of activations {fmt_bytes(sum(plan.bytes_per_name.values()))})")
     if max_bytes is not None and held > max_bytes:
         raise CaptureBudgetError(
-            f"capture would hold {what} > max_bytes={_fmt(max_bytes)}; cut it with fewer names, "
+            f"capture would hold {what} > max_bytes={fmt_bytes(max_bytes)}; cut it with fewer names, "
             "steps=..., positions=..., dtype=torch.bfloat16, or storage='disk', out_dir=..."
         )
     hook_step_set = None if hook_steps is None else set(select(hook_steps, plan.max_steps, "hook step",
@@ -775,5 +776,5 @@ def _build(plan, rec, records, sequences, model, backend, seed, generation_kwarg
     return Trajectory(meta=meta, sequences=sequences, records=records, activations=acts, fired=fired, model=model)
 
 
-__all__ = ["capture", "estimate_bytes", "plan_capture", "check_generation_kwargs", "Plan", "CaptureBudgetError",
+__all__ = ["capture", "estimate_bytes", "plan_capture", "fmt_bytes", "check_generation_kwargs", "Plan", "CaptureBudgetError",
            "CaptureError", "BACKENDS"]

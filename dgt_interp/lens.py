@@ -411,7 +411,7 @@ class TunedLens(Lens):
         """Train the translators to minimise mean KL(final ‖ lens) over layers on captured trajectories.
 
         Uses every computed residual once (diffusion: every active (step, batch, pos); AR: the new
-        position of each step). Minibatches are drawn with a generator seeded by `seed` (same data
+        position of each step). Memory: one layer's `[batch_size, vocab]` graph at a time. Minibatches are drawn with a generator seeded by `seed` (same data
         and seed → same lens). Returns the loss (mean KL over layers 0..n-2, nats) per iteration.
         """
         trajectories = [trajectories] if not isinstance(trajectories, (list, tuple)) else list(trajectories)
@@ -439,14 +439,17 @@ class TunedLens(Lens):
                 final_logp = torch.log_softmax(u(h[:, -1]), -1)
             p_final = final_logp.exp()
             loss = 0.0
-            for layer in range(self.n_layers - 1):
-                logp = torch.log_softmax(u(self.translate(h[:, layer], layer, s)), -1)
-                loss = loss + (p_final * (final_logp - logp)).sum(-1).mean()
-            loss = loss / max(1, self.n_layers - 1)
             opt.zero_grad()
-            loss.backward()
+            for layer in range(self.n_layers - 1):
+                # one layer's graph at a time: each layer has its own translator, so backward per layer
+                # gives the gradients of the mean over layers exactly, holding one [batch, vocab] graph
+                logp = torch.log_softmax(u(self.translate(h[:, layer], layer, s)), -1)
+                kl = (p_final * (final_logp - logp)).sum(-1).mean()
+                (kl / max(1, self.n_layers - 1)).backward()
+                loss = loss + kl.detach()
+            loss = loss / max(1, self.n_layers - 1)
             opt.step()
-            losses.append(loss.item())
+            losses.append(float(loss))
         self.training_info = {"iters": iters, "lr": lr, "batch_size": batch_size, "seed": seed,
                               "weight_decay": weight_decay, "examples": len(x), "final_loss": losses[-1] if losses else None}
         return losses

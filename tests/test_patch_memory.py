@@ -110,12 +110,12 @@ def test_real_vocab_chunked_sweep_equals_unchunked(real_vocab):
     bit (chunks of >= 2 copies run the same float path per row; a chunk of 1 takes another and may differ
     by rounding, which the sampler can amplify)."""
     p = real_vocab
-    cells = dict(steps=[0, 1], positions=[0, 3, 7])
-    one = estimate_patching_bytes(p, hooked=["blocks.0.hook_resid_pre"]).per_copy
+    cells = dict(steps=[1], positions=[0, 3, 7])
+    one = estimate_patching_bytes(p, hooked=["blocks.0.hook_resid_pre"]).total
     whole = get_act_patch_resid_pre(p, METRIC, **cells)
-    assert p.last_plan.copies == 12  # 2 steps x 2 layers x 3 positions in one generate
+    assert p.last_plan.copies == 6  # 2 layers x 3 positions in one generate
     chunked = get_act_patch_resid_pre(p, METRIC, max_bytes=2 * one + one // 2, **cells)
-    assert p.last_plan.copies == 2 and p.last_plan.n_chunks == 6
+    assert p.last_plan.copies == 2 and p.last_plan.n_chunks == 3
     same(whole, chunked)
     capped = get_act_patch_resid_pre(p, METRIC, batch_size=3, **cells)  # an explicit batch_size caps the chunk
     assert p.last_plan.copies == 3
@@ -153,3 +153,32 @@ def test_real_vocab_too_small_budget_is_a_one_line_error(real_vocab):
         Patching(p.model, p.ids["clean"], p.ids["corrupted"], seed=0, max_denoising_steps=2, max_bytes=10**6)
     with pytest.raises(ValueError, match="max_bytes=-1 must be an int"):
         p.run_patches([Site("blocks.0.hook_resid_pre", 0, 0)], METRIC, max_bytes=-1)
+
+
+def test_attribution_with_lean_references_and_its_budget(tiny_diffusion, real_vocab):
+    """Attribution rebuilds the output logits at the steps the metric reads: the same estimate whether the
+    references keep every step's logits or the outputs only; over budget it refuses in one line."""
+    from dgt_interp.attribution import attribution_patch, estimate_attribution_bytes
+
+    lean = Patching(tiny_diffusion, ids("12+345="), ids("17+345="), seed=SEED, max_denoising_steps=3)
+    full = Patching(tiny_diffusion, ids("12+345="), ids("17+345="), seed=SEED, max_denoising_steps=3,
+                    record=("logits",))
+    for metric in (METRIC, LogitDiff(pos=[0, 3], correct=[5, 7], wrong=[6, 9], step=1)):
+        same(attribution_patch(lean, metric), attribution_patch(full, metric))
+    p = real_vocab
+    est = estimate_attribution_bytes(p, "blocks.0.hook_resid_pre")
+    later = estimate_attribution_bytes(p, "blocks.0.hook_resid_pre", steps=[1])
+    assert est.total > later.total  # the graph spans from the first selected step
+    with pytest.raises(CaptureBudgetError) as e:
+        attribution_patch(p, METRIC, "blocks.0.hook_resid_pre", max_bytes=est.total - 1)
+    assert "\n" not in str(e.value) and est.describe() in str(e.value) and "steps=" in str(e.value)
+
+
+def test_bottleneck_maps_the_real_vocabulary_in_chunks():
+    """The self-conditioning bottlenecks map positions in chunks (one output, one chunk of temporaries): the
+    same numbers as mapping the whole `[batch, pos, vocab]` tensor at once."""
+    from dgt_interp.bottleneck import OneHot, TopK, TopP
+
+    logits = torch.randn(2, 8, REAL_VOCAB, generator=torch.Generator().manual_seed(0)) * 4
+    for b in (TopK(1), TopK(3), TopP(0.01), OneHot()):
+        assert torch.equal(b.apply(logits, chunk_elements=3 * REAL_VOCAB), b(logits).to(logits.dtype)), b.name

@@ -16,7 +16,9 @@ The package, one concern per module:
 - `metrics`: the `Metric` protocol, `LogitDiff`, `AnswerProb`, `ExactMatch`, `normalise`;
 - `experiment`: `Patching` (clean + corrupted runs with the same `sampling.ReplayedNoise`,
   patched runs batched along the batch axis, `rounding_noise`);
-- `sweeps`: `get_act_patch_*` over `[step, layer, pos(, head)]`.
+- `sweeps`: `get_act_patch_*` over `[step, layer, pos(, head)]`;
+- `budget`: memory planning: `estimate_patching_bytes` (one patched copy, part by part),
+  `plan_patching` (copies per `generate` within `max_bytes`), `default_max_bytes`.
 
 Sites and positions. Positions index the hook tensor as it fires: canvas positions on DiffusionGemma;
 on the AR twin step 0 is the prompt forward (prompt positions) and each later step sees one position.
@@ -34,6 +36,8 @@ positions = cached positions).
     >>> p.run([Site("blocks.1.hook_resid_pre", step=3, pos=2, intervention=Zero())])
 """
 
+from dgt_interp.patching.budget import (MEMORY_FRACTION, Estimate, PatchPlan, default_max_bytes, estimate_patching_bytes,
+                                        plan_patching)
 from dgt_interp.patching.experiment import Patching, layer_names, patch_run
 from dgt_interp.patching.interventions import AddVector, Intervention, Mean, NextUlp, Replace, Zero
 from dgt_interp.patching.metrics import (AnswerProb, ExactMatch, LogitDiff, Metric, call_metric, metric_values,
@@ -48,6 +52,7 @@ __all__ = [
     "Intervention", "Replace", "Zero", "Mean", "AddVector", "NextUlp",
     "Metric", "LogitDiff", "AnswerProb", "ExactMatch", "normalise", "call_metric", "metric_values",
     "Patching", "patch_run", "layer_names",
+    "MEMORY_FRACTION", "Estimate", "PatchPlan", "default_max_bytes", "estimate_patching_bytes", "plan_patching",
     "get_act_patch", "get_act_patch_resid_pre", "get_act_patch_resid_post", "get_act_patch_attn_out",
     "get_act_patch_mlp_out", "get_act_patch_attn_head_out_by_pos", "get_act_patch_self_cond", "get_act_patch_canvas",
 ]

@@ -32,8 +32,7 @@ from dataclasses import dataclass, field
 import psutil
 import torch
 
-from dgt_interp.capturing import CaptureBudgetError, plan_capture
-from dgt_interp.names import name_info
+from dgt_interp.capturing import CaptureBudgetError, fmt_bytes, plan_capture
 from dgt_interp.patching.sites import PatchingError
 
 MEMORY_FRACTION = 0.5  # default budget: this fraction of the RAM available when a plan is made
@@ -50,14 +49,6 @@ def default_max_bytes() -> int:
     return int(psutil.virtual_memory().available * MEMORY_FRACTION)
 
 
-def _fmt(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n} B"
-
-
 def check_max_bytes(max_bytes) -> int:
     """`max_bytes` as given (an int >= 0), or the default budget for None; one-line error otherwise."""
     if max_bytes is None:
@@ -69,15 +60,39 @@ def check_max_bytes(max_bytes) -> int:
 
 
 @dataclass
+class Estimate:
+    """A memory estimate, part by part (bytes); `describe()` is what refusals quote."""
+
+    what: str  # e.g. "per patched copy"
+    parts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in self.parts.items())
+        return f"~{fmt_bytes(self.total)} {self.what} ({parts})"
+
+
+@dataclass
 class PatchPlan:
     """How patched runs will be chunked: `copies` per `generate`, each estimated at `per_copy` bytes."""
 
     copies: int  # patched copies per generate (the chunk)
     n_patches: int
-    per_copy: int  # bytes one patched copy holds at its peak (sum of `parts`)
-    parts: dict[str, int] = field(default_factory=dict)
+    estimate: Estimate  # one patched copy
     max_bytes: int = 0
     batch_size: int | None = None
+
+    @property
+    def per_copy(self) -> int:
+        """Bytes one patched copy holds at its peak (the sum of `parts`)."""
+        return self.estimate.total
+
+    @property
+    def parts(self) -> dict[str, int]:
+        return self.estimate.parts
 
     @property
     def chunk_bytes(self) -> int:
@@ -89,12 +104,11 @@ class PatchPlan:
         return math.ceil(self.n_patches / self.copies) if self.copies else 0
 
     def describe(self) -> str:
-        parts = ", ".join(f"{k} {_fmt(v)}" for k, v in self.parts.items())
-        return f"~{_fmt(self.per_copy)} per patched copy ({parts})"
+        return self.estimate.describe()
 
     def __str__(self) -> str:
         return (f"{self.n_patches} patched runs in {self.n_chunks} chunks of <= {self.copies} copies: "
-                f"{self.describe()}; chunk ~{_fmt(self.chunk_bytes)} of max_bytes={_fmt(self.max_bytes)}")
+                f"{self.describe()}; chunk ~{fmt_bytes(self.chunk_bytes)} of max_bytes={fmt_bytes(self.max_bytes)}")
 
 
 def metric_record(metric) -> tuple[tuple[str, ...], slice | None]:
@@ -110,17 +124,16 @@ def metric_record(metric) -> tuple[tuple[str, ...], slice | None]:
     return ("logits",), slice(0, step + 1)
 
 
-def estimate_patching_bytes(p, *, copies: int = 1, record=("final_logits",), steps=None, hooked=()) -> PatchPlan:
-    """The bytes `copies` patched copies of `p`'s corrupted prompts hold at their peak, part by part.
+def estimate_patching_bytes(p, *, record=("final_logits",), steps=None, hooked=()) -> Estimate:
+    """The bytes one patched copy of `p`'s corrupted prompts holds at its peak, part by part.
 
-    `record`/`steps`: what each run keeps (`metric_record(metric)`); `hooked`: the hook names the
-    patches write (their tensors are cloned). Returns a `PatchPlan` with `copies` and the breakdown.
+    `record`/`steps`: what the run keeps (`metric_record(metric)`); `hooked`: the hook names the
+    patches write (their tensors are cloned).
     """
     model, ids = p.model, p.ids["corrupted"]
     text = model.config.get_text_config()
-    rows = ids.shape[0] * copies
-    cap = plan_capture(model, ids.repeat(copies, 1), names=list(hooked), record=record, steps=steps,
-                       **p.generation_kwargs)
+    rows = ids.shape[0]
+    cap = plan_capture(model, ids, names=list(hooked), record=record, steps=steps, **p.generation_kwargs)
     vocab, canvas = int(text.vocab_size), cap.canvas_length
     positions = ids.shape[1] + cap.n_canvases * canvas
     float_size = torch.empty((), dtype=model.dtype).element_size()
@@ -136,8 +149,7 @@ def estimate_patching_bytes(p, *, copies: int = 1, record=("final_logits",), ste
         "patched activations": 2 * max((v for k, v in cap.bytes_per_name.items() if k not in record), default=0),
         "forward + KV cache": kv + forward,
     }
-    per = {k: -(-v // copies) for k, v in parts.items()}  # per copy, rounded up
-    return PatchPlan(copies=copies, n_patches=copies, per_copy=sum(per.values()), parts=per)
+    return Estimate("per patched copy", parts)
 
 
 def plan_patching(p, n_patches: int, *, metric=None, record=None, hooked=(), max_bytes: int | None = None,
@@ -150,16 +162,15 @@ def plan_patching(p, n_patches: int, *, metric=None, record=None, hooked=(), max
         raise PatchingError(f"batch_size must be an int >= 1 or None (the memory budget decides), got {batch_size!r}")
     budget = check_max_bytes(max_bytes)
     rec, steps = metric_record(metric) if record is None else (tuple(record), None)
-    one = estimate_patching_bytes(p, copies=1, record=rec, steps=steps, hooked=hooked)
-    if one.per_copy > budget:
+    one = estimate_patching_bytes(p, record=rec, steps=steps, hooked=hooked)
+    if one.total > budget:
         raise CaptureBudgetError(
-            f"one {what} would hold {one.describe()} > max_bytes={_fmt(budget)}; cut it with fewer "
+            f"one {what} would hold {one.describe()} > max_bytes={fmt_bytes(budget)}; cut it with fewer "
             "positions or steps per patch, a smaller prompt batch, a bfloat16 model, a metric read at the end "
             "(step=None), or a larger max_bytes")
-    copies = max(1, min(budget // one.per_copy, batch_size or n_patches, max(1, n_patches)))
-    return PatchPlan(copies=int(copies), n_patches=n_patches, per_copy=one.per_copy, parts=one.parts,
-                     max_bytes=budget, batch_size=batch_size)
+    copies = max(1, min(budget // one.total, batch_size or n_patches, max(1, n_patches)))
+    return PatchPlan(copies=int(copies), n_patches=n_patches, estimate=one, max_bytes=budget, batch_size=batch_size)
 
 
-__all__ = ["MEMORY_FRACTION", "STEP_WORKING_LOGITS", "PatchPlan", "default_max_bytes", "estimate_patching_bytes",
+__all__ = ["MEMORY_FRACTION", "STEP_WORKING_LOGITS", "Estimate", "PatchPlan", "default_max_bytes", "estimate_patching_bytes",
            "plan_patching", "metric_record", "check_max_bytes"]
