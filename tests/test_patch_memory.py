@@ -92,6 +92,10 @@ def test_clean_activations_are_kept_at_the_swept_steps_only(tiny_diffusion):
     assert {s for _, s in p._acts} == {1}
     whole = Patching(tiny_diffusion, ids("12+345="), ids("17+345="), seed=SEED, max_denoising_steps=3)
     same(get_act_patch_resid_pre(p, METRIC, steps=[2]), get_act_patch_resid_pre(whole, METRIC)[2:])
+    # rounding_noise draws its sites from shapes alone, then fetches the drawn steps only
+    fresh = Patching(tiny_diffusion, ids("12+345="), ids("17+345="), seed=SEED, max_denoising_steps=3)
+    noise = fresh.rounding_noise(METRIC, "blocks.1.hook_resid_pre", n=1)
+    assert len(fresh._acts) == 1 and noise == whole.rounding_noise(METRIC, "blocks.1.hook_resid_pre", n=1)
 
 
 @pytest.fixture(scope="module")

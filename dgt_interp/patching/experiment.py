@@ -180,6 +180,24 @@ class Patching:
         """The metric on the (unpatched) corrupted run, averaged over the prompt batch."""
         return float(metric_values(self.reference("corrupted", metric), metric).mean())
 
+    def position_counts(self, names: list[str]) -> dict[tuple[str, int], int]:
+        """`{(name, step): positions}` where each hook fires in the clean run, from one clean run that keeps
+        shapes only (or the activations already held): what to sample sites from without holding every step."""
+        counts: dict[tuple[str, int], int] = {}
+        todo = [n for n in names if self._stashed.get(n, set()) is not None]
+        for (name, step), t in self._acts.items():
+            if name in names and name not in todo:
+                counts[(name, step)] = self._rows_pos(name, t)[1]
+        if todo:
+            def count(name):
+                def fn(t, hook, step):
+                    counts[(name, step)] = self._rows_pos(name, t)[1]
+
+                return fn
+
+            self.capture("clean", fwd_hooks=[(n, count(n)) for n in todo], record=())
+        return counts
+
     def positions(self, name: str, step: int) -> int:
         """How many positions hook `name` has at `step` (0 if it did not fire)."""
         t = self.clean_activation(name, step)
@@ -360,9 +378,9 @@ class Patching:
         corrupted runs; returns max |metric - corrupted metric| (averaged over the prompt batch).
         """
         names = layer_names(self, pattern)
-        self.need(names)  # every step: the nudges land anywhere
+        counts = self.position_counts(names)  # the nudged steps' activations are fetched after the draw
         sites = [Site(nm, s, q, intervention=NextUlp()) for nm in names for s in range(self.n_steps)
-                 for q in range(self.positions(nm, s))]
+                 for q in range(counts.get((nm, s), 0))]
         if not sites:
             raise PatchingError(f"{pattern!r} fires at none of the {self.n_steps} steps; pick another hook")
         if n < 1 or (batch_size is not None and batch_size < 1):
