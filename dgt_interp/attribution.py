@@ -48,9 +48,9 @@ from dgt_interp.stats import rank_correlation
 from dgt_interp.trajectory import output_steps
 
 UNEMBED = "unembed.hook_in"  # lm_head input: the logits are recomputed from it at the steps the metric reads
-# `[batch, canvas, vocab]` float32 tensors the autograd graph keeps per denoising step it spans
-# (bench/patch_memory.py --attribution, real vocabulary), rounded up
-ATTRIBUTION_GRAPH_LOGITS = 4
+# `[batch, canvas, vocab]` float32 tensors the autograd graph keeps per denoising step it spans, backward
+# pass included (bench/patch_memory.py --attribution, real vocabulary: 7.0-7.5), rounded up
+ATTRIBUTION_GRAPH_LOGITS = 8
 
 
 def estimate_attribution_bytes(p: Patching, pattern: str = "blocks.*.hook_resid_pre", *, steps=None) -> Estimate:

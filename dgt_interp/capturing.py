@@ -392,7 +392,8 @@ class _Recorder:
         arg[:, s] = scores.argmax(-1).cpu()
         self.rows["argmax_canvas"].append(arg)
         ent = self.rows["entropy"][-1].clone() if s else torch.zeros(b, length)
-        ent[:, s] = torch.distributions.Categorical(logits=scores.float()).entropy().cpu()
+        with torch.no_grad():  # a record: under attribution's autograd it must keep no graph
+            ent[:, s] = torch.distributions.Categorical(logits=scores.float()).entropy().cpu()
         self.rows["entropy"].append(ent)
         acc = torch.zeros(b, length, dtype=torch.bool)
         acc[:, s] = True
@@ -439,6 +440,7 @@ class _RecordingSampler(EntropyBoundSampler):
         self.canvas += 1
         return self.noise.initial_canvas(self.canvas).to(device).expand(batch_size, -1).clone()
 
+    @torch.no_grad()  # discrete decisions: under attribution's autograd they must keep no graph
     def accept_canvas(self, current_canvas, denoiser_canvas, logits, cur_step):
         if self.noise is not None:
             probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # as HF's _denoising_step

@@ -186,3 +186,30 @@ def test_bottleneck_maps_the_real_vocabulary_in_chunks():
     logits = torch.randn(2, 8, REAL_VOCAB, generator=torch.Generator().manual_seed(0)) * 4
     for b in (TopK(1), TopK(3), TopP(0.01), OneHot()):
         assert torch.equal(b.apply(logits, chunk_elements=3 * REAL_VOCAB), b(logits).to(logits.dtype)), b.name
+
+
+
+@pytest.mark.parametrize("which", ["tiny_diffusion", "tiny_ar"])
+def test_sampler_and_records_keep_no_autograd_graph(which, request):
+    """Regression: under attribution's autograd, the entropy record (`on_accept`; AR: `on_ar_scores`) kept
+    every step's `[batch, pos, vocab]` graph alive to the end of the run (12 vocabulary-sized tensors per step
+    at the real vocabulary, 7 after): the sampler's discrete decisions and the records save no tensor."""
+    import traceback
+
+    model = request.getfixturevalue(which)
+    saved_in = []
+
+    def pack(t):
+        saved_in.extend(f.name for f in traceback.extract_stack()[:-1])
+        return t
+
+    def start_graph(t, hook):
+        torch.set_grad_enabled(True)  # as attribution_patch does inside generate
+        return t.detach().requires_grad_()
+
+    kw = dict(max_new_tokens=3) if which == "tiny_ar" else dict(max_denoising_steps=3)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        capture(model, ids("12+345="), seed=SEED, record=("final_logits",), hook_steps=0,
+                fwd_hooks=[("blocks.0.hook_resid_pre", start_graph)], **kw)
+    assert saved_in  # the graph was recorded (the decoder's own ops)
+    assert not {"accept_canvas", "on_accept", "on_ar_scores"} & set(saved_in)

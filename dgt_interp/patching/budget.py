@@ -111,9 +111,12 @@ class PatchPlan:
                 f"{self.describe()}; chunk ~{fmt_bytes(self.chunk_bytes)} of max_bytes={fmt_bytes(self.max_bytes)}")
 
 
-def metric_record(metric) -> tuple[tuple[str, ...], slice | None]:
-    """(`record=`, `steps=`) a patched run keeps for `metric`: the final output logits (metric read at the
-    end), the logits of steps 0..s (metric read after step s), or nothing (None: tokens only)."""
+def metric_record(metric, record=None) -> tuple[tuple[str, ...], slice | None]:
+    """(`record=`, `steps=`) a patched run keeps: `record` when given (a name or names), else what `metric`
+    reads: the final output logits (read at the end), the logits of steps 0..s (read after step s), or
+    nothing (no metric: tokens only)."""
+    if record is not None:
+        return ((record,) if isinstance(record, str) else tuple(record)), None
     if metric is None:
         return (), None
     step = getattr(metric, "step", None)
@@ -161,7 +164,7 @@ def plan_patching(p, n_patches: int, *, metric=None, record=None, hooked=(), max
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise PatchingError(f"batch_size must be an int >= 1 or None (the memory budget decides), got {batch_size!r}")
     budget = check_max_bytes(max_bytes)
-    rec, steps = metric_record(metric) if record is None else (tuple(record), None)
+    rec, steps = metric_record(metric, record)
     one = estimate_patching_bytes(p, record=rec, steps=steps, hooked=hooked)
     if one.total > budget:
         raise CaptureBudgetError(

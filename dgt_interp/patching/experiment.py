@@ -88,7 +88,7 @@ class Patching:
         self._names: dict[str, list[str]] = {}  # pattern -> resolved names (resolution is not free)
         self._layouts: dict[str, str | None] = {}
         self._references: dict[tuple[str, int], object] = {}  # (which, metric step) -> run keeping those logits
-        self.record = (record,) if isinstance(record, str) else tuple(record)
+        self.record = metric_record(None, record)[0]
         self.max_bytes = None if max_bytes is None else check_max_bytes(max_bytes)
         self.last_plan = plan_patching(self, 1, record=self.record, max_bytes=self.max_bytes, what="reference run")
         self.clean = self._reference("clean", names)
@@ -326,7 +326,7 @@ class Patching:
         plan = plan_patching(self, len(patches), metric=metric, record=record, hooked=hooked,
                              max_bytes=self.max_bytes if max_bytes is None else max_bytes, batch_size=batch_size)
         self.last_plan = plan
-        rec, steps = metric_record(metric) if record is None else (tuple(record), None)
+        rec, steps = metric_record(metric, record)
         bar = tqdm(total=len(patches), desc=desc, unit="patch") if progress else None
         try:
             for start in range(0, len(patches), plan.copies):
