@@ -140,6 +140,15 @@ def measure_in_subprocess(steps: int, fn: str = "measure_sweep", **kw) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _pair(fn: str, steps: tuple[int, int], label: str) -> tuple[dict, dict]:
+    """`fn` at two step counts, each in a fresh process; prints the peak above what preceded the measured call."""
+    out = tuple(measure_in_subprocess(n, fn) for n in steps)
+    for r in out:
+        print(f"{label} over {r['steps']} steps: peak {r['peak_rss'] / 2**30:.2f} GiB, "
+              f"+{(r['peak_rss'] - r['before']) / 2**20:.0f} MiB over what preceded it")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--canvas", type=int, default=32)
@@ -152,18 +161,12 @@ def main() -> None:
     ap.add_argument("--lens", action="store_true", help="measure the logit lens's peak instead")
     args = ap.parse_args()
     if args.attribution:
-        lo, hi = (measure_in_subprocess(n, "measure_attribution") for n in (2, 4))
+        lo, hi = _pair("measure_attribution", (2, 4), "attribution")
         per_step = (hi["peak_rss"] - lo["peak_rss"]) / (hi["steps"] - lo["steps"])
-        for r in (lo, hi):
-            print(f"attribution over {r['steps']} steps: peak {r['peak_rss'] / 2**30:.2f} GiB "
-                  f"(+{(r['peak_rss'] - r['before']) / 2**20:.0f} MiB over the references)")
         print(f"attribution_graph_logits_per_step: {per_step / lo['row_logits_bytes']:.2f}")
         return
     if args.lens:
-        lo, hi = (measure_in_subprocess(n, "measure_lens") for n in (4, 16))
-        for r in (lo, hi):
-            print(f"logit lens over {r['steps']} steps ({r['entries']} entries): +{(r['peak_rss'] - r['before']) / 2**20:.0f} "
-                  f"MiB over the capture")
+        _, hi = _pair("measure_lens", (4, 16), "logit lens")
         print(f"lens_peak_above_capture_mib_{hi['steps']}_steps: {(hi['peak_rss'] - hi['before']) / 2**20:.0f}")
         return
     if args.working_set:
