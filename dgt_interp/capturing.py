@@ -56,6 +56,10 @@ class CaptureError(DgtInterpError, ValueError):
     """Bad capture arguments (one-line message that says what to do)."""
 
 
+class PromptTooLongError(CaptureError):
+    """Prompt tokens + new tokens exceed the model's `max_position_embeddings` (one-line message)."""
+
+
 def _fmt(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
@@ -141,11 +145,25 @@ def _bounds(model, input_ids: torch.Tensor, generation_kwargs: dict) -> tuple[st
     prompt_len = input_ids.shape[1]
     if architecture_of(model) == DIFFUSION_ARCH:
         _, max_new = model._prepare_generated_length(config, prompt_len)
+    else:
+        max_new = config.max_new_tokens if config.max_new_tokens is not None else config.max_length - prompt_len
+    check_length(model, prompt_len, int(max_new))
+    if architecture_of(model) == DIFFUSION_ARCH:
         canvas = model.config.canvas_length
         n_canvases = math.ceil(max_new / canvas)
         return "diffusion", config.max_denoising_steps * n_canvases, canvas, n_canvases
-    max_new = config.max_new_tokens if config.max_new_tokens is not None else config.max_length - prompt_len
     return "ar", int(max_new), int(max_new), 1
+
+
+def check_length(model, prompt_tokens: int, new_tokens: int) -> None:
+    """One-line error if `prompt_tokens + new_tokens` exceed the model's `max_position_embeddings`
+    (generate would run past the positions the model was built for without a word)."""
+    limit = model.config.get_text_config().max_position_embeddings
+    if prompt_tokens + new_tokens > limit:
+        raise PromptTooLongError(
+            f"prompt of {prompt_tokens} tokens + {new_tokens} new tokens = {prompt_tokens + new_tokens} positions is "
+            f"more than this model allows (max_position_embeddings {limit}); shorten the prompt to at most "
+            f"{max(limit - new_tokens, 0)} tokens or generate fewer (max_new_tokens=)")
 
 
 def _check_inputs(model, input_ids) -> None:
@@ -735,5 +753,5 @@ def _build(plan, rec, records, sequences, model, backend, seed, generation_kwarg
     return Trajectory(meta=meta, sequences=sequences, records=records, activations=acts, fired=fired, model=model)
 
 
-__all__ = ["capture", "estimate_bytes", "plan_capture", "check_generation_kwargs", "Plan", "CaptureBudgetError",
-           "CaptureError", "BACKENDS"]
+__all__ = ["capture", "estimate_bytes", "plan_capture", "check_generation_kwargs", "check_length", "Plan",
+           "CaptureBudgetError", "CaptureError", "PromptTooLongError", "BACKENDS"]

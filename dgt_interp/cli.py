@@ -21,6 +21,9 @@ from dgt_interp.tasks import get_task
 from dgt_interp.train import TrainConfig, train
 
 
+CHAT_HELP = "wrap each prompt in the model tokenizer's chat template (a user turn, then the model's turn)"
+
+
 class CLIError(DgtInterpError, ValueError):
     """A bad combination of command-line options (one-line message)."""
 
@@ -61,7 +64,7 @@ def _cmd_zoo_list(args) -> None:
 
 
 def _cmd_demo(args) -> None:
-    run_demo(args.model, n=args.n, seed=args.seed, entropy_bound=args.entropy_bound)
+    run_demo(args.model, n=args.n, seed=args.seed, entropy_bound=args.entropy_bound, chat=args.chat)
     if args.study != "none":
         run_flagship_study(args.study, out=args.out, quick=args.quick, progress=not args.quiet)
 
@@ -71,7 +74,7 @@ def _cmd_bottleneck(args) -> None:
     task = get_task(args.task)
     model = load_model(args.model)
     rows = bottleneck_table(model, task, variants=args.variants, samplers=args.samplers, n=args.n, seed=args.seed,
-                            progress=not args.quiet)
+                            progress=not args.quiet, chat=args.chat)
     print(f"model={args.model} task={task.name} n={args.n} seed={args.seed}")
     print(format_table(rows))
 
@@ -106,12 +109,13 @@ def _cmd_lens(args) -> None:
     lens_report(args.model, args.prompt, args.out, position=args.position, target=args.target, tuned=args.tuned,
                 fit_tuned=args.fit_tuned, task=args.task, fit_n=args.fit_n, fit_iters=args.fit_iters,
                 step_buckets=args.step_buckets, seed=args.seed, k=args.k, entropy_bound=args.entropy_bound,
-                max_denoising_steps=args.max_denoising_steps)
+                max_denoising_steps=args.max_denoising_steps, chat=args.chat)
 
 
 def _cmd_patch(args) -> None:
     s = run_patch(args.model, args.clean, args.corrupted, args.out, sweeps=args.sweeps, metric=args.metric,
-                  seed=args.seed, batch_size=args.batch_size, attribution=args.attribution, progress=not args.quiet)
+                  seed=args.seed, batch_size=args.batch_size, attribution=args.attribution, progress=not args.quiet,
+                  chat=args.chat)
     print(f"wrote {args.out}: {', '.join(s['sweeps'])} over {s['steps']} steps ({s['metric']}: clean "
           f"{s['clean_metric']:.3f}, corrupted {s['corrupted_metric']:.3f}; effects up to {s['rounding_noise']:.1g} "
           "are float rounding)")
@@ -134,7 +138,8 @@ def _cmd_case_study_run(args) -> None:
     if args.ar_model:
         models["ar"] = args.ar_model
     out = args.out or f"case_study_{study.name}"
-    report = run_study(study, models=models, out=out, seed=args.seed, quick=args.quick, progress=not args.quiet)
+    report = run_study(study, models=models, out=out, seed=args.seed, quick=args.quick, progress=not args.quiet,
+                       chat=args.chat)
     print(f"wrote {out}: report.md, report.json, {len(report.figures)} figures ({report.numbers['seconds']:.0f} s)")
 
 
@@ -185,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--samplers", nargs="+", default=list(SAMPLERS), help=f"sampler settings: {', '.join(SAMPLERS)}")
     b.add_argument("-n", type=int, default=1000, help="held-out problems per cell")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--chat", action="store_true", help=CHAT_HELP)
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=_cmd_bottleneck)
 
@@ -198,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="case study to run after the trace, end to end ('none' to skip)")
     d.add_argument("--out", default="dgt_interp_demo", help="where the study report goes")
     d.add_argument("--quick", action="store_true", help="run the study's reduced setting (seconds, for smoke tests)")
+    d.add_argument("--chat", action="store_true", help=CHAT_HELP)
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=_cmd_demo)
 
@@ -228,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     ln.add_argument("-k", type=int, default=5, help="top-k tokens kept per (step, layer, position)")
     ln.add_argument("--entropy-bound", type=float, default=None, help="sampler entropy bound (smaller = more steps)")
     ln.add_argument("--max-denoising-steps", type=int, default=None)
+    ln.add_argument("--chat", action="store_true", help=CHAT_HELP)
     ln.set_defaults(func=_cmd_lens)
     pt = sub.add_parser("patch", **fmt, help="activation patching over (step, layer, position) of a clean/corrupted pair: PNGs + tensors")
     pt.add_argument("--model", required=True, help="zoo name or model dir")
@@ -240,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--seed", type=int, default=0)
     pt.add_argument("--batch-size", type=int, default=64, help="patched copies per generate")
     pt.add_argument("--attribution", action="store_true", help="also attribution patching (gradient estimate)")
+    pt.add_argument("--chat", action="store_true", help=CHAT_HELP)
     pt.add_argument("--quiet", action="store_true")
     pt.set_defaults(func=_cmd_patch)
 
@@ -254,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     csr.add_argument("--out", default=None, help="output dir (default: ./case_study_<name>)")
     csr.add_argument("--seed", type=int, default=0)
     csr.add_argument("--quick", action="store_true", help="reduced settings (minutes, small n): a smoke run")
+    csr.add_argument("--chat", action="store_true", help=CHAT_HELP)
     csr.add_argument("--quiet", action="store_true", help="no progress bar")
     csr.set_defaults(func=_cmd_case_study_run)
     csd = cssub.add_parser("render", **fmt, help="rewrite report.md of a finished run from its report.json (no model runs)")

@@ -228,15 +228,16 @@ def _layout(traj, steps: list[int], positions: list[int]) -> tuple[torch.Tensor,
     return valid, fresh, origin
 
 
-def lens_capture(model, prompts: list[str], *, tokenizer=None, seed: int = 0, record=(), **generation_kwargs):
+def lens_capture(model, prompts: list[str], *, tokenizer=None, chat: bool = False, seed: int = 0, record=(),
+                 **generation_kwargs):
     """Capture what a lens needs (`blocks.*.hook_resid_post` at every step) for text prompts.
 
     A left-padded batch through the model's own tokenizer (`tokenizer`, default
-    `load_tokenizer(model)`); `record=["logits"]` also keeps the model's own per-step logits.
-    `generation_kwargs` go to `generate` unchanged.
+    `load_tokenizer(model)`; `chat=True` applies its chat template); `record=["logits"]` also keeps
+    the model's own per-step logits. `generation_kwargs` go to `generate` unchanged.
     """
     tok = tokenizer if tokenizer is not None else load_tokenizer(model)
-    batch = prompt_batch(list(prompts), tok)
+    batch = prompt_batch(list(prompts), tok, chat=chat)
     return capture(model, batch["input_ids"].to(model.device), attention_mask=batch["attention_mask"].to(model.device),
                    names="blocks.*.hook_resid_post", seed=seed, record=record, **generation_kwargs)
 

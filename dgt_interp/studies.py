@@ -32,8 +32,10 @@ from tqdm.auto import tqdm
 
 from dgt_interp.atomic import atomic_dir, save_figure, write_text
 from dgt_interp.causal import BaselineResult, CaseStudyError, Hypothesis, IIAResult
+from dgt_interp.evaluate import task_tokenizer
 from dgt_interp.models import load_model
-from dgt_interp.tasks import Task
+from dgt_interp.tasks import Task, is_task_tokenizer
+from dgt_interp.tokenizer import require_chat_template
 
 ENTRY_POINT_GROUP = "dgt_interp.case_studies"
 
@@ -115,19 +117,36 @@ def iia_table(rows: Sequence[tuple[str, IIAResult | BaselineResult | dict]]) -> 
 @dataclass
 class StudyContext:
     """What `CaseStudy.run` gets: models to load (zoo names or dirs, per kind), the output dir, the
-    seed, `quick` (reduced settings for tests), and `progress(iterable, desc=...)` (a tqdm bar or not)."""
+    seed, `quick` (reduced settings for tests), and `progress(iterable, desc=...)` (a tqdm bar or not).
+    `chat`: wrap prompts in the model tokenizer's chat template (`prompt_batch(..., chat=ctx.chat)`);
+    `char_tokenizer`: the study reads task text one character per position, so `load` refuses a
+    model whose own tokenizer is not the tasks' character tokenizer."""
 
     models: dict[str, str]
     out: Path | None
     seed: int = 0
     quick: bool = False
     show_progress: bool = True
+    chat: bool = False
+    char_tokenizer: bool = True
 
     def load(self, kind: str):
-        """The model of `kind` ("diffusion" | "ar") as configured (one-line error if none)."""
+        """The model of `kind` ("diffusion" | "ar") as configured (one-line error if none, or if its own
+        tokenizer cannot carry this study's text: see the class docstring)."""
         if kind not in self.models:
             raise CaseStudyError(f"this study has no {kind} model; pass one with --model / models={{'{kind}': DIR}}")
-        return load_model(self.models[kind])
+        model = load_model(self.models[kind])
+        tok = task_tokenizer(model)
+        if self.chat:
+            require_chat_template(tok)
+            if self.char_tokenizer:
+                raise CaseStudyError("this study's prompts are task text read one character per position; it has no "
+                                     "chat form: drop --chat")
+        if self.char_tokenizer and not is_task_tokenizer(tok):
+            raise CaseStudyError(f"this study reads task text one character per canvas position; the {kind} model "
+                                 f"{self.models[kind]!r} has another tokenizer ({len(tok)} tokens): pass a model "
+                                 "trained with `dgt-interp train` (the tasks' character tokenizer)")
+        return model
 
     def progress(self, iterable, desc: str = "", total: int | None = None):
         if not self.show_progress:
@@ -150,6 +169,7 @@ class CaseStudy:
     hypotheses: tuple[Hypothesis, ...] = ()
     render: Callable[[dict], str] | None = None  # numbers (as in report.json) -> markdown body; see `rerender`
     title: str | None = None  # the report's title (what `rerender` writes above the body)
+    char_tokenizer: bool = True  # reads task text one character per position (see StudyContext)
 
 
 _REGISTRY: dict[str, CaseStudy] = {}
@@ -215,12 +235,15 @@ def get_study(name: str) -> CaseStudy:
 
 
 def run_study(study: str | CaseStudy, *, models: dict[str, str] | None = None, out: str | Path | None = None,
-              seed: int = 0, quick: bool = False, progress: bool = True) -> Report:
-    """Run a study (by name, path or object) and write its report to `out` (if given)."""
+              seed: int = 0, quick: bool = False, progress: bool = True, chat: bool = False) -> Report:
+    """Run a study (by name, path or object) and write its report to `out` (if given).
+
+    `chat=True` asks for prompts in the model tokenizer's chat template (`StudyContext.chat`)."""
     study = get_study(study) if isinstance(study, str) else study
     chosen = dict(study.models)
     chosen.update(models or {})
-    ctx = StudyContext(chosen, Path(out) if out else None, seed=seed, quick=quick, show_progress=progress)
+    ctx = StudyContext(chosen, Path(out) if out else None, seed=seed, quick=quick, show_progress=progress, chat=chat,
+                       char_tokenizer=study.char_tokenizer)
     t0 = time.time()
     report = study.run(ctx)
     report.numbers.setdefault("study", study.name)

@@ -57,7 +57,7 @@ from dgt_interp.atomic import atomic_dir, save_tensors, write_text
 from dgt_interp.backends.tl import bridge_for
 from dgt_interp.errors import DgtInterpError
 from dgt_interp.names import natural_key
-from dgt_interp.tokenizer import TokenizerError, load_tokenizer
+from dgt_interp.tokenizer import TokenizerError, load_tokenizer, position_labels, to_str_tokens
 
 STEP_RECORDS = ("input_canvas", "sampled_canvas", "argmax_canvas", "accepted", "entropy", "active",
                 "has_self_cond", "cur_step", "canvas")
@@ -285,6 +285,55 @@ class Trajectory:
         """
         return select_outputs(self.kind, self["logits"], self.records["argmax_canvas"], self.records["active"],
                               self.records["canvas"], step)
+
+    # ---- tokens as text -----------------------------------------------------------------------
+    def _tokenizer_or(self, tokenizer):
+        tok = tokenizer if tokenizer is not None else self.tokenizer
+        if tok is None:
+            raise TrajectoryError("no tokenizer to read tokens with: pass tokenizer=load_tokenizer(model) or attach the "
+                                  "model (traj.attach(model))")
+        return tok
+
+    def prompt_ids(self, batch: int = 0, tokenizer=None) -> torch.Tensor:
+        """`[n]` the prompt of row `batch` without its left padding (BOS first)."""
+        tok = self._tokenizer_or(tokenizer)
+        ids = self.sequences[batch, :self.meta["prompt_length"]]
+        pad = tok.pad_token_id
+        start = 0
+        while pad is not None and start < ids.numel() and int(ids[start]) == pad:
+            start += 1
+        return ids[start:]
+
+    def canvas_ids(self, step: int | None = None, batch: int = 0, record: str = "argmax_canvas") -> torch.Tensor:
+        """`[L]` canvas tokens of row `batch`: at `step` the `record` canvas (argmax_canvas, sampled_canvas or
+        input_canvas) of that step; None = every generated token (all canvases, what `generate` returned)."""
+        if step is None:
+            return self.sequences[batch, self.meta["prompt_length"]:]
+        if record not in ("argmax_canvas", "sampled_canvas", "input_canvas"):
+            raise TrajectoryError(f"unknown canvas record {record!r}; choose argmax_canvas, sampled_canvas or input_canvas")
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < self.n_steps:
+            raise TrajectoryError(f"step {step!r} is out of range: the trajectory has {self.n_steps} steps "
+                                  f"(0..{self.n_steps - 1})")
+        return self.records[record][step, batch]
+
+    def prompt_str_tokens(self, batch: int = 0, tokenizer=None) -> list[str]:
+        """The prompt's tokens as text (`dgt_interp.tokenizer.to_str_tokens`), padding dropped."""
+        tok = self._tokenizer_or(tokenizer)
+        return to_str_tokens(tok, self.prompt_ids(batch, tok))
+
+    def canvas_str_tokens(self, step: int | None = None, batch: int = 0, tokenizer=None,
+                          record: str = "argmax_canvas") -> list[str]:
+        """The canvas tokens (`canvas_ids`) as text."""
+        return to_str_tokens(self._tokenizer_or(tokenizer), self.canvas_ids(step, batch, record))
+
+    def to_str_tokens(self, step: int | None = None, batch: int = 0, tokenizer=None,
+                      record: str = "argmax_canvas") -> list[str]:
+        """Position labels of row `batch`: the prompt as `p{i}:'tok'` (p0 = BOS, padding dropped), then the
+        canvas (`canvas_ids(step)`; None = the generated tokens) as `c{j}:'tok'`, e.g.
+        `["p0:'<bos>'", "p1:'def'", "c0:' foo'", ...]`: prompt and canvas positions never share a name."""
+        tok = self._tokenizer_or(tokenizer)
+        return (position_labels(self.prompt_str_tokens(batch, tok), "p")
+                + position_labels(self.canvas_str_tokens(step, batch, tok, record), "c"))
 
     # ---- access -----------------------------------------------------------------------------
     def __getitem__(self, name: str) -> torch.Tensor:

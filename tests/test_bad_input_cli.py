@@ -24,6 +24,9 @@ def paths(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli_bad")
     (root / "a_file").write_text("x")
     (root / "empty_dir").mkdir()
+    from dgt_interp.models import TinySize, build_diffusion
+
+    build_diffusion(TinySize(vocab_size=40)).save_pretrained(root / "no_tokenizer")  # weights, no tokenizer files
     broken = root / "broken_model"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
@@ -44,6 +47,22 @@ def _cases(r: Path) -> dict[str, list[str]]:
         "lens: corrupt config": ["lens", "--model", str(r / "broken_model"), "--prompt", "1+2=", "--out", out],
         "lens: a file as the model": ["lens", "--model", f, "--prompt", "1+2=", "--out", out],
         "lens: hub id offline": ["lens", "--model", "google/no-such-model", "--prompt", "1+2=", "--out", out],
+        "lens: model dir without a tokenizer": ["lens", "--model", str(r / "no_tokenizer"), "--prompt", "1+2=",
+                                                "--out", out],
+        "patch: model dir without a tokenizer": ["patch", "--model", str(r / "no_tokenizer"), "--clean", "1+2=",
+                                                 "--corrupted", "1+3=", "--out", out],
+        # the model's tokenizer: --chat needs a chat template (the zoo's character tokenizer has none);
+        # prompt tokens + new tokens must fit in max_position_embeddings (128 for the zoo)
+        "lens: --chat without a chat template": lens + ["--chat"],
+        "patch: --chat without a chat template": patch + ["--chat"],
+        "bottleneck: --chat without a chat template": ["bottleneck", "--model", ADD, "--task", "addition", "-n", "2",
+                                                       "--chat"],
+        "demo: --chat without a chat template": ["demo", "-n", "1", "--study", "none", "--chat"],
+        "case-study: --chat without a chat template": ["case-study", "run", "sudoku", "--quick", "--chat", "--out", out],
+        "lens: prompt + canvas past max_position_embeddings": ["lens", "--model", ADD, "--prompt", "1" * 121 + "=",
+                                                               "--out", out],
+        "patch: prompt + canvas past max_position_embeddings": ["patch", "--model", ADD, "--clean", "1" * 121 + "=",
+                                                                "--corrupted", "2" * 121 + "=", "--out", out],
         # lens options
         "lens: -k 0": lens + ["-k", "0"],
         "lens: -k -3": lens + ["-k", "-3"],
