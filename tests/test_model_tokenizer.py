@@ -163,3 +163,17 @@ def test_case_study_refuses_a_model_whose_tokenizer_is_not_the_tasks(bpe_dir, tm
     assert main(["case-study", "run", "sudoku", "--model", str(bpe_dir), "--quick", "--quiet", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "one character per canvas position" in err[0] and not out.exists()
+
+
+def test_demo_tokenizes_and_decodes_with_the_models_tokenizer(bpe_dir, model):
+    """The demo used the tasks' character tokenizer whatever the model; now the model dir's own.
+    Reference: the same problem through evaluate.generate_answers with the BPE tokenizer (same seed)."""
+    from dgt_interp.demo import run_demo
+    from dgt_interp.evaluate import generate_answers
+    from dgt_interp.tasks import ADDITION
+
+    lines = []
+    run_demo(str(bpe_dir), n=1, seed=0, print_fn=lines.append)
+    problem = ADDITION.problems("test", 1, seed=0)[0]
+    want = generate_answers(model, [problem.prompt], seed=0).answers[0]
+    assert lines[1].startswith(f"{problem.prompt}  ->  {want}   (")  # lines[0]: the header
