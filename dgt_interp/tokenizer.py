@@ -108,14 +108,21 @@ def prompt_batch(prompts, tokenizer, *, max_positions: int | None = None, chat: 
 
 
 def decode_until_eos(tokenizer, ids, eos_id: int | None = None) -> str:
-    """The text of generated `ids` up to the first EOS (`eos_id`, default the tokenizer's), special tokens dropped."""
+    """The text of generated `ids` up to the first EOS (`eos_id`, default the tokenizer's), special tokens dropped.
+
+    An id beyond the tokenizer's vocabulary (the model's may be larger) shows as `<id N>`, not dropped.
+    """
     eos = tokenizer.eos_token_id if eos_id is None else eos_id
-    out = []
+    parts, run = [], []
     for i in (int(x) for x in ids):
         if i == eos:
             break
-        out.append(i)
-    return tokenizer.decode(out, skip_special_tokens=True)
+        if 0 <= i < len(tokenizer):
+            run.append(i)
+        else:
+            parts += [tokenizer.decode(run, skip_special_tokens=True), f"<id {i}>"]
+            run = []
+    return "".join(parts) + tokenizer.decode(run, skip_special_tokens=True)
 
 
 def to_str_tokens(tokenizer, ids) -> list[str]:

@@ -177,3 +177,14 @@ def test_demo_tokenizes_and_decodes_with_the_models_tokenizer(bpe_dir, model):
     problem = ADDITION.problems("test", 1, seed=0)[0]
     want = generate_answers(model, [problem.prompt], seed=0).answers[0]
     assert lines[1].startswith(f"{problem.prompt}  ->  {want}   (")  # lines[0]: the header
+
+
+def test_ids_beyond_the_tokenizers_vocabulary_stay_visible(tok):
+    """A model's vocabulary may be larger than its tokenizer's (262,144 vs 16,384): such ids show as
+    '<id N>' in labels and answers instead of vanishing (HF's decode drops them silently)."""
+    from dgt_interp.tokenizer import decode_until_eos
+
+    a, b = tok("x", add_special_tokens=False)["input_ids"][0], tok(" y", add_special_tokens=False)["input_ids"][0]
+    assert tok.decode([a, 20_000, b]) == tok.decode([a, b])  # what HF does: the id is gone
+    assert decode_until_eos(tok, [a, 20_000, b, tok.eos_token_id, a]) == "x<id 20000> y"
+    assert to_str_tokens(tok, [a, 20_000, b]) == ["x", "<id 20000>", " y"]
