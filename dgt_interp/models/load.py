@@ -46,7 +46,7 @@ def load_model(
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ModelLoadError(f"dtype={dtype!r}: weights load in a floating dtype; pass torch.float32, "
                              "torch.bfloat16 or torch.float16")
-    device = _check_device(device)
+    device = check_device(device)
     name = resolve(name_or_dir)
     path = Path(name).expanduser()
     if _looks_like_path(name):
@@ -120,7 +120,7 @@ def load_model(
     return model
 
 
-def _check_device(device) -> torch.device:
+def check_device(device) -> torch.device:
     """A device torch can place the model on, or a one-line error naming the ones this machine has."""
     try:
         dev = torch.device(device)

@@ -34,6 +34,7 @@ from transformers.initialization import no_init_weights
 
 from dgt_interp.models.bpe import bpe_tokenizer
 from dgt_interp.models.build import ModelConfigError, diffusion_generation_config, tiny_vision_config
+from dgt_interp.models.load import check_device
 from dgt_interp.sampling import PRESETS
 from dgt_interp.tokenizer import attach_tokenizer
 
@@ -117,10 +118,11 @@ def released_generation_config(kind: str = "diffusion"):
 def fast_random_init(model: torch.nn.Module, *, seed: int = 0, std: float = 0.02) -> torch.nn.Module:
     """Fill every parameter from one seeded generator: matrices uniform with standard deviation `std`
     (HF's `initializer_range`), vectors with ones (HF's norms and scales). Deterministic; no float32 copy."""
-    gen = torch.Generator().manual_seed(seed)
+    gens: dict[torch.device, torch.Generator] = {}
     bound = std * math.sqrt(3.0)  # uniform(-a, a) has std a / sqrt(3)
     for param in model.parameters():
         if param.dim() >= 2:
+            gen = gens.setdefault(param.device, torch.Generator(device=param.device).manual_seed(seed))
             param.uniform_(-bound, bound, generator=gen)
         else:
             param.fill_(1.0)
@@ -128,19 +130,21 @@ def fast_random_init(model: torch.nn.Module, *, seed: int = 0, std: float = 0.02
 
 
 def build_released(kind: str = "diffusion", *, num_layers: int = 2, num_experts: int | None = None, seed: int = 0,
-                   dtype: torch.dtype = torch.bfloat16, tokenizer=None):
+                   dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu", tokenizer=None):
     """A random-init model at the released 26B-A4B shapes with `num_layers` layers (eval mode, `dtype`).
 
     `kind`: "diffusion" (`DiffusionGemmaForBlockDiffusion`) or "ar" (`Gemma4ForCausalLM`). The tokenizer
     (default: the BPE test tokenizer, `dgt_interp.models.bpe.bpe_tokenizer()`) is attached, so
     `load_tokenizer(model)` and every text-taking function use it. Two layers with all 128 experts
-    are ~2.4B parameters (~4.8 GB in bf16); `num_experts=8` cuts that to ~0.9B.
+    are ~2.4B parameters (~4.8 GB in bf16); `num_experts=8` cuts that to ~0.9B. The weights are
+    allocated and drawn on `device` (e.g. "cuda": no copy through host memory).
     """
     config = released_config(kind, num_layers=num_layers, num_experts=num_experts)
     cls = DiffusionGemmaForBlockDiffusion if kind == "diffusion" else Gemma4ForCausalLM
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ModelConfigError(f"dtype={dtype!r}: pass a floating dtype such as torch.bfloat16")
-    with no_init_weights():
+    device = check_device(device)
+    with no_init_weights(), torch.device(device):
         model = cls._from_config(config, dtype=dtype)
     fast_random_init(model, seed=seed, std=config.get_text_config().initializer_range)
     model.generation_config = released_generation_config(kind)
