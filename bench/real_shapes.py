@@ -140,7 +140,7 @@ def main() -> None:
           f"{n_params / 1e9:.2f}B parameters in {model.dtype}, built in {time.perf_counter() - t0:.0f} s; "
           f"RSS {_status('VmRSS') / GiB:.2f} GiB; {args.threads} threads; max_denoising_steps {args.steps}", flush=True)
     tok = load_tokenizer(model)
-    clean_text, corrupted_text = "def add(a, b): return a + b", "def mul(a, b): return a * b"
+    clean_text, corrupted_text = "def add(a, b): return a + b", "def sub(a, b): return a - b"
     batch = prompt_batch([clean_text], tok)
     corrupted = prompt_batch([corrupted_text], tok)["input_ids"].to(model.device)
     if corrupted.shape != batch["input_ids"].shape:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import DiffusionGemmaTextConfig, Gemma4TextConfig
+from transformers import DiffusionGemmaForBlockDiffusion, DiffusionGemmaTextConfig, Gemma4ForCausalLM, Gemma4TextConfig
 from transformers.initialization import no_init_weights
 
 from dgt_interp import capture, load_tokenizer, prompt_batch
@@ -19,6 +19,8 @@ from dgt_interp.models import TinySize, build_diffusion, diffusion_config
 from dgt_interp.models.bpe import bpe_tokenizer
 from dgt_interp.models.released import (
     BACKBONE_26B_A4B,
+    KINDS,
+    random_model,
     build_released,
     fast_random_init,
     released_config,
@@ -59,13 +61,24 @@ def test_released_generation_config_is_the_default_sampler_over_one_canvas():
     assert released_generation_config("ar").do_sample is False
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_random_model_has_hf_structure_and_ties(kind):
+    """Same parameters and the same tied tensors as the class's own construction (the LM head is the
+    embedding; DiffusionGemma's decoder layers are its encoder's), on the released config (meta)."""
+    config = released_config(kind, num_layers=2, num_experts=4)
+    cls = DiffusionGemmaForBlockDiffusion if kind == "diffusion" else Gemma4ForCausalLM
+    with torch.device("meta"):
+        hf = cls(config)
+    ours = random_model(cls, config, device="meta")
+    assert [(n, p.shape) for n, p in ours.named_parameters()] == [(n, p.shape) for n, p in hf.named_parameters()]
+    assert ours.get_output_embeddings().weight is ours.get_input_embeddings().weight
+
+
 def test_fast_random_init_draws_what_hf_init_draws_per_tensor():
     """Same distribution class per tensor as HF's own init (vectors: ones; matrices: mean 0, std
     initializer_range), checked on a tiny config where HF's init is cheap."""
     hf = build_diffusion(TinySize(), seed=0)
-    with no_init_weights():
-        ours = type(hf)._from_config(diffusion_config(TinySize()))
-    fast_random_init(ours, seed=0, std=hf.config.get_text_config().initializer_range)
+    ours = random_model(type(hf), diffusion_config(TinySize()), dtype=torch.float32)
     mine = dict(ours.named_parameters())
     for name, p in hf.named_parameters():
         q = mine[name]

@@ -121,12 +121,29 @@ def fast_random_init(model: torch.nn.Module, *, seed: int = 0, std: float = 0.02
     gens: dict[torch.device, torch.Generator] = {}
     bound = std * math.sqrt(3.0)  # uniform(-a, a) has std a / sqrt(3)
     for param in model.parameters():
+        if param.device.type == "meta":  # shapes only: nothing to draw
+            continue
         if param.dim() >= 2:
             gen = gens.setdefault(param.device, torch.Generator(device=param.device).manual_seed(seed))
             param.uniform_(-bound, bound, generator=gen)
         else:
             param.fill_(1.0)
     return model
+
+
+def random_model(cls, config, *, seed: int = 0, dtype: torch.dtype = torch.bfloat16,
+                 device: str | torch.device = "cpu"):
+    """`cls(config)` in `dtype` on `device`, weights tied as HF ties them, drawn by `fast_random_init`.
+
+    HF's own construction initialises every tensor (slowly, in float32 on CPU); this allocates
+    without it, ties what the class ties (the LM head to the embedding, DiffusionGemma's decoder
+    layers to its encoder's), then draws each tensor once.
+    """
+    device = check_device(device)
+    with no_init_weights(), torch.device(device):
+        model = cls._from_config(config, dtype=dtype)
+    model.tie_weights()  # construction under no_init_weights leaves tied tensors as separate copies
+    return fast_random_init(model, seed=seed, std=config.get_text_config().initializer_range)
 
 
 def build_released(kind: str = "diffusion", *, num_layers: int = 2, num_experts: int | None = None, seed: int = 0,
@@ -143,14 +160,11 @@ def build_released(kind: str = "diffusion", *, num_layers: int = 2, num_experts:
     cls = DiffusionGemmaForBlockDiffusion if kind == "diffusion" else Gemma4ForCausalLM
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ModelConfigError(f"dtype={dtype!r}: pass a floating dtype such as torch.bfloat16")
-    device = check_device(device)
-    with no_init_weights(), torch.device(device):
-        model = cls._from_config(config, dtype=dtype)
-    fast_random_init(model, seed=seed, std=config.get_text_config().initializer_range)
+    model = random_model(cls, config, seed=seed, dtype=dtype, device=device)
     model.generation_config = released_generation_config(kind)
     attach_tokenizer(model, tokenizer if tokenizer is not None else bpe_tokenizer())
     return model.eval()
 
 
 __all__ = ["BACKBONE_26B_A4B", "RELEASED_LAYERS", "RELEASED_VOCAB", "RELEASED_CANVAS", "released_layer_types",
-           "released_config", "released_generation_config", "fast_random_init", "build_released"]
+           "released_config", "released_generation_config", "fast_random_init", "random_model", "build_released"]
