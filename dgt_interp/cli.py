@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from dgt_interp import zoo
 from dgt_interp.errors import DgtInterpError
@@ -66,9 +67,11 @@ def _cmd_zoo_list(args) -> None:
 
 
 def _cmd_demo(args) -> None:
-    run_demo(args.model, n=args.n, seed=args.seed, entropy_bound=args.entropy_bound, chat=args.chat)
+    page = Path(args.out) / "viewer.html"
+    run_demo(args.model, n=args.n, seed=args.seed, entropy_bound=args.entropy_bound, chat=args.chat, page=page)
     if args.study != "none":
         run_flagship_study(args.study, out=args.out, quick=args.quick, progress=not args.quiet)
+    print(f"Viewer page of the first problem: {page}")
 
 
 def _cmd_bottleneck(args) -> None:
@@ -231,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampler entropy bound (smaller = fewer tokens accepted per step = more steps)")
     d.add_argument("--study", default="addition",
                    help="case study to run after the trace, end to end ('none' to skip)")
-    d.add_argument("--out", default="dgt_interp_demo", help="where the study report goes")
+    d.add_argument("--out", default="dgt_interp_demo", help="where the viewer page (viewer.html) and the study report go")
     d.add_argument("--quick", action="store_true", help="run the study's reduced setting (seconds, for smoke tests)")
     d.add_argument("--chat", action="store_true", help=CHAT_HELP)
     d.add_argument("--quiet", action="store_true", help="no progress bar")
