@@ -359,3 +359,40 @@ def test_attention_past_the_budget_is_refused(tiny_run, tmp_path):
     model, traj = tiny_run
     with pytest.raises(ViewerError, match="record fewer layers or steps"):
         traj.to_html(tmp_path / "a.html", model=model, max_attention_bytes=10)
+
+
+def test_page_of_a_subword_model_shows_its_tokens(browser, tmp_path):
+    """A random-init model with the byte-level BPE tokenizer (16,384 subword tokens): the page shows
+    tokens as the tokenizer's text (' foo', not 'Ġfoo') at every step."""
+    from dgt_interp.models import load_model
+    from dgt_interp.models.bpe import bpe_tokenizer
+
+    size = TinySize(vocab_size=16_384, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                    num_key_value_heads=1, head_dim=32, num_experts=2, top_k_experts=1, moe_intermediate_size=32,
+                    intermediate_size=64, max_position_embeddings=64, canvas_length=8)
+    build_diffusion(size, seed=0).save_pretrained(tmp_path / "bpe_model")
+    bpe_tokenizer().save_pretrained(tmp_path / "bpe_model")
+    model = load_model(tmp_path / "bpe_model")
+    traj = view_capture(model, "import os\nprint(os.getcwd())", max_denoising_steps=4)
+    tok = load_tokenizer(model)
+    path = traj.to_html(tmp_path / "bpe.html", model=model)
+    open_page(browser, path)
+    check_every_step(browser, traj, tok)
+    prompt = browser.execute_script("return [...document.querySelectorAll('#prompt .tok')].map(e => e.textContent)")
+    assert prompt == [shown(t) for t in traj.prompt_str_tokens(tokenizer=tok)]
+    assert any(t.startswith(" ") or "\u21b5" in t for t in prompt)  # subword text with spaces / newlines
+
+
+def test_saved_trajectory_without_a_model_shows_ids(tmp_path, capsys):
+    """`dgt-interp view --trajectory DIR` without --model: no tokenizer, so tokens show as '<id N>' (and no lens)."""
+    model = build_diffusion(seed=0)
+    traj = view_capture(model, "1+2=", max_denoising_steps=3)
+    traj.save(tmp_path / "t")
+    assert main(["view", "--trajectory", str(tmp_path / "t"), "--out", str(tmp_path / "p.html")]) == 0
+    data = page_data(Trajectory.load(tmp_path / "t"))
+    assert data["tokenizer"] is False and data["lens"] is None
+    assert set(data["strings"]) == {f"<id {i}>" for i in torch.cat([traj.sequences.flatten(),
+                                                                     traj.input_canvas.flatten(),
+                                                                     traj.sampled_canvas.flatten(),
+                                                                     traj.argmax_canvas.flatten()]).unique().tolist()}
+    assert (tmp_path / "p.html").stat().st_size > 0
