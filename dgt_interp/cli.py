@@ -67,6 +67,8 @@ def _cmd_zoo_list(args) -> None:
 
 
 def _cmd_demo(args) -> None:
+    if args.study != "none":
+        get_study(args.study)  # an unknown study is refused before anything runs or is written
     page = Path(args.out) / "viewer.html"
     run_demo(args.model, n=args.n, seed=args.seed, entropy_bound=args.entropy_bound, chat=args.chat, page=page)
     if args.study != "none":

@@ -185,8 +185,8 @@ def page_data(traj: Trajectory, *, model=None, tokenizer=None, lens: LensResult 
               max_attention_bytes: int = MAX_ATTENTION_BYTES) -> dict:
     """Everything the page shows, as JSON-ready compact arrays (see the module docstring).
 
-    lens: a `LensResult`, False (none), or None = `LogitLens(model).run(traj, k=k)` when `model` is
-    given and the run recorded `blocks.*.hook_resid_post`.
+    lens: a `LensResult`, False (none), or None = `LogitLens(model).run(traj, k=k)` when a model is
+    given or attached and the run recorded `blocks.{l}.hook_resid_post` of every layer.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ViewerError(f"k={k!r} must be an int >= 1 (lens top-k tokens per cell)")
@@ -222,8 +222,10 @@ def page_data(traj: Trajectory, *, model=None, tokenizer=None, lens: LensResult 
     }
     # lens
     res = lens
-    if res is None and model is not None and any(n.endswith("hook_resid_post") for n in traj.names):
-        res = LogitLens(traj.model).run(traj, k=k)
+    if res is None and traj.model is not None:  # every layer's residual recorded: the logit lens of the run
+        n = traj.model.config.get_text_config().num_hidden_layers
+        if all(LENS_NAMES.replace("*", str(layer)) in traj.names for layer in range(n)):
+            res = LogitLens(traj.model).run(traj, k=k)
     data["lens"] = None
     if isinstance(res, LensResult):
         kk = min(k, res.top_ids.shape[-1])
