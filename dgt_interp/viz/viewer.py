@@ -149,7 +149,9 @@ def load_patching(source) -> dict:
         raise ViewerError(f"patching= takes a `dgt-interp patch` output dir or a mapping of sweep grids, "
                           f"got {type(source).__name__}")
     clean, corrupted = tensors.pop("clean_metric", None), tensors.pop("corrupted_metric", None)
-    sweeps = {k: v.float() for k, v in tensors.items() if not k.startswith("attribution_")}
+    rank = {name: i for i, name in enumerate(PATCH_SWEEPS)}  # the patch command's order first (resid_pre ...)
+    sweeps = {k: tensors[k].float() for k in sorted(tensors, key=lambda k: (rank.get(k, len(rank)), k))
+              if not k.startswith("attribution_")}
     if not sweeps:
         raise ViewerError("the patching result holds no sweep grid; pass the --out dir of `dgt-interp patch`")
     normalised = clean is not None and corrupted is not None and float(clean) != float(corrupted)
