@@ -27,7 +27,8 @@ def _table(t) -> list[list[float | None]]:
     return [[None if math.isnan(v) else v for v in row] for row in t.tolist()]
 
 
-def _generation_kwargs(model, entropy_bound, max_denoising_steps) -> dict:
+def generation_kwargs(model, entropy_bound, max_denoising_steps) -> dict:
+    """`generate` settings of the CLI's sampler options (`--entropy-bound`, `--max-denoising-steps`), checked."""
     kwargs = {}
     if not is_diffusion(model):
         if entropy_bound is not None or max_denoising_steps is not None:
@@ -117,7 +118,7 @@ def lens_report(model_name: str, prompt: str, out_dir: str | Path, *, position: 
             raise LensError(f"{what} {str(d)!r} exists and is not a directory; pass a directory path")
     model = load_model(model_name)
     tok = load_tokenizer(model)
-    gen = _generation_kwargs(model, entropy_bound, max_denoising_steps)
+    gen = generation_kwargs(model, entropy_bound, max_denoising_steps)
     n_pos = getattr(model.config, "canvas_length", None) or model.generation_config.max_new_tokens
     if not isinstance(position, int) or not 0 <= position < n_pos:
         raise LensError(f"position {position!r} is out of range: the canvas has {n_pos} positions (0..{n_pos - 1})")
@@ -177,4 +178,4 @@ def lens_report(model_name: str, prompt: str, out_dir: str | Path, *, position: 
     return summary
 
 
-__all__ = ["lens_report", "fit_tuned_lens", "top_k_tokens"]
+__all__ = ["lens_report", "fit_tuned_lens", "top_k_tokens", "generation_kwargs"]

@@ -10,7 +10,9 @@ studies (the `case_studies/` package) and third-party ones are discovered the sa
 
 and importing that module registers its study. A study anywhere else is registered by importing its
 file (`load_study(path)`, or pass the path as NAME on the command line). `Report.write(dir)` writes
-`report.md`, one PNG per figure and `report.json` into a temporary sibling that replaces `dir` whole.
+`report.md`, one PNG per figure and `report.json` into a temporary sibling that replaces `dir` whole;
+for a study with `viewer=True` (every built-in one), `run_study` adds `viewer.html`, the interactive
+viewer page of one example run, linked at the end of `report.md` (`example_page`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from dgt_interp.evaluate import task_tokenizer
 from dgt_interp.models import load_model
 from dgt_interp.tasks import Task, is_task_tokenizer
 from dgt_interp.tokenizer import require_chat_template
+from dgt_interp.viz.viewer import page_data, render_html, view_capture
 
 ENTRY_POINT_GROUP = "dgt_interp.case_studies"
 
@@ -67,6 +70,7 @@ class Report:
     markdown: str
     figures: dict = field(default_factory=dict)
     numbers: dict = field(default_factory=dict)
+    pages: dict = field(default_factory=dict)  # file name -> HTML text (the viewer page, `example_page`)
 
     def write(self, out_dir: str | Path) -> Path:
         out = Path(out_dir)
@@ -75,9 +79,39 @@ class Report:
         with atomic_dir(out) as tmp:  # the report dir is replaced whole: never one run's figures beside another's text
             for name, fig in self.figures.items():
                 save_figure(tmp / f"{name}.png", fig, dpi=110)
-            write_text(tmp / "report.md", f"# {self.title}\n\n{self.markdown.strip()}\n")
+            for name, html in self.pages.items():
+                write_text(tmp / name, html)
+            write_text(tmp / "report.md", report_text(self.title, self.markdown, self.numbers))
             write_text(tmp / "report.json", json.dumps(jsonable(self.numbers), indent=1))
         return out
+
+
+def report_text(title: str, markdown: str, numbers: dict) -> str:
+    """report.md: the title, the study's markdown and, when `numbers["viewer"]` names a viewer page (see
+    `example_page`), one closing line that links it (what `Report.write` and `rerender` both write)."""
+    text = f"# {title}\n\n{markdown.strip()}\n"
+    viewer = numbers.get("viewer")
+    if viewer:
+        text += (f"\nViewer: [{viewer['page']}]({viewer['page']}) shows one example run step by step (the "
+                 f"{viewer['kind']} model `{viewer['model']}` on `{viewer['prompt']}`, seed {viewer['seed']}; open it "
+                 "in a browser).\n")
+    return text
+
+
+VIEWER_PAGE = "viewer.html"
+
+
+def example_page(study: "CaseStudy", ctx: "StudyContext") -> tuple[str, dict]:
+    """The viewer page (`dgt_interp.viz.viewer`) of one example run of a study: its diffusion model (the
+    AR twin if it has none) on the first held-out problem of its task, at the study's seed, with the
+    logit lens. Returns (HTML, `numbers["viewer"]`)."""
+    kind = "diffusion" if "diffusion" in ctx.models else "ar"
+    model = ctx.load(kind)
+    prompt = study.task.problems("test", 1, seed=ctx.seed)[0].prompt
+    traj = view_capture(model, prompt, chat=ctx.chat, seed=ctx.seed)
+    title = f"{study.name} case study: {ctx.models[kind]} on {prompt!r}"
+    html = render_html(page_data(traj, model=model, title=title))
+    return html, {"page": VIEWER_PAGE, "kind": kind, "model": str(ctx.models[kind]), "prompt": prompt, "seed": ctx.seed}
 
 
 def iia_table(rows: Sequence[tuple[str, IIAResult | BaselineResult | dict]]) -> str:
@@ -170,6 +204,7 @@ class CaseStudy:
     render: Callable[[dict], str] | None = None  # numbers (as in report.json) -> markdown body; see `rerender`
     title: str | None = None  # the report's title (what `rerender` writes above the body)
     char_tokenizer: bool = True  # reads task text one character per position (see StudyContext)
+    viewer: bool = False  # run_study writes viewer.html (one example run, `example_page`) and links it in report.md
 
 
 _REGISTRY: dict[str, CaseStudy] = {}
@@ -250,6 +285,8 @@ def run_study(study: str | CaseStudy, *, models: dict[str, str] | None = None, o
     report.numbers.setdefault("models", chosen)
     report.numbers.setdefault("seed", seed)
     report.numbers.setdefault("quick", quick)
+    if out and study.viewer and VIEWER_PAGE not in report.pages:
+        report.pages[VIEWER_PAGE], report.numbers["viewer"] = example_page(study, ctx)
     report.numbers["seconds"] = round(time.time() - t0, 1)
     if out:
         report.write(out)
@@ -267,10 +304,10 @@ def rerender(study: str | CaseStudy, out_dir: str | Path) -> Path:
         raise CaseStudyError(f"{str(out)!r} has no report.json; run the study there first (case-study run --out)")
     numbers = json.loads((out / "report.json").read_text())
     markdown = study.render(numbers)
-    return write_text(out / "report.md", f"# {study.title or study.name}\n\n{markdown.strip()}\n")
+    return write_text(out / "report.md", report_text(study.title or study.name, markdown, numbers))
 
 
 __all__ = [
-    "ENTRY_POINT_GROUP", "CaseStudyError", "Report", "iia_table", "jsonable", "StudyContext", "CaseStudy", "register",
+    "ENTRY_POINT_GROUP", "CaseStudyError", "Report", "report_text", "example_page", "iia_table", "jsonable", "StudyContext", "CaseStudy", "register",
     "discover", "list_studies", "load_study", "get_study", "run_study", "rerender",
 ]

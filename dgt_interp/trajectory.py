@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import importlib
 import json
 import re
 import shutil
@@ -489,6 +490,16 @@ class Trajectory:
         if model is not None:
             traj.attach(model)
         return traj
+
+    def to_html(self, path: str | Path, **kwargs) -> Path:
+        """Write the interactive viewer page of this run to `path` (one self-contained HTML file):
+        `dgt_interp.viz.viewer.write_page(self, path, **kwargs)` (model=, tokenizer=, lens=, patching=,
+        k=, batch=; docs/viewer.md).
+
+        The page is drawn by the analysis layer (the lens, the commit grid); core names that module as
+        a string and loads it on call, as the package's lazy top-level exports do, so importing
+        `trajectory` never imports the analysis layer."""
+        return importlib.import_module("dgt_interp.viz.viewer").write_page(self, path, **kwargs)
 
     def attach(self, model) -> "Trajectory":
         """Attach the model this trajectory was captured with (for `cache`, tokenizer lookups); a one-line

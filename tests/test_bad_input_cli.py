@@ -31,6 +31,24 @@ def paths(tmp_path_factory):
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
     (broken / "model.safetensors").write_bytes(b"")
+    # the viewer's inputs: a saved run of "12+34=", the same run corrupted, patch results of other runs
+    from dgt_interp.viz.viewer import view_capture
+
+    traj = view_capture(load_model(ADD), "12+34=", lens=False)
+    traj.save(root / "traj")
+    traj.save(root / "corrupt_traj")
+    data = (root / "corrupt_traj" / "records.safetensors").read_bytes()
+    (root / "corrupt_traj" / "records.safetensors").write_bytes(data[:-8] + b"\x00" * 8)
+    labels = ["p0:'<bos>'"] + [f"p{i + 1}:{c!r}" for i, c in enumerate("12+34=")]
+    for name, steps, prompt in (("patch_other_shape", traj.n_steps + 3, labels), ("patch_other_prompt", traj.n_steps,
+                                                                                   labels[:-2] + ["p5:'5'", "p6:'='"])):
+        (root / name).mkdir()
+        save_file({"resid_pre": torch.zeros(steps, 4, 8), "clean_metric": torch.tensor(1.0),
+                   "corrupted_metric": torch.tensor(0.0)}, str(root / name / "patching.safetensors"))
+        (root / name / "patching.json").write_text(json.dumps({"clean_tokens": prompt}))
+    (root / "patch_corrupt").mkdir()
+    (root / "patch_corrupt" / "patching.json").write_text("{not json")
+    (root / "patch_corrupt" / "patching.safetensors").write_bytes(b"")
     return root
 
 
@@ -38,6 +56,7 @@ def _cases(r: Path) -> dict[str, list[str]]:
     out = str(r / "out_never")
     f = str(r / "a_file")
     lens = ["lens", "--model", ADD, "--prompt", "12+34=", "--out", out]
+    view = ["view", "--model", ADD, "--prompt", "12+34=", "--out", out]
     patch = ["patch", "--model", ADD, "--clean", "4721+3856=", "--corrupted", "4721+3356=", "--out", out]
     return {
         # models
@@ -93,6 +112,29 @@ def _cases(r: Path) -> dict[str, list[str]]:
         "patch: unknown metric": patch + ["--metric", "nope"],
         "patch: unknown sweep": patch + ["--sweeps", "nope"],
         "patch: unknown zoo model": ["patch", "--model", "nope", "--clean", "1+2=", "--corrupted", "1+3=", "--out", out],
+        # view (the trajectory viewer page); `out` is the page's file path here
+        "view: missing trajectory dir": ["view", "--trajectory", str(r / "nope"), "--out", out],
+        "view: a file as the trajectory": ["view", "--trajectory", f, "--out", out],
+        "view: corrupt trajectory": ["view", "--trajectory", str(r / "corrupt_traj"), "--out", out],
+        "view: trajectory of another model": ["view", "--trajectory", str(r / "traj"), "--model", "addition-ar",
+                                              "--out", out],
+        "view: patching of another run (shapes)": view + ["--patching", str(r / "patch_other_shape")],
+        "view: patching of another prompt": view + ["--patching", str(r / "patch_other_prompt")],
+        "view: corrupt patching dir": view + ["--patching", str(r / "patch_corrupt")],
+        "view: missing patching dir": view + ["--patching", str(r / "nope")],
+        "view: out in a missing directory": view[:-1] + [str(r / "no_such_dir" / "run.html")],
+        "view: out is a directory": view[:-1] + [str(r / "empty_dir")],
+        "view: neither prompt nor trajectory": ["view", "--model", ADD, "--out", out],
+        "view: prompt and trajectory": view + ["--trajectory", str(r / "traj")],
+        "view: prompt without a model": ["view", "--prompt", "12+34=", "--out", out],
+        "view: -k 0": view + ["-k", "0"],
+        "view: --chat on a saved trajectory": ["view", "--trajectory", str(r / "traj"), "--out", out, "--chat"],
+        "view: --chat without a chat template": view + ["--chat"],
+        "view: AR twin with an entropy bound": ["view", "--model", "addition-ar", "--prompt", "1+2=", "--out", out,
+                                                "--entropy-bound", "0.1"],
+        "view: attention on the AR twin": ["view", "--model", "addition-ar", "--prompt", "1+2=", "--out", out,
+                                           "--attention"],
+        "view: unknown backend": view + ["--backend", "nope"],
         # bottleneck
         "bottleneck: -n 0": ["bottleneck", "--model", ADD, "--task", "addition", "-n", "0"],
         "bottleneck: -n -5": ["bottleneck", "--model", ADD, "--task", "addition", "-n", "-5"],
