@@ -130,6 +130,7 @@ def main() -> None:
     from dgt_interp.bottleneck import TopK
     from dgt_interp.lens import LogitLens
     from dgt_interp.models.released import build_released
+    from dgt_interp.names import list_names
     from dgt_interp.patching import LogitDiff, Patching, get_act_patch
 
     t0 = time.perf_counter()
@@ -154,6 +155,9 @@ def main() -> None:
         return model.generate(input_ids=ids, **gen)
 
     _, results["generate"] = measure("generate", generate)
+    # Once per model, not per run: the hook-name probe (a 2-step generate at batch 2) and the bridged twin.
+    _, probe = measure("name_probe", lambda: list_names(model, "blocks.*.hook_resid_post"),
+                       note="(once per model: not a row of the table)")
     traj = None
     if "capture" in rows_wanted or "lens" in rows_wanted:
         traj, results["capture"] = measure("capture", lambda: capture(model, ids, names="blocks.*.hook_resid_post",
