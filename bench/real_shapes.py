@@ -65,8 +65,9 @@ def tensor_bytes(x) -> int:
         return sum(tensor_bytes(v) for v in x.values())
     if isinstance(x, (list, tuple)):
         return sum(tensor_bytes(v) for v in x)
-    if hasattr(x, "__dict__"):
-        return sum(tensor_bytes(v) for v in vars(x).values() if isinstance(v, (torch.Tensor, dict, list, tuple)))
+    if hasattr(x, "__dict__"):  # e.g. a Patching: its reference trajectories and stashed activations
+        return sum(tensor_bytes(v) for v in vars(x).values()
+                   if isinstance(v, (torch.Tensor, dict, list, tuple)) or hasattr(v, "nbytes"))
     return 0
 
 
