@@ -16,12 +16,15 @@ from dgt_interp import capture
 from dgt_interp.attribution import attribution_patch
 from dgt_interp.backends.devices import execution_device, first_values, is_dispatched
 from dgt_interp.backends.tl import bridge_for
+from dgt_interp.bottleneck import OneHot, TopK, TopP
 from dgt_interp.capturing import CaptureError
 from dgt_interp.evaluate import prompt_batch
 from dgt_interp.lens import LogitLens
 from dgt_interp.models import ModelLoadError, diffusion_device_map, load_model
 from dgt_interp.patching import AnswerProb, LogitDiff, Patching, layer_sites
 from dgt_interp.patching.sweeps import get_act_patch_resid_pre
+from dgt_interp.phenomena import detect_phenomena
+from dgt_interp.stats import rank_correlation
 from dgt_interp.trajectory import model_fingerprint, select_outputs
 
 CLEAN, CORRUPTED = "4721+3856=", "4721+3356="
@@ -132,6 +135,17 @@ def test_patching_and_attribution_on_offloaded_model_equal_plain(offloaded, addi
         assert torch.equal(torch.nan_to_num(a, 7.0), torch.nan_to_num(b, 7.0))
 
 
+def test_bottleneck_and_probes_on_offloaded_model_equal_plain(offloaded, addition_diffusion):
+    """A top-1 token bottleneck of the self-conditioning channel and the phenomena probes give the same
+    run and the same probe summaries on the dispatched model as on the plain one (ids given on CPU)."""
+    x = ids(CLEAN)
+    runs = [capture(m, x, fwd_hooks=TopK(1).hooks()).sequences for m in (offloaded, addition_diffusion)]
+    assert torch.equal(*runs)
+    found = [detect_phenomena(m, [CLEAN, "12+5="])[1] for m in (offloaded, addition_diffusion)]
+    summaries = [{k: v.to_dict().get("summary") for k, v in f.items() if hasattr(v, "to_dict")} for f in found]
+    assert summaries[0] == summaries[1] and summaries[0]
+
+
 # ---------------------------------------------------------------------------------------------
 # one-line device errors
 # ---------------------------------------------------------------------------------------------
@@ -153,11 +167,20 @@ def test_load_model_device_errors_are_one_line(kwargs, match):
     assert "\n" not in str(e.value)
 
 
-def test_auto_offload_of_diffusion_gemma_is_a_one_line_error(tmp_path):
-    """HF 5.24's auto placement cannot split DiffusionGemma's shared encoder/decoder layers when
-    max_memory forces an offload (IndexError deep inside): one line pointing at diffusion_device_map."""
-    with pytest.raises(ModelLoadError, match="diffusion_device_map") as e:
-        load_model("addition-diffusion", device_map="auto", max_memory={"cpu": 600_000}, offload_folder=tmp_path)
+def test_auto_with_max_memory_offloads_and_captures_like_its_generate(tmp_path, addition_diffusion):
+    """device_map="auto" with a max_memory that forces offload (HF's own auto placement raises an
+    IndexError on DiffusionGemma's shared layers, so load_model places them: layer 0 in RAM, 1-3 on
+    disk): capture equals the dispatched model's own generate and the plain model."""
+    model = load_model("addition-diffusion", device_map="auto", max_memory={"cpu": 2_000_000}, offload_folder=tmp_path)
+    devices = [layer.self_attn.q_proj.weight.device.type for layer in model.model.decoder.layers]
+    assert devices == ["cpu", "meta", "meta", "meta"]
+    x = ids(CLEAN)
+    seq, resid = own_generate_resid(model, x)
+    traj = capture(model, x, names=RESID)
+    assert torch.equal(traj.sequences, seq) and torch.equal(traj.stack(RESID), resid)
+    assert torch.equal(traj.stack(RESID), capture(addition_diffusion, x, names=RESID).stack(RESID))
+    with pytest.raises(ModelLoadError, match="do not fit") as e:  # the embeddings cannot be offloaded
+        load_model("addition-diffusion", device_map="auto", max_memory={"cpu": 1000}, offload_folder=tmp_path)
     assert "\n" not in str(e.value)
 
 
@@ -196,14 +219,13 @@ def test_metrics_and_output_selection_stay_on_the_logits_device():
     s, b, pos, v = 3, 2, 4, 11
     logits = torch.empty(s, b, pos, v, device="meta")
     argmax = torch.empty(s, b, pos, dtype=torch.long, device="meta")
-    active = torch.ones(s, b, dtype=torch.bool, device="meta")
     out, toks = select_outputs("diffusion", logits, argmax, torch.ones(s, b, dtype=torch.bool), torch.zeros(s,
                                dtype=torch.long), None)
-    assert out.device.type == "meta" and out.shape == (b, pos, v)
-    with pytest.raises((RuntimeError, NotImplementedError)):  # meta active: only its values are unknowable
-        select_outputs("diffusion", logits, argmax, active, torch.zeros(s, dtype=torch.long), None)
+    assert out.device.type == "meta" and toks.device.type == "meta" and out.shape == (b, pos, v)
     assert LogitDiff(pos=[0, 1], correct=3, wrong=4)(out).device.type == "meta"
     assert AnswerProb(pos=[0, 1], tokens=[3, 4])(out).device.type == "meta"
+    for bottleneck in (TopK(2), TopP(0.1), OneHot()):  # token bottlenecks act on the model's device
+        assert bottleneck(out).device.type == "meta"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,11 +248,11 @@ def test_bf16_capture_lens_patching_attribution(bf16, addition_diffusion):
     t32 = capture(addition_diffusion, x, names=RESID, record=["logits"])
     r16, r32 = t16.stack(RESID)[0].float(), t32.stack(RESID)[0]
     assert t16["blocks.0.hook_resid_post"].dtype == torch.bfloat16
-    assert (r16 - r32).abs().max() <= 0.05 * r32.abs().max()
+    assert (r16 - r32).abs().max() <= 0.05 * r32.abs().max()  # measured 2.3%
     assert torch.equal(t16.sequences, t32.sequences)  # a trained model's answer survives bf16
     lens16, lens32 = LogitLens(bf16).run(t16, steps=[0]), LogitLens(addition_diffusion).run(t32, steps=[0])
     agree = (lens16.top_ids[..., 0] == lens32.top_ids[..., 0]).float().mean()
-    assert agree >= 0.9  # top-1 of the lens at step 0, every layer and position: rounding flips only near-ties
+    assert agree >= 0.9  # measured 100%; top-1 of the lens at step 0, every layer and position: rounding flips only near-ties
     n = x.shape[1]
     p16 = Patching(bf16, x, ids(CORRUPTED), seed=0)
     p32 = Patching(addition_diffusion, x, ids(CORRUPTED), seed=0)
@@ -244,10 +266,12 @@ def test_bf16_capture_lens_patching_attribution(bf16, addition_diffusion):
     a16 = attribution_patch(p16, metric, "blocks.*.hook_resid_pre", steps=[0])
     a32 = attribution_patch(p32, metric, "blocks.*.hook_resid_pre", steps=[0])
     assert torch.isfinite(a16).all()
-    # the largest cells of the estimate agree in sign and within 20% (first-order estimate, bf16 gradients)
-    top = a32.abs() >= 0.5 * a32.abs().max()
+    # cells above 10% of the largest agree in sign and within 20% (measured 12%: bf16 gradients through 4
+    # layers), and all 32 cells rank alike (Spearman measured 0.93; small cells are bf16 rounding)
+    top = a32.abs() >= 0.1 * a32.abs().max()
     assert (torch.sign(a16[top]) == torch.sign(a32[top])).all()
-    assert ((a16[top] - a32[top]).abs() <= 0.2 * a32[top].abs() + 0.05).all()
+    assert ((a16[top] - a32[top]).abs() <= 0.2 * a32[top].abs()).all()
+    assert rank_correlation(a16, a32) >= 0.85
     assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}  # nothing upcast the model
 
 
@@ -289,6 +313,8 @@ def test_cuda_capture_lens_patch_equal_generate(on_cuda):
     grid = get_act_patch_resid_pre(p, metric, steps=[0])
     est = attribution_patch(p, metric, "blocks.*.hook_resid_pre", steps=[0])
     assert grid.shape == est.shape and torch.isfinite(est).all()
+    capture(on_cuda, x, fwd_hooks=TopK(1).hooks())  # the token bottleneck on the GPU
+    detect_phenomena(on_cuda, [CLEAN])  # every probe; CPU prompt ids moved to the model
 
 
 @cuda

@@ -92,6 +92,10 @@ def load_model(
                 f"cannot fetch {name!r} from the hub ({type(e).__name__}); download it where the hub is "
                 "reachable (`hf download {name}`) and pass the local dir".replace("{name}", name)
             ) from None
+    if dispatch.get("max_memory") is not None and model_type == "diffusion_gemma" and isinstance(device_map, str):
+        # HF's "auto" placement cannot split DiffusionGemma's shared encoder/decoder layers (5.24): place them here
+        dispatch["device_map"] = diffusion_device_map(AutoConfig.from_pretrained(source, local_files_only=local_files_only),
+                                                      max_memory=dispatch.pop("max_memory"), dtype=dtype)
     cls = MODEL_CLASSES.get(model_type)
     if cls is None:
         raise ModelLoadError(
@@ -184,9 +188,14 @@ def _dispatch_kwargs(device, device_map, offload_folder, max_memory) -> dict:
     return out
 
 
-def diffusion_device_map(config_or_dir, layers: dict[int, str | int], *, rest: str | int = "cpu") -> dict:
+def diffusion_device_map(config_or_dir, layers: dict[int, str | int] | None = None, *, rest: str | int = "cpu",
+                         max_memory: dict | None = None, dtype: torch.dtype = torch.float32) -> dict:
     """A `device_map` for DiffusionGemma placing decoder layer i (and the encoder layer that shares its
     weights) on `layers[i]` (a device or "disk"), every other module on `rest`.
+
+    With `max_memory` ({device: bytes or "2GiB"}, in order) instead of `layers`: `rest` goes on the
+    first device, then layers fill the devices in order (at `dtype`) and what does not fit goes to
+    "disk" (HF's own `device_map="auto"` cannot split these shared layers; `load_model` uses this).
 
     `rest` (embeddings, final norm, self-conditioning, lm_head) must be where the model computes (the
     GPU when layers are on one): DiffusionGemma reads its tied embedding outside the embedding
@@ -195,13 +204,18 @@ def diffusion_device_map(config_or_dir, layers: dict[int, str | int], *, rest: s
     `config_or_dir`: a model, its config, or a model dir / zoo name.
     >>> diffusion_device_map("addition-diffusion", {0: "disk", 2: "disk"})   # layers 1 and 3 on cpu
     """
+    config = getattr(config_or_dir, "config", config_or_dir)
+    if isinstance(config, (str, Path)):
+        config = AutoConfig.from_pretrained(resolve(str(config)))
+    if max_memory is not None:
+        if layers is not None:
+            raise ModelLoadError("pass layers= or max_memory=, not both")
+        layers, rest = _fill_layers(config, max_memory, dtype)
+    layers = dict(layers or {})
     accel = [d for d in layers.values() if d not in ("cpu", "disk")]
     if rest == "disk" or (rest == "cpu" and accel):
         raise ModelLoadError(f"rest={rest!r} would offload the embeddings/lm_head, which DiffusionGemma reads outside "
                              f"their modules (generate then fails); put them on a compute device: rest={accel[0] if accel else 'cpu'!r}")
-    config = getattr(config_or_dir, "config", config_or_dir)
-    if isinstance(config, (str, Path)):
-        config = AutoConfig.from_pretrained(resolve(str(config)))
     if getattr(config, "model_type", None) != "diffusion_gemma":
         raise ModelLoadError("diffusion_device_map is for DiffusionGemma configs; use device_map='auto' for Gemma 4")
     n = config.get_text_config().num_hidden_layers
@@ -215,6 +229,39 @@ def diffusion_device_map(config_or_dir, layers: dict[int, str | int], *, rest: s
     for i in range(n):
         out[f"model.encoder.language_model.layers.{i}"] = out[f"model.decoder.layers.{i}"] = layers.get(i, rest)
     return out
+
+
+def _fill_layers(config, max_memory: dict, dtype: torch.dtype) -> tuple[dict[int, str | int], str | int]:
+    """(layer -> device | "disk", rest device): everything but the layers on the first device of
+    `max_memory`, then layers in order on the devices while they fit, the remainder on disk."""
+    from accelerate.utils import convert_file_size_to_int
+
+    if getattr(config, "model_type", None) != "diffusion_gemma":
+        raise ModelLoadError("diffusion_device_map is for DiffusionGemma configs; use device_map='auto' for Gemma 4")
+    devices = [(d, convert_file_size_to_int(v)) for d, v in max_memory.items() if d != "disk"]
+    if not devices:
+        raise ModelLoadError("max_memory names no compute device; give e.g. {'cpu': '2GiB'} (the rest goes to disk)")
+    with torch.device("meta"):
+        model = DiffusionGemmaForBlockDiffusion(config)
+    size = torch.empty((), dtype=dtype).element_size()
+    decoder = model.model.decoder.layers
+    per_layer = [sum(p.numel() for p in layer.parameters()) * size for layer in decoder]
+    seen = {id(p) for layer in decoder for p in layer.parameters()}  # the encoder's layers are the same tensors
+    rest_bytes = sum(p.numel() * size for p in model.parameters() if id(p) not in seen)
+    (first, room), *others = devices
+    if rest_bytes > room:
+        raise ModelLoadError(f"the embeddings, norms and lm_head ({rest_bytes / 2**20:.1f} MiB) do not fit max_memory[{first!r}]; "
+                             "they cannot be offloaded (DiffusionGemma reads the tied embedding outside its module)")
+    queue, room, layers = [(first, room - rest_bytes)] + others, None, {}
+    device, room = queue.pop(0)
+    for i, need in enumerate(per_layer):
+        while need > room and queue:
+            device, room = queue.pop(0)
+        if need > room:
+            layers[i] = "disk"
+        else:
+            layers[i], room = device, room - need
+    return layers, first
 
 
 def is_diffusion(model) -> bool:
