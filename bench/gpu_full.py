@@ -112,14 +112,18 @@ def main() -> int:
     model = build(device, args.cpu_smoke, canvas, args.seed)
     text = model.config.get_text_config()
     n_layers, n_params = text.num_hidden_layers, sum(p.numel() for p in model.parameters())
+    where = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    weights = torch.cuda.memory_allocated() if device.type == "cuda" else float("nan")  # the peaks below include them
     print(f"model: {'smoke config' if args.cpu_smoke else 'DiffusionGemma 26B-A4B'}, {n_layers} layers, "
-          f"{n_params / 1e9:.2f} B parameters, bf16, on {device}, built in {time.perf_counter() - t0:.1f} s")
+          f"{n_params / 1e9:.2f} B parameters, bf16 ({weights / 2**30:.1f} GiB), on {where}, "
+          f"built in {time.perf_counter() - t0:.1f} s")
     gen = torch.Generator().manual_seed(args.seed)
     clean = torch.randint(3, 1000, (1, args.prompt_len), generator=gen)
     clean[0, 0] = text.bos_token_id or 2
     corrupted = clean.clone()
     corrupted[0, -2] = 1000 + int(clean[0, -2])
     clean, corrupted = clean.to(device), corrupted.to(device)
+    model.generate(clean, max_denoising_steps=2)  # warm-up (CUDA context, kernels) outside the timed rows
     rows = Rows(device)
     print(f"rows (prompt {args.prompt_len} tokens, canvas {canvas}, 48-step sampler; sweep/attribution at "
           f"{args.patch_steps} steps):")
@@ -151,6 +155,7 @@ def main() -> int:
     print("ratios to bare generate (time, peak memory):")
     for name, (sec, peak) in rows.rows.items():
         print(f"  {name:<12} x{sec / base_t:8.2f}   x{peak / base_m:6.2f}")
+    print(f"weights_gib: {weights / 2**30:.3f}")
     for name, (sec, peak) in rows.rows.items():
         print(f"{name}_seconds: {sec:.3f}")
         print(f"{name}_peak_gib: {peak / 2**30:.3f}")
