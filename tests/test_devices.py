@@ -84,6 +84,12 @@ def test_capture_of_offloaded_model_equals_its_own_generate(offloaded, addition_
     assert torch.equal(traj.stack(RESID), resid)  # [step, layer, batch, pos, d], both from the same run
     plain = capture(addition_diffusion, x, names=RESID)
     assert torch.equal(traj.stack(RESID), plain.stack(RESID))
+    nn = capture(offloaded, x, names=RESID, backend="nnsight")  # the other backend on the same dispatched twin
+    assert torch.equal(nn.stack(RESID), resid)
+    fine = ["blocks.0.attn.hook_z", "blocks.2.hook_mlp_out"]  # level "full": TL bridges inside offloaded layers
+    got, want = capture(offloaded, x, names=fine), capture(addition_diffusion, x, names=fine)
+    for name in fine:
+        assert torch.equal(got[name], want[name])
 
 
 def test_twin_shares_accelerate_hooks_and_offloaded_weights(offloaded):
