@@ -164,12 +164,12 @@ def select_outputs(kind: str, logits: torch.Tensor, argmax: torch.Tensor, active
     if kind == "ar":
         s = logits.shape[0] - 1 if step is None else min(step, logits.shape[0] - 1)
         return logits[s], argmax[s]
-    active, canvas = active.cpu(), canvas.cpu()  # the selection is bookkeeping: done on CPU
-    rows = torch.arange(active.shape[1])
+    canvas, dev = canvas.cpu(), active.device  # index tensors live with `active` (e.g. on the GPU in attribution)
+    rows = torch.arange(active.shape[1], device=dev)
 
     def last_active(steps: list[int]) -> torch.Tensor:
-        idx = torch.tensor(steps)
-        pick = torch.where(active[idx], torch.arange(len(steps))[:, None], -1).amax(0)
+        idx = torch.tensor(steps, device=dev)
+        pick = torch.where(active[idx], torch.arange(len(steps), device=dev)[:, None], -1).amax(0)
         return idx[pick.clamp(min=0)]
 
     def take(t, s):  # t[s[b], b] for every row b, indexed on t's own device

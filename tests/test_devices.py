@@ -198,7 +198,7 @@ def test_diffusion_device_map_refuses_offloading_the_embeddings():
         diffusion_device_map("addition-diffusion", {9: "disk"})
 
 
-def test_capture_store_device(addition_diffusion):
+def test_capture_store_device(addition_diffusion, tmp_path):
     """Default: activations on CPU; store_device=None keeps them on the model's device; a missing device
     is a one-line error; disk storage needs CPU."""
     x = ids(CLEAN)
@@ -211,7 +211,8 @@ def test_capture_store_device(addition_diffusion):
         capture(addition_diffusion, x, names=RESID, store_device="cuda:5")
     assert "\n" not in str(e.value)
     with pytest.raises(CaptureError, match="storage='disk'"):
-        capture(addition_diffusion, x, names=RESID, store_device="meta", storage="disk", out_dir="/tmp/never")
+        capture(addition_diffusion, x, names=RESID, store_device="meta", storage="disk",
+                out_dir=tmp_path / "never")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,14 +221,16 @@ def test_capture_store_device(addition_diffusion):
 
 
 def test_metrics_and_output_selection_stay_on_the_logits_device():
-    """`select_outputs` (attribution's gradient path) and the metrics build their index tensors on the
-    device of the logits: on meta logits with CPU bookkeeping nothing mixes devices."""
+    """`select_outputs` (attribution's gradient path), the metrics and the token bottlenecks keep to the
+    device of their inputs: with meta tensors (which, like CUDA ones, refuse CPU operands in e.g.
+    `torch.where`) nothing mixes devices."""
     s, b, pos, v = 3, 2, 4, 11
     logits = torch.empty(s, b, pos, v, device="meta")
     argmax = torch.empty(s, b, pos, dtype=torch.long, device="meta")
-    out, toks = select_outputs("diffusion", logits, argmax, torch.ones(s, b, dtype=torch.bool), torch.zeros(s,
-                               dtype=torch.long), None)
-    assert out.device.type == "meta" and toks.device.type == "meta" and out.shape == (b, pos, v)
+    for active in (torch.ones(s, b, dtype=torch.bool), torch.ones(s, b, dtype=torch.bool, device="meta")):
+        for step in (None, 1):  # attribution passes `active` on the model's device: it used to mix in CPU aranges
+            out, toks = select_outputs("diffusion", logits, argmax, active, torch.zeros(s, dtype=torch.long), step)
+            assert out.device.type == "meta" and toks.device.type == "meta" and out.shape == (b, pos, v)
     assert LogitDiff(pos=[0, 1], correct=3, wrong=4)(out).device.type == "meta"
     assert AnswerProb(pos=[0, 1], tokens=[3, 4])(out).device.type == "meta"
     for bottleneck in (TopK(2), TopP(0.1), OneHot()):  # token bottlenecks act on the model's device
