@@ -3,9 +3,11 @@
 Rows, side by side in one process: bare `generate` (the 48-step default sampler, one prompt,
 canvas 256 / 256 new tokens), `capture` of `blocks.*.hook_resid_post` at all 30 layers and all
 steps, the logit lens on it, a patching sweep of 30 layers x 16 positions at one step
-(`get_act_patch_resid_pre`), and attribution patching of the same cells. Each row prints its
-wall time and peak GPU memory (`torch.cuda.max_memory_allocated`, reset between rows) and both
-as ratios to bare generate; the run ends with `figure: value` lines.
+(`get_act_patch_resid_pre`, after `patch_setup`: the clean and corrupted reference runs), and
+attribution patching of the same cells. Each row prints its wall time and peak GPU memory
+(`torch.cuda.max_memory_allocated`, reset between rows, weights included) and both as ratios to
+bare generate; the run ends with `figure: value` lines. A row that fails prints its error in one
+line and the other rows still run.
 
 The model is built on the meta device and materialised with `to_empty(device="cuda")`, then
 filled by HF's own seeded initialiser in bf16 (no float32 copy of any weight exists). The sweep
@@ -77,7 +79,12 @@ class Rows:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        out = fn()
+        try:
+            out = fn()
+        except Exception as e:  # one failed row must not cost the others' figures (a GPU session is short)
+            print(f"  {name:<12} FAILED: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", flush=True)
+            self.rows[name] = (float("nan"), float("nan"))
+            return None
         if cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
@@ -134,22 +141,26 @@ def main() -> int:
 
     seq = rows.run("generate", bare)
     traj = rows.run("capture", lambda: capture(model, clean, names="blocks.*.hook_resid_post", seed=args.seed))
-    assert torch.equal(traj.sequences, seq.cpu()), "capture must equal the model's own generate"
-    steps = traj.n_steps
-    rows.run("logit_lens", lambda: LogitLens(model).run(traj, chunk_elements=2**26 if device.type == "cuda" else 2**24))
+    if traj is not None:
+        print(f"capture equals the model's own generate: {torch.equal(traj.sequences, seq.cpu())}; "
+              f"{traj.n_steps} steps")
+        rows.run("logit_lens", lambda: LogitLens(model).run(traj, chunk_elements=2**26 if device.type == "cuda"
+                                                             else 2**24))
     del traj
-    p = Patching(model, clean, corrupted, seed=args.seed, max_denoising_steps=args.patch_steps)
-    n = clean.shape[1]
-    good, bad = int(p.clean.sequences[0, n]), int(p.corrupted.sequences[0, n])
-    metric = LogitDiff(pos=0, correct=good, wrong=bad if bad != good else (good + 1) % text.vocab_size)
-    step = p.n_steps // 2
-    positions = list(range(min(16, canvas)))
-    grid = rows.run("sweep", lambda: get_act_patch_resid_pre(p, metric, steps=[step], positions=positions,
-                                                             batch_size=args.batch))
-    est = rows.run("attribution", lambda: attribution_patch(p, metric, "blocks.*.hook_resid_pre", steps=[step]))
-    cells = int(torch.isfinite(grid).sum())
-    print(f"sweep: {cells} cells ({n_layers} layers x {len(positions)} positions at step {step} of {p.n_steps}); "
-          f"attribution: {int(torch.isfinite(est).sum())} cells; bare generate took {steps} steps")
+    p = rows.run("patch_setup", lambda: Patching(model, clean, corrupted, seed=args.seed,
+                                                 max_denoising_steps=args.patch_steps))  # the clean + corrupted runs
+    if p is not None:
+        n = clean.shape[1]
+        good, bad = int(p.clean.sequences[0, n]), int(p.corrupted.sequences[0, n])
+        metric = LogitDiff(pos=0, correct=good, wrong=bad if bad != good else (good + 1) % text.vocab_size)
+        step = p.n_steps // 2
+        positions = list(range(min(16, canvas)))
+        grid = rows.run("sweep", lambda: get_act_patch_resid_pre(p, metric, steps=[step], positions=positions,
+                                                                 batch_size=args.batch))
+        est = rows.run("attribution", lambda: attribution_patch(p, metric, "blocks.*.hook_resid_pre", steps=[step]))
+        cells = [int(torch.isfinite(t).sum()) if t is not None else 0 for t in (grid, est)]
+        print(f"sweep: {cells[0]} cells ({n_layers} layers x {len(positions)} positions at step {step} of "
+              f"{p.n_steps}); attribution: {cells[1]} cells")
 
     base_t, base_m = rows.rows["generate"]
     print("ratios to bare generate (time, peak memory):")
