@@ -104,6 +104,27 @@ def test_twin_shares_accelerate_hooks_and_offloaded_weights(offloaded):
             assert twin_module._hf_hook is hook
 
 
+def test_ram_offloaded_layers_capture_exactly_and_the_twin_copies_no_weight(addition_diffusion):
+    """accelerate's RAM offload (weights in a state-dict weights map, loaded for each forward; what
+    "cpu" entries of a device_map do on a GPU machine), on layers 0 and 2 (both halves): capture equals
+    the plain model, and the twin's hooks hold the very same weight tensors (no copy)."""
+    from accelerate import cpu_offload
+
+    model = load_model("addition-diffusion")
+    for i in (0, 2):
+        cpu_offload(model.model.decoder.layers[i], execution_device=torch.device("cpu"))
+        cpu_offload(model.model.encoder.language_model.layers[i], execution_device=torch.device("cpu"))
+    assert model.model.decoder.layers[0].self_attn.q_proj.weight.device.type == "meta"
+    x = ids(CLEAN)
+    traj = capture(model, x, names=RESID)
+    assert torch.equal(traj.stack(RESID), capture(addition_diffusion, x, names=RESID).stack(RESID))
+    hook = model.model.decoder.layers[0].self_attn.q_proj._hf_hook  # the leaf's AlignDevicesHook
+    twin_layer = bridge_for(model, "blocks").twin.model.decoder.layers[0]
+    twin_hook = getattr(twin_layer, "original_component", twin_layer).self_attn.q_proj._hf_hook
+    key = hook.weights_map.prefix + "weight"
+    assert twin_hook.weights_map.dataset[key] is hook.weights_map.dataset[key]
+
+
 def test_fingerprint_reads_offloaded_weights(offloaded, addition_diffusion):
     """meta weights do not crash the fingerprint and it equals the plain model's (the same weights),
     so a trajectory captured with one is accepted with the other."""
