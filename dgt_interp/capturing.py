@@ -38,7 +38,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSampler
 
 from dgt_interp.atomic import atomic_dir, save_tensors
-from dgt_interp.backends.devices import DeviceError, check_device, execution_device
+from dgt_interp.backends.devices import check_device, execution_device
 from dgt_interp.backends.tl import DIFFUSION_ARCH, architecture_of, bridge_for, sync_generation_config
 from dgt_interp.errors import DgtInterpError
 from dgt_interp.names import HookNameError, level_for, name_info, resolve_names
