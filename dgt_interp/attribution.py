@@ -104,9 +104,10 @@ def attribution_patch(p: Patching, metric, pattern: str = "blocks.*.hook_resid_p
     # (clean - corrupted) . grad for all (step, layer) tensors of one shape at once
     groups: dict[tuple, list[int]] = {}
     for i, (name, s) in enumerate(keys):
-        groups.setdefault((tuple(live[(name, s)].shape), p.layout(name) == "flat"), []).append(i)
+        t = live[(name, s)]  # grouped by device too: a dispatched model's layers may sit on several
+        groups.setdefault((tuple(t.shape), p.layout(name) == "flat", t.device), []).append(i)
     b = p.batch
-    for (_, flat), idx in groups.items():
+    for (_, flat, _), idx in groups.items():
         corr = torch.stack([live[keys[i]].detach() for i in idx])
         clean = torch.stack([p.clean_activation(*keys[i]) for i in idx]).to(corr)
         diff = (clean - corr) * torch.stack([grads[i] for i in idx])  # [K, batch, pos, ...]

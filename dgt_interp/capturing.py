@@ -38,6 +38,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSampler
 
 from dgt_interp.atomic import atomic_dir, save_tensors
+from dgt_interp.backends.devices import check_device, execution_device
 from dgt_interp.backends.tl import DIFFUSION_ARCH, architecture_of, bridge_for, sync_generation_config
 from dgt_interp.errors import DgtInterpError
 from dgt_interp.names import HookNameError, level_for, name_info, resolve_names
@@ -249,7 +250,8 @@ def plan_capture(model, input_ids, *, names=None, steps=None, positions=None, re
 
 def estimate_bytes(model, input_ids, **kwargs) -> int:
     """Upper bound on the bytes `capture(model, input_ids, **kwargs)` will hold (max steps assumed)."""
-    kwargs = {k: v for k, v in kwargs.items() if k not in ("seed", "backend", "max_bytes", "storage", "out_dir", "hook_steps")}
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("seed", "backend", "max_bytes", "storage", "out_dir", "hook_steps",
+                                                        "store_device")}
     return plan_capture(model, input_ids, **kwargs).total_bytes
 
 
@@ -261,8 +263,9 @@ def estimate_bytes(model, input_ids, **kwargs) -> int:
 class _Recorder:
     """Collects per-step records and activations; shared by both backends."""
 
-    def __init__(self, plan: Plan, pad_id: int, disk_root: Path | None):
+    def __init__(self, plan: Plan, pad_id: int, disk_root: Path | None, store_device: torch.device | None = None):
         self.plan = plan
+        self.store_device = store_device or torch.device("cpu")  # where recorded activations are kept
         self.pad_id = pad_id
         self.disk_root = disk_root
         self.step = 0  # the step whose decoder forward runs next
@@ -286,7 +289,7 @@ class _Recorder:
     # -- activations --------------------------------------------------------------------------
     def _to_store(self, t: torch.Tensor) -> torch.Tensor:
         dtype = self.plan.dtype if (self.plan.dtype is not None and t.is_floating_point()) else t.dtype
-        return t.detach().to("cpu", dtype=dtype, copy=True)
+        return t.detach().to(self.store_device, dtype=dtype, copy=True)
 
     def store(self, name: str, t: torch.Tensor, step: int) -> None:
         """Record hook output `t` of `name` at `step` ([batch, pos, ...] after position selection)."""
@@ -469,7 +472,7 @@ def _instrument(twin, rec: _Recorder, plan: Plan, stack: ExitStack, want_raw_log
             recording.recorder = rec
             if noise is not None:
                 recording.noise = noise.bind(sampler.vocab_size, sampler.canvas_length,
-                                             generation_config.max_denoising_steps, twin.device)
+                                             generation_config.max_denoising_steps, execution_device(twin))
                 recording.max_steps = generation_config.max_denoising_steps
             return recording
 
@@ -541,6 +544,7 @@ def capture(
     storage: str = "memory",
     out_dir: str | Path | None = None,
     noise: ReplayedNoise | None = None,
+    store_device: str | torch.device | None = "cpu",
     **generation_kwargs,
 ) -> Trajectory:
     """Run `model.generate(input_ids, **generation_kwargs)` after `torch.manual_seed(seed)` and record it.
@@ -566,11 +570,17 @@ def capture(
         storage: "memory" or "disk" (stream each recorded step to `out_dir`; RAM holds one step).
         noise: a `dgt_interp.sampling.ReplayedNoise`: the sampler draws from it instead of torch's
             global RNG (the same draws for every row; DiffusionGemma only). What patching replays.
+        store_device: where recorded activations (and opt-in logits) are kept: "cpu" (default: GPU
+            memory holds only the model's run), another device such as "cuda:0", or None = the
+            model's execution device (nothing leaves the accelerator; `max_bytes` then bounds GPU
+            memory). Per-step canvases always live on CPU; storage="disk" needs "cpu".
         **generation_kwargs: passed to `generate` unchanged (max_denoising_steps, t_min, t_max,
             sampler_config, max_new_tokens, attention_mask, ...).
 
     Returns:
-        A `Trajectory`; `traj.sequences` equals `generate(...).sequences` token for token.
+        A `Trajectory`; `traj.sequences` equals `generate(...).sequences` token for token (on CPU).
+        `input_ids` / `attention_mask` on another device than the model are moved to its
+        execution device (`backends.devices.execution_device`), as `generate` needs.
 
     Raises:
         TypeError: unsupported model class. HookNameError: unknown/out-of-range names (with
@@ -587,6 +597,13 @@ def capture(
         raise CaptureError("storage='disk' needs out_dir=<directory> for the safetensors files")
     if storage == "disk" and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise CaptureError(f"out_dir {str(out_dir)!r} exists and is not a directory; pass a directory path")
+    store = None if store_device is None else check_device(store_device, CaptureError, "store_device=")
+    input_ids, generation_kwargs = _to_model_device(model, input_ids, generation_kwargs)
+    if store is None:
+        store = execution_device(model)
+    if storage == "disk" and store.type != "cpu":
+        raise CaptureError(f"storage='disk' streams activations through CPU to out_dir; drop store_device={store_device!r} "
+                           "(or use storage='memory')")
     fwd_hooks = list(fwd_hooks or ())
     plan = plan_capture(model, input_ids, names=names, steps=steps, positions=positions, record=record,
                         dtype=dtype, fwd_hooks=fwd_hooks, **generation_kwargs)
@@ -615,10 +632,11 @@ def capture(
         if storage == "disk":
             with atomic_dir(out_dir) as tmp:  # a failed capture leaves an older save at out_dir intact
                 traj = _run(model, input_ids, plan, seed, backend, generation_kwargs, user_hooks, hook_step_set,
-                            noise, disk_root=tmp)
+                            noise, disk_root=tmp, store_device=store)
             traj.root = traj.activations.root = Path(out_dir)
         else:
-            traj = _run(model, input_ids, plan, seed, backend, generation_kwargs, user_hooks, hook_step_set, noise)
+            traj = _run(model, input_ids, plan, seed, backend, generation_kwargs, user_hooks, hook_step_set, noise,
+                        store_device=store)
     if steps is not None and not traj.recorded_steps and plan.steps:
         raise CaptureError(f"steps={steps!r} selects none of the {traj.n_steps} steps the run took (it stopped early); "
                            f"select steps below {traj.n_steps}")
@@ -643,8 +661,19 @@ def _exclusive(model):
         lock.release()
 
 
+def _to_model_device(model, input_ids, generation_kwargs):
+    """`input_ids` and `attention_mask` moved to the model's execution device (where `generate` needs them)."""
+    device = execution_device(model)
+    if isinstance(input_ids, torch.Tensor) and input_ids.device != device:
+        input_ids = input_ids.to(device)
+    mask = generation_kwargs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.device != device:
+        generation_kwargs = {**generation_kwargs, "attention_mask": mask.to(device)}
+    return input_ids, generation_kwargs
+
+
 def _run(model, input_ids, plan, seed, backend, generation_kwargs, user_hooks, hook_step_set, noise,
-         disk_root: Path | None = None) -> Trajectory:
+         disk_root: Path | None = None, store_device: torch.device | None = None) -> Trajectory:
     """Generate on the bridged twin with the recorders installed; the Trajectory of that run."""
     bridged = bridge_for(model, plan.level)
     twin, bridge = bridged.twin, bridged.bridge
@@ -652,7 +681,7 @@ def _run(model, input_ids, plan, seed, backend, generation_kwargs, user_hooks, h
     text = model.config.get_text_config()
     pad_id = model.generation_config.pad_token_id
     pad_id = pad_id if pad_id is not None else (text.pad_token_id or 0)
-    rec = _Recorder(plan, pad_id, disk_root)
+    rec = _Recorder(plan, pad_id, disk_root, store_device)
     gen_kwargs = dict(generation_kwargs)
     prompt_len = input_ids.shape[1]
     if plan.kind == "diffusion":
@@ -690,7 +719,8 @@ def _run(model, input_ids, plan, seed, backend, generation_kwargs, user_hooks, h
     records = rec.records()
     if plan.kind == "diffusion":
         _mark_finished_rows(records, sequences.cpu(), model, prompt_len)
-    return _build(plan, rec, records, sequences.cpu(), model, backend, seed, generation_kwargs, disk_root, prompt_len)
+    return _build(plan, rec, records, sequences.cpu(), model, backend, seed, generation_kwargs, disk_root, prompt_len,
+                  rec.store_device)
 
 
 def _mark_finished_rows(records, sequences, model, prompt_len) -> None:
@@ -711,7 +741,8 @@ def _mark_finished_rows(records, sequences, model, prompt_len) -> None:
         records["active"][s] &= ~finished_before[c]
 
 
-def _build(plan, rec, records, sequences, model, backend, seed, generation_kwargs, disk_root, prompt_len) -> Trajectory:
+def _build(plan, rec, records, sequences, model, backend, seed, generation_kwargs, disk_root, prompt_len,
+           store_device=None) -> Trajectory:
     n_steps = records["cur_step"].shape[0]
     recorded = [s for s in plan.steps if s < n_steps]
     fired = {n: [s in rec.acts[n] for s in recorded] for n in rec.acts}
@@ -745,7 +776,8 @@ def _build(plan, rec, records, sequences, model, backend, seed, generation_kwarg
             t = rec.acts[n].get(s)
             if t is None:
                 if zeros is None:
-                    zeros = torch.zeros(spec["shape"], dtype=getattr(torch, spec["dtype"].split(".")[-1]))
+                    zeros = torch.zeros(spec["shape"], dtype=getattr(torch, spec["dtype"].split(".")[-1]),
+                                        device=store_device)
                 t = zeros
             rows.append(t)
         acts[n] = torch.stack(rows) if rows else torch.zeros(0)

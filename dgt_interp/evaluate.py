@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
+from dgt_interp.backends.devices import execution_device
 from dgt_interp.capturing import capture, check_generation_kwargs
 from dgt_interp.models.load import is_diffusion
 from dgt_interp.stats import wilson_interval
@@ -73,7 +74,7 @@ def generate_answers(model, prompts: list[str], *, seed: int = 0, fwd_hooks=(), 
         check_generation_kwargs(model, generation_kwargs)
     max_new = generation_kwargs.get("max_new_tokens") or model.generation_config.max_new_tokens
     batch = prompt_batch(prompts, _max_prompt_positions(model, max_new), tokenizer=tok, chat=chat)
-    batch = {k: v.to(model.device) for k, v in batch.items()}
+    batch = {k: v.to(execution_device(model)) for k, v in batch.items()}  # model.device is meta when offloaded
     prompt_len = batch["input_ids"].shape[1]
     passes = None
     if fwd_hooks:

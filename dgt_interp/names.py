@@ -31,6 +31,7 @@ import weakref
 
 import torch
 
+from dgt_interp.backends.devices import execution_device
 from dgt_interp.backends.tl import DIFFUSION_ARCH, LEVELS, architecture_of, bridge_for
 from dgt_interp.errors import DgtInterpError
 
@@ -79,8 +80,9 @@ def _probe(model, level: str) -> dict[str, tuple[tuple[int, ...], str | None]]:
     twin, bridge = bridged.twin, bridged.bridge
     text = twin.config.get_text_config()
     canvas = getattr(twin.config, "canvas_length", None)
-    ids = torch.full((2, 4), text.bos_token_id if text.bos_token_id is not None else 0, device=twin.device)
-    ids[:, 1:] = torch.arange(3, 6, device=twin.device) % text.vocab_size
+    device = execution_device(twin)  # not twin.device: `meta` when the first weights are offloaded
+    ids = torch.full((2, 4), text.bos_token_id if text.bos_token_id is not None else 0, device=device)
+    ids[:, 1:] = torch.arange(3, 6, device=device) % text.vocab_size
     mask = torch.ones_like(ids)
     ids[1, 0], mask[1, 0] = (text.pad_token_id or 0), 0
     last: dict[int, tuple[int, ...]] = {}

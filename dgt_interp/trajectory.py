@@ -55,6 +55,7 @@ from safetensors import safe_open
 from transformer_lens.ActivationCache import ActivationCache
 
 from dgt_interp.atomic import atomic_dir, save_tensors, write_text
+from dgt_interp.backends.devices import first_values
 from dgt_interp.backends.tl import bridge_for
 from dgt_interp.errors import DgtInterpError
 from dgt_interp.names import natural_key
@@ -90,16 +91,19 @@ def file_digest(path: Path) -> str:
 def model_fingerprint(model) -> str:
     """A cheap identity of a model's weights: its class, config and the first values of every tensor.
 
-    Two random inits of the same shapes differ; the same weights loaded twice agree. Saved in a
+    Two random inits of the same shapes differ; the same weights loaded twice agree, also when one of
+    them is dispatched or offloaded by accelerate (`device_map=`: its meta weights are read from the
+    offload, a few values each). Saved in a
     trajectory's meta and checked when the trajectory is used with a model."""
     h = hashlib.sha256(type(model).__name__.encode())
     h.update(model.config.to_json_string(use_diff=False).encode())
     for name, t in model.state_dict().items():
-        if t.device.type == "meta":
+        head = first_values(model, name, t, 64)  # offloaded (meta) weights: read from accelerate's weights map
+        if head is None:  # a bare meta model holds no values anywhere
             continue
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().reshape(-1)[:64].to("cpu", torch.float64).numpy().tobytes())
+        h.update(head.to(torch.float64).numpy().tobytes())
     return h.hexdigest()[:32]
 
 
@@ -161,22 +165,26 @@ def select_outputs(kind: str, logits: torch.Tensor, argmax: torch.Tensor, active
     if kind == "ar":
         s = logits.shape[0] - 1 if step is None else min(step, logits.shape[0] - 1)
         return logits[s], argmax[s]
-    rows = torch.arange(active.shape[1])
+    canvas, dev = canvas.cpu(), active.device  # index tensors live with `active` (e.g. on the GPU in attribution)
+    rows = torch.arange(active.shape[1], device=dev)
 
     def last_active(steps: list[int]) -> torch.Tensor:
-        idx = torch.tensor(steps)
-        pick = torch.where(active[idx], torch.arange(len(steps))[:, None], -1).amax(0)
+        idx = torch.tensor(steps, device=dev)
+        pick = torch.where(active[idx], torch.arange(len(steps), device=dev)[:, None], -1).amax(0)
         return idx[pick.clamp(min=0)]
+
+    def take(t, s):  # t[s[b], b] for every row b, indexed on t's own device
+        return t[s.to(t.device), rows.to(t.device)]
 
     if step is not None:
         c = int(canvas[min(step, len(canvas) - 1)])
         s = last_active([i for i in range(len(canvas)) if int(canvas[i]) == c and i <= step])
-        return logits[s, rows], argmax[s, rows]
+        return take(logits, s), take(argmax, s)
     outs, toks = [], []
     for c in sorted(set(canvas.tolist())):
         s = last_active([i for i in range(len(canvas)) if int(canvas[i]) == c])
-        outs.append(logits[s, rows])
-        toks.append(argmax[s, rows])
+        outs.append(take(logits, s))
+        toks.append(take(argmax, s))
     return torch.cat(outs, 1), torch.cat(toks, 1)
 
 

@@ -49,6 +49,7 @@ from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_f
 from transformer_lens.model_bridge.supported_architectures.gemma4 import Gemma4ArchitectureAdapter
 from transformers import DiffusionGemmaForBlockDiffusion, Gemma4ForCausalLM
 
+from dgt_interp.backends.devices import shared_hooks
 from dgt_interp.errors import DgtInterpError
 
 DIFFUSION_ARCH = "DiffusionGemmaForBlockDiffusion"
@@ -152,8 +153,11 @@ def structural_twin(model):
     """A deep copy of `model`'s module tree that shares every parameter and buffer tensor with it.
 
     Hooks the user registered on `model`'s modules are not carried over (a deep copy would copy
-    them): the twin runs only the hooks `capture` puts on it."""
+    them): the twin runs only the hooks `capture` puts on it. accelerate's hooks (a model loaded with
+    `device_map=`, or offloaded) are shared, not copied: the twin places and offloads exactly as the
+    model does, and offloaded weights are not copied."""
     memo = {id(t): t for t in _tensors(model)}
+    memo.update(shared_hooks(model))
     twin = copy.deepcopy(model, memo)
     for module in twin.modules():
         for attr in _HOOK_DICTS:

@@ -32,9 +32,9 @@ from transformers import (
 )
 from transformers.initialization import no_init_weights
 
+from dgt_interp.backends.devices import check_device
 from dgt_interp.models.bpe import bpe_tokenizer
 from dgt_interp.models.build import ModelConfigError, diffusion_generation_config, tiny_vision_config
-from dgt_interp.models.load import check_device
 from dgt_interp.sampling import PRESETS
 from dgt_interp.tokenizer import attach_tokenizer
 
@@ -139,7 +139,7 @@ def random_model(cls, config, *, seed: int = 0, dtype: torch.dtype = torch.bfloa
     without it, ties what the class ties (the LM head to the embedding, DiffusionGemma's decoder
     layers to its encoder's), then draws each tensor once.
     """
-    device = check_device(device)
+    device = check_device(device, ModelConfigError)
     with no_init_weights(), torch.device(device):
         model = cls._from_config(config, dtype=dtype)
     model.tie_weights()  # construction under no_init_weights leaves tied tensors as separate copies

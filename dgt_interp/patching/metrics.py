@@ -60,7 +60,8 @@ class LogitDiff:
         pos = _as_list(self.pos)
         c, w = _broadcast(self.correct, pos), _broadcast(self.wrong, pos)
         lp = logits[:, pos].float()
-        idx = torch.arange(len(pos))
+        idx = torch.arange(len(pos), device=lp.device)
+        c, w = torch.tensor(c, device=lp.device), torch.tensor(w, device=lp.device)
         return (lp[:, idx, c] - lp[:, idx, w]).sum(-1)
 
 
@@ -77,7 +78,7 @@ class AnswerProb:
         pos = _as_list(self.pos)
         t = _broadcast(self.tokens, pos)
         lp = torch.log_softmax(logits[:, pos].float(), -1)
-        return lp[:, torch.arange(len(pos)), t].sum(-1).exp()
+        return lp[:, torch.arange(len(pos), device=lp.device), torch.tensor(t, device=lp.device)].sum(-1).exp()
 
 
 @dataclass
