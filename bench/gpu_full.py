@@ -9,8 +9,8 @@ attribution patching of the same cells. Each row prints its wall time and peak G
 bare generate; the run ends with `figure: value` lines. A row that fails prints its error in one
 line and the other rows still run.
 
-The model is built on the meta device and materialised with `to_empty(device="cuda")`, then
-filled by HF's own seeded initialiser in bf16 (no float32 copy of any weight exists). The sweep
+The model is allocated on the GPU and drawn there in bf16 (`dgt_interp.models.released.random_model`:
+no float32 copy of any weight exists), with the released sampler defaults. The sweep
 and attribution rows run the sampler for `--patch-steps` denoising steps (default 8): each patched
 run is a whole `generate`, and 480 of them at 48 steps do not fit the ~8 minute budget.
 
@@ -39,8 +39,8 @@ def build(device: torch.device, smoke: bool, canvas: int, seed: int):
     """The 26B-A4B DiffusionGemma (or the smoke config) in bf16 on `device`, random init, no fp32 copies."""
     from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion, DiffusionGemmaTextConfig
 
-    from dgt_interp.depth.presets import BACKBONE_26B_A4B, get_preset
-    from dgt_interp.models.build import TinySize, diffusion_generation_config, tiny_vision_config
+    from dgt_interp.models.build import tiny_vision_config
+    from dgt_interp.models.released import BACKBONE_26B_A4B, random_model, released_config, released_generation_config
 
     if smoke:
         v = SMOKE["vocab_size"]  # the three image ids must lie inside the vocabulary
@@ -48,22 +48,13 @@ def build(device: torch.device, smoke: bool, canvas: int, seed: int):
                                       vision_config=tiny_vision_config(), image_token_id=v - 3, boi_token_id=v - 2,
                                       eoi_token_id=v - 1)
     else:
-        config = get_preset("diffusiongemma-26b-a4b").config()
+        config = released_config("diffusion")
     config.canvas_length = canvas
-    with torch.device("meta"):  # shapes only; bf16 parameters, float32 rotary buffers (as a real bf16 load)
-        model = DiffusionGemmaForBlockDiffusion._from_config(config, dtype=torch.bfloat16)
-    model.to_empty(device=device)
-    for m in model.modules():  # the meta build marked them initialised; the fresh storage is not
-        m.__dict__.pop("_is_hf_initialized", None)
-    torch.manual_seed(seed)
-    model.initialize_weights()  # HF's own init, in place, in bf16 (rotary inv_freq, embed scales included)
-    model.eval()
+    model = random_model(DiffusionGemmaForBlockDiffusion, config, seed=seed, device=device).eval()
     floats = {p.dtype for p in model.parameters()}
     assert floats == {torch.bfloat16}, floats
-    text = config.get_text_config()
-    model.generation_config = diffusion_generation_config(
-        TinySize(pad_token_id=text.pad_token_id or 0, eos_token_id=1, bos_token_id=text.bos_token_id or 2),
-        max_new_tokens=canvas)
+    model.generation_config = released_generation_config("diffusion")
+    model.generation_config.max_new_tokens = canvas
     return model
 
 
