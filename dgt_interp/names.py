@@ -73,9 +73,9 @@ def _probe(model, level: str) -> dict[str, tuple[tuple[int, ...], str | None]]:
     """
     per_model = _PROBES.setdefault(model, {})
     bridged = bridge_for(model, level)
-    key = (level, bridged.fingerprint)
-    if key in per_model:
-        return per_model[key]
+    cached = per_model.get(level)
+    if cached is not None and cached[0]() is bridged:  # a rebuilt twin (the model changed): probe again
+        return cached[1]
     twin, bridge = bridged.twin, bridged.bridge
     text = twin.config.get_text_config()
     canvas = getattr(twin.config, "canvas_length", None)
@@ -120,7 +120,7 @@ def _probe(model, level: str) -> dict[str, tuple[tuple[int, ...], str | None]]:
             layout = None
         out[name] = (shape, layout)
     out = {n: out[n] for n in sorted(out, key=natural_key)}  # natural order once, not per lookup
-    per_model[key] = out
+    per_model[level] = (weakref.ref(bridged), out)
     return out
 
 

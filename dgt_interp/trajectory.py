@@ -46,6 +46,7 @@ import hashlib
 import json
 import re
 import shutil
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -54,7 +55,7 @@ from safetensors import safe_open
 from transformer_lens.ActivationCache import ActivationCache
 
 from dgt_interp.atomic import atomic_dir, save_tensors, write_text
-from dgt_interp.backends.tl import bridge_for
+from dgt_interp.backends.tl import bridge_for, fingerprint
 from dgt_interp.errors import DgtInterpError
 from dgt_interp.names import natural_key
 from dgt_interp.tokenizer import TokenizerError, load_tokenizer
@@ -86,20 +87,55 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+_FINGERPRINT_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> _FingerprintLayout
+
+
+class _FingerprintLayout:
+    """What `model_fingerprint` can reuse while a model's tensors, settings and config are the same
+    (`backends.tl.fingerprint`): its config JSON and its state-dict names (tensors held weakly)."""
+
+    def __init__(self, model, key):
+        self.key = key
+        self.config_json = model.config.to_json_string(use_diff=False).encode()
+        entries = [(name, t) for name, t in model.state_dict(keep_vars=True).items() if t.device.type != "meta"]
+        self.names = [name.encode() for name, _ in entries]
+        self.refs = [weakref.ref(t) for _, t in entries]
+
+    def tensors(self) -> list[torch.Tensor] | None:
+        out = [r() for r in self.refs]
+        return None if any(t is None for t in out) else out
+
+
 def model_fingerprint(model) -> str:
     """A cheap identity of a model's weights: its class, config and the first values of every tensor.
 
     Two random inits of the same shapes differ; the same weights loaded twice agree. Saved in a
-    trajectory's meta and checked when the trajectory is used with a model."""
-    h = hashlib.sha256(type(model).__name__.encode())
-    h.update(model.config.to_json_string(use_diff=False).encode())
-    for name, t in model.state_dict().items():
-        if t.device.type == "meta":
-            continue
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().reshape(-1)[:64].to("cpu", torch.float64).numpy().tobytes())
-    return h.hexdigest()[:32]
+    trajectory's meta and checked when the trajectory is used with a model. The values and shapes are
+    read again at every call (in-place edits show, `.data` ones too); the config JSON and the tensor
+    names are reused while `backends.tl.fingerprint` (tensor identities, settings, config) is unchanged."""
+    key = fingerprint(model)
+    layout = _FINGERPRINT_CACHE.get(model)
+    tensors = layout.tensors() if layout is not None and (layout.key is key or layout.key == key) else None
+    if tensors is None:
+        layout = _FINGERPRINT_CACHE[model] = _FingerprintLayout(model, key)
+        tensors = layout.tensors()
+    # the first 64 values of each distinct tensor as float64 bytes: one cast and one copy to the host
+    # per (device, dtype) group instead of one per tensor (tied weights are read once)
+    groups: dict = {}
+    for t in {id(t): t for t in tensors}.values():
+        groups.setdefault((t.device, t.dtype), []).append(t)
+    heads: dict[int, bytes] = {}
+    for group in groups.values():
+        parts = [t.detach().reshape(-1)[:64] for t in group]
+        flat = torch.cat(parts).to("cpu", torch.float64).numpy().tobytes()
+        at = 0
+        for t, x in zip(group, parts):
+            heads[id(t)] = flat[at:at + 8 * x.numel()]
+            at += 8 * x.numel()
+    chunks = [type(model).__name__.encode(), layout.config_json]
+    for name, t in zip(layout.names, tensors):
+        chunks += [name, str(tuple(t.shape)).encode(), heads[id(t)]]
+    return hashlib.sha256(b"".join(chunks)).hexdigest()[:32]
 
 
 class DiskActivations(Mapping):

@@ -26,11 +26,20 @@ def _envoy(root, path: str):
     return env
 
 
-def run_with_nnsight(bridge, run, input_ids: torch.Tensor, names: list[str], rec):
-    """Run `run(input_ids)` under an nnsight trace of `bridge`, feeding hook outputs to `rec` per step."""
-    paths = {id(m): p for p, m in bridge.named_modules()}
-    points = {n: bridge.hook_dict[n] for n in names}
-    model = NNsight(bridge)
+def _wrapped(bridged):
+    """(nnsight wrapper of the bridge, hook-point module paths), built once per twin: wrapping installs
+    nnsight's controller on every module (a few ms each time); the wrapper is reusable."""
+    if "nnsight" not in bridged.extras:
+        bridge = bridged.bridge
+        bridged.extras["nnsight"] = (NNsight(bridge), {id(m): p for p, m in bridge.named_modules()})
+    return bridged.extras["nnsight"]
+
+
+def run_with_nnsight(bridged, run, input_ids: torch.Tensor, names: list[str], rec):
+    """Run `run(input_ids)` under an nnsight trace of `bridged.bridge` (a twin of its own:
+    `bridge_for(model, level, "nnsight")`), feeding hook outputs to `rec` per step."""
+    model, paths = _wrapped(bridged)
+    points = {n: bridged.bridge.hook_dict[n] for n in names}
     envoys = {n: _envoy(model, paths[id(p)]) for n, p in points.items()}
     unique = list({id(e): e for e in envoys.values()}.values())
     result = {}
