@@ -16,10 +16,12 @@ Every capture is checked first: the same tensors as the forward hooks at every s
 `traj.sequences == generate(...).sequences`. Then the same rows on a random-init model of a larger
 size (`--hidden`, `--layers`, steps capped by `--large-steps`), and one patched run:
 `Patching(...).run_patches(...)` of `--batch` patched copies in one `generate` against a bare
-`generate` of the same batch size (also per denoising step, since a patch can change the step count).
+`generate` of the same batch size (also per denoising step, in case the two take different steps).
 
-    .venv/bin/python bench/capture_overhead.py [--reps 9] [--batch 16] [--threads 1] [--hidden 512 --layers 8]
+    .venv/bin/python bench/capture_overhead.py [--reps 15] [--batch 16] [--threads 1] [--hidden 512 --layers 8]
 
+Ratios are medians over repetitions of (row / bare generate timed in the same repetition), wall
+time; the CPU-time column (this process only) is less sensitive to other jobs on a shared machine.
 Ends with `name: value` lines (ratios to bare generate; `capture_vs_nnsight_hand` = capture tl /
 nnsight hand).
 """
@@ -75,16 +77,23 @@ def nnsight_generate(wrapped, hf, ids, mask, **gen):
     return torch.stack([torch.stack(o) for o in outs], 1)
 
 
-def time_rows(rows: dict, reps: int) -> dict[str, list[float]]:
-    """Wall times per row, interleaved; the order rotates each repetition."""
+def time_rows(rows: dict, reps: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """(wall times, CPU times of this process) per row, interleaved; the order rotates each repetition."""
     names = list(rows)
-    times = {n: [] for n in names}
+    wall, cpu = {n: [] for n in names}, {n: [] for n in names}
     for r in range(reps):
         for n in names[r % len(names):] + names[:r % len(names)]:
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             rows[n]()
-            times[n].append(time.perf_counter() - t0)
-    return times
+            wall[n].append(time.perf_counter() - t0)
+            cpu[n].append(time.process_time() - c0)
+    return wall, cpu
+
+
+def paired_ratio(times: dict[str, list[float]], row: str, base: str) -> float:
+    """Median over repetitions of row / base timed in the same repetition (slow drifts of the
+    machine's load cancel)."""
+    return statistics.median(a / b for a, b in zip(times[row], times[base]))
 
 
 def compare(model, ids, mask, reps: int, label: str, **gen) -> dict[str, float]:
@@ -117,33 +126,38 @@ def compare(model, ids, mask, reps: int, label: str, **gen) -> dict[str, float]:
         "capture nnsight": lambda: capture(model, ids, attention_mask=mask, seed=0, names=names, backend="nnsight",
                                            **gen),
     }
-    times = time_rows(rows, reps)
-    med = {n: statistics.median(t) for n, t in times.items()}
-    base = med["generate (bare)"]
+    wall, cpu = time_rows(rows, reps)
+    base = "generate (bare)"
     print(f"{label}: {ref.shape[0]} denoising steps x {ref.shape[1]} layers, batch {ids.shape[0]}; "
           f"{reps} interleaved repetitions")
-    print(f"  {'':20}{'median s':>10}{'min s':>10}{'x bare':>8}")
-    for n, t in times.items():
-        print(f"  {n:20}{med[n]:>10.4f}{min(t):>10.4f}{med[n] / base:>8.3f}")
-    return {n: med[n] / base for n in med} | {"capture_vs_nnsight_hand": med["capture tl"] / med["nnsight (hand)"]}
+    print(f"  {'':18}{'median s':>10}{'min s':>9}{'x bare':>8}{'cpu x bare':>12}")
+    for n, t in wall.items():
+        print(f"  {n:18}{statistics.median(t):>10.4f}{min(t):>9.4f}{paired_ratio(wall, n, base):>8.3f}"
+              f"{paired_ratio(cpu, n, base):>12.3f}")
+    return {n: paired_ratio(wall, n, base) for n in wall} | {
+        "capture_vs_nnsight_hand": paired_ratio(wall, "capture tl", "nnsight (hand)"),
+        "capture_nnsight_vs_nnsight_hand": paired_ratio(wall, "capture nnsight", "nnsight (hand)")}
 
 
 def patched_run(model, tok, reps: int, batch: int) -> tuple[float, float]:
-    """(patched run / bare generate, the same per denoising step) at batch `batch` on `model`."""
+    """(patched run / bare generate, the same per denoising step) at batch `batch` on `model`.
+
+    The patches copy activations of the clean run into a run of the same prompt: every patch is
+    applied (hooks fire, the site's slice is written) but no value changes, so the patched copies
+    denoise for as many steps as the unpatched run; a real patch may add steps, which is a
+    different run, not overhead."""
     from dgt_interp import prompt_batch
     from dgt_interp.patching import LogitDiff, Patching, Site
 
-    clean, corrupted = prompt_batch(["4721+3856="], tok)["input_ids"], prompt_batch(["4721+3356="], tok)["input_ids"]
-    p = Patching(model, clean, corrupted, seed=0)
-    n = clean.shape[1]
-    out_c, out_k = p.clean.sequences[0, n:], p.corrupted.sequences[0, n:]
-    diff = (out_c != out_k).nonzero().flatten().tolist()
-    pos = diff[0] if diff else 0
-    metric = LogitDiff(pos=pos, correct=int(out_c[pos]), wrong=int(out_k[pos]))
+    ids1 = prompt_batch(["4721+3356="], tok)["input_ids"]
+    p = Patching(model, ids1, ids1, seed=0)
+    n = ids1.shape[1]
+    out = p.corrupted.sequences[0, n:]
+    metric = LogitDiff(pos=0, correct=int(out[0]), wrong=int(out[1]))
     layers = model.config.get_text_config().num_hidden_layers
     canvas = model.config.canvas_length
-    sites = [Site(f"blocks.{i % layers}.hook_resid_pre", 0, (i // layers) % canvas) for i in range(batch)]
-    ids = corrupted.repeat(batch, 1)
+    sites = [Site(f"blocks.{i % layers}.hook_resid_pre", i % p.n_steps, (i // layers) % canvas) for i in range(batch)]
+    ids = ids1.repeat(batch, 1)
     steps = []
     count = model.model.decoder.register_forward_pre_hook(lambda *a: steps.append(1))
     try:
@@ -154,31 +168,34 @@ def patched_run(model, tok, reps: int, batch: int) -> tuple[float, float]:
     bare_steps = len(steps)
     (_, _, traj), = list(p.iter_runs(sites, batch_size=batch))
     patched_steps = traj.n_steps
+    assert patched_steps == p.corrupted.n_steps, "a value-preserving patch changed the run"
 
     def bare():
         torch.manual_seed(0)
         return model.generate(input_ids=ids)
 
-    times = time_rows({"bare": bare, "patched": lambda: p.run_patches(sites, metric, batch_size=batch)}, reps)
-    tb, tp = statistics.median(times["bare"]), statistics.median(times["patched"])
-    print(f"patched run: {batch} patched copies of {corrupted.shape[1]}-token prompt in one generate "
-          f"({patched_steps} steps) vs bare generate of batch {batch} ({bare_steps} steps): "
-          f"{tp:.4f} s vs {tb:.4f} s (median of {reps})")
-    return tp / tb, (tp / patched_steps) / (tb / bare_steps)
+    wall, _ = time_rows({"bare": bare, "patched": lambda: p.run_patches(sites, metric, batch_size=batch)}, reps)
+    tb, tp = statistics.median(wall["bare"]), statistics.median(wall["patched"])
+    ratio = paired_ratio(wall, "patched", "bare")
+    print(f"patched run: {batch} patched copies of a {n}-token prompt in one generate ({patched_steps} steps, "
+          f"logits recorded, replayed noise) vs bare generate of batch {batch} ({bare_steps} steps): "
+          f"{tp:.4f} s vs {tb:.4f} s (median of {reps}), {ratio:.3f}x")
+    return ratio, ratio * bare_steps / patched_steps
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=9)
+    ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--hidden", type=int, default=512, help="hidden size of the larger random-init model")
     ap.add_argument("--layers", type=int, default=8, help="layers of the larger random-init model")
     ap.add_argument("--large-steps", type=int, default=8, help="max_denoising_steps on the larger model")
+    ap.add_argument("--large-reps", type=int, default=9, help="repetitions on the larger model")
     ap.add_argument("--skip-large", action="store_true")
     args = ap.parse_args()
-    if args.reps < 1 or args.batch < 1:
-        ap.error("--reps and --batch must be >= 1")
+    if min(args.reps, args.large_reps, args.batch) < 1:
+        ap.error("--reps, --large-reps and --batch must be >= 1")
     torch.set_num_threads(args.threads)
 
     import dgt_interp
@@ -206,7 +223,7 @@ def main() -> None:
         big = build_diffusion(size, seed=0)
         big_batch = dgt_interp.prompt_batch(prompts, dgt_interp.load_tokenizer(big))
         n_params = sum(p.numel() for p in big.parameters())
-        large = compare(big, big_batch["input_ids"], big_batch["attention_mask"], args.reps,
+        large = compare(big, big_batch["input_ids"], big_batch["attention_mask"], args.large_reps,
                         f"random-init hidden {h} x {args.layers} layers ({n_params / 1e6:.1f}M parameters)",
                         max_denoising_steps=args.large_steps)
 
@@ -215,6 +232,7 @@ def main() -> None:
     print(f"capture_vs_nnsight_hand: {zoo_ratios['capture_vs_nnsight_hand']:.3f}")
     print(f"forward_hooks_overhead: {zoo_ratios['forward hooks']:.3f}")
     print(f"nnsight_hand_overhead: {zoo_ratios['nnsight (hand)']:.3f}")
+    print(f"capture_nnsight_vs_nnsight_hand: {zoo_ratios['capture_nnsight_vs_nnsight_hand']:.3f}")
     if large is not None:
         print(f"capture_overhead_large: {large['capture tl']:.3f}")
         print(f"capture_overhead_nnsight_large: {large['capture nnsight']:.3f}")

@@ -40,6 +40,7 @@ from transformers.models.diffusion_gemma.generation_diffusion_gemma import Entro
 
 from dgt_interp.atomic import atomic_dir, save_tensors
 from dgt_interp.backends.tl import DIFFUSION_ARCH, architecture_of, bridge_for, pinned, sync_generation_config
+from dgt_interp.backends.tl import hooks as tl_hooks
 from dgt_interp.errors import DgtInterpError
 from dgt_interp.names import HookNameError, level_for, name_info, resolve_names
 from dgt_interp.sampling import ReplayedNoise, token_entropy
@@ -212,7 +213,8 @@ def _plan(model, input_ids, names, steps, positions, record, dtype, fwd_hooks, g
             raise CaptureError(f"unknown record {r!r}; choose from {', '.join(OPTIONAL_RECORDS)} (hook names go in names=)")
     hook_names = [n for n, _ in fwd_hooks]
     level = level_for(model, resolved + resolve_names(model, hook_names) if hook_names else resolved)
-    layouts = {n: name_info(model, n, level)[1] for n in resolved}
+    info = {n: name_info(model, n, level) for n in resolved}  # (shape at batch 2, layout)
+    layouts = {n: layout for n, (_, layout) in info.items()}
     if kind == "ar":
         bad = [n for n in resolved if layouts[n] is None]
         if bad:
@@ -225,7 +227,7 @@ def _plan(model, input_ids, names, steps, positions, record, dtype, fwd_hooks, g
     float_size = itemsize(dtype) if dtype is not None else itemsize(model.dtype)
     per_name = {}
     for n in resolved:
-        shape, layout = name_info(model, n, level)
+        shape, layout = info[n]
         numel = math.prod(shape)
         if layout == "bp":
             numel = numel // (shape[0] * shape[1]) * batch * len(sel_pos)
@@ -348,9 +350,9 @@ class _Recorder:
         b = current_canvas.shape[0]
         self.rows["input_canvas"].append(current_canvas.detach().clone())
         self.rows["active"].append(~finished.detach())
-        self.rows["has_self_cond"].append(torch.full((b,), self_conditioning_logits is not None))
-        self.rows["cur_step"].append(torch.tensor(cur_step))
-        self.rows["canvas"].append(torch.tensor(self.canvas))
+        self.rows["has_self_cond"].append((self_conditioning_logits is not None,) * b)  # plain values: no
+        self.rows["cur_step"].append(int(cur_step))                                    # tensor op per step
+        self.rows["canvas"].append(self.canvas)
 
     def on_accept(self, denoiser_canvas, logits, accepted_mask):
         self.rows["sampled_canvas"].append(denoiser_canvas.detach().clone())
@@ -395,8 +397,9 @@ class _Recorder:
             self.rows["active"].append(~done_before)
 
     def records(self) -> dict[str, torch.Tensor]:
-        """`[step, ...]` per record, on the CPU."""
-        return {k: torch.stack(v).cpu() if v else torch.zeros(0) for k, v in self.rows.items()}
+        """`[step, ...]` per record, on the CPU (rows of tensors stacked, rows of plain values tensorised)."""
+        return {k: (torch.stack(v).cpu() if isinstance(v[0], torch.Tensor) else torch.tensor(v)) if v else torch.zeros(0)
+                for k, v in self.rows.items()}
 
 
 class _RecordingSampler(EntropyBoundSampler):
@@ -647,7 +650,7 @@ def _run(model, input_ids, plan, seed, backend, generation_kwargs, user_hooks, h
          disk_root: Path | None = None) -> Trajectory:
     """Generate on the bridged twin with the recorders installed; the Trajectory of that run."""
     bridged = bridge_for(model, plan.level, backend)
-    twin, bridge = bridged.twin, bridged.bridge
+    twin = bridged.twin
     sync_generation_config(model, twin)
     text = model.config.get_text_config()
     pad_id = model.generation_config.pad_token_id
@@ -656,8 +659,7 @@ def _run(model, input_ids, plan, seed, backend, generation_kwargs, user_hooks, h
     gen_kwargs = dict(generation_kwargs)
     prompt_len = input_ids.shape[1]
     if plan.kind == "diffusion":
-        config, _ = check_generation_kwargs(model, gen_kwargs)
-        twin._dgt_max_steps = config.max_denoising_steps
+        twin._dgt_max_steps = plan.max_steps // plan.n_canvases  # max_denoising_steps (see `_bounds`)
     else:
         processors = LogitsProcessorList(list(gen_kwargs.pop("logits_processor", None) or []))
         processors.append(_ARRecordingProcessor(rec, prompt_len))
@@ -674,11 +676,11 @@ def _run(model, input_ids, plan, seed, backend, generation_kwargs, user_hooks, h
         _instrument(twin, rec, plan, stack, "logits" in plan.record, noise)
         if backend == "tl":
             hooks += [(n, rec.hook(n)) for n in plan.names]
-            stack.enter_context(bridge.hooks(fwd_hooks=hooks))
+            stack.enter_context(tl_hooks(bridged, hooks))
             sequences = run(input_ids)
         else:
             if hooks:
-                stack.enter_context(bridge.hooks(fwd_hooks=hooks))
+                stack.enter_context(tl_hooks(bridged, hooks))
             from dgt_interp.backends.nnsight import run_with_nnsight  # nnsight is heavy: only when asked for
 
             sequences = run_with_nnsight(bridged, run, input_ids, plan.names, rec)

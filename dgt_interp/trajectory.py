@@ -92,14 +92,16 @@ _FINGERPRINT_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  #
 
 class _FingerprintLayout:
     """What `model_fingerprint` can reuse while a model's tensors, settings and config are the same
-    (`backends.tl.fingerprint`): its config JSON and its state-dict names (tensors held weakly)."""
+    (`backends.tl.fingerprint`): the hash of its config JSON and its state-dict names (tensors held weakly)."""
 
     def __init__(self, model, key):
         self.key = key
-        self.config_json = model.config.to_json_string(use_diff=False).encode()
+        # the digest's start (class name, full config JSON) hashed once; each call continues a copy
+        self.prefix = hashlib.sha256(type(model).__name__.encode() + model.config.to_json_string(use_diff=False).encode())
         entries = [(name, t) for name, t in model.state_dict(keep_vars=True).items() if t.device.type != "meta"]
         self.names = [name.encode() for name, _ in entries]
         self.refs = [weakref.ref(t) for _, t in entries]
+        self.shape_bytes: dict = {}  # torch.Size -> its text, as hashed
 
     def tensors(self) -> list[torch.Tensor] | None:
         out = [r() for r in self.refs]
@@ -126,16 +128,24 @@ def model_fingerprint(model) -> str:
         groups.setdefault((t.device, t.dtype), []).append(t)
     heads: dict[int, bytes] = {}
     for group in groups.values():
-        parts = [t.detach().reshape(-1)[:64] for t in group]
-        flat = torch.cat(parts).to("cpu", torch.float64).numpy().tobytes()
+        with torch.no_grad():
+            parts = [t.reshape(-1)[:64] for t in group]
+            flat = torch.cat(parts).to("cpu", torch.float64).numpy().tobytes()
         at = 0
         for t, x in zip(group, parts):
-            heads[id(t)] = flat[at:at + 8 * x.numel()]
-            at += 8 * x.numel()
-    chunks = [type(model).__name__.encode(), layout.config_json]
+            end = at + 8 * len(x)
+            heads[id(t)] = flat[at:end]
+            at = end
+    shapes = layout.shape_bytes
+    chunks = []
     for name, t in zip(layout.names, tensors):
-        chunks += [name, str(tuple(t.shape)).encode(), heads[id(t)]]
-    return hashlib.sha256(b"".join(chunks)).hexdigest()[:32]
+        shape = t.shape
+        if shape not in shapes:
+            shapes[shape] = str(tuple(shape)).encode()
+        chunks += (name, shapes[shape], heads[id(t)])
+    h = layout.prefix.copy()
+    h.update(b"".join(chunks))
+    return h.hexdigest()[:32]
 
 
 class DiskActivations(Mapping):

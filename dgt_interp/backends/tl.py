@@ -172,6 +172,7 @@ class Bridged:
     level: str
     fingerprint: tuple
     arch: str
+    hook_points: dict = field(default_factory=dict)  # TL's `bridge.hook_dict` (aliases included), built once
     extras: dict = field(default_factory=dict)  # built once per twin by a backend (e.g. its nnsight wrapper)
 
 
@@ -274,8 +275,35 @@ def _idle(point: HookPoint) -> bool:
     return not point._forward_hooks and not point._forward_pre_hooks and "forward" not in point.__dict__
 
 
+_LEAN_BLOCKS: dict[type, type] = {}
+
+
+def _lean_block_class(base: type) -> type:
+    """`base` (TL's `BlockBridge` class) with `forward` cut to what it does for a block with no
+    bridged submodules (level "blocks") outside TL's start/stop-at-layer runs: `hook_in` on the
+    hidden states, the wrapped layer, `hook_out` on its output, each through TL's own method. The
+    steps skipped (attention-capture wiring and clearing, start/stop-at-layer checks) do nothing in
+    that case; anything else takes TL's full `forward`."""
+    if base not in _LEAN_BLOCKS:
+
+        class LeanBlock(base):
+            def forward(self, *args, **kwargs):
+                if self.submodules or self._stop_at_layer_idx is not None or self._start_at_layer_idx is not None \
+                        or self.original_component is None:
+                    return super().forward(*args, **kwargs)
+                args, kwargs = self._hook_input_hidden_states(args, kwargs)
+                kwargs = self._filter_kwargs_for_forward(kwargs, len(args))
+                output = self.original_component(*args, **kwargs)
+                return self._apply_output_hook(
+                    output, force_tuple_for_bare_tensor=self._is_standalone_hidden_state_call(args, kwargs))
+
+        LeanBlock.__name__ = LeanBlock.__qualname__ = f"Lean{base.__name__}"
+        _LEAN_BLOCKS[base] = LeanBlock
+    return _LEAN_BLOCKS[base]
+
+
 def _lighten_blocks(bridge) -> None:
-    """Take two per-call costs out of TL's `BlockBridge.forward` without changing what it does.
+    """Take per-call costs out of TL's `BlockBridge.forward` without changing what it does.
 
     - TL decides which kwargs the wrapped layer accepts from `inspect.signature` at every block call
       (tens of microseconds, a few % of a zoo model's denoising step); the decision depends only on
@@ -283,8 +311,11 @@ def _lighten_blocks(bridge) -> None:
     - The start/stop-at-layer attributes TL reads at every call exist only once a TL run with
       `start_at_layer` / `stop_at_layer` set them (and reset them to None); until then each read
       misses and walks TL's `__getattr__` fallback. They start as None here, TL's own idle value.
+    - A block with no bridged submodules (level "blocks") runs `_lean_block_class`'s forward.
     """
     for block in bridge.blocks:
+        if not block.submodules:
+            block.__class__ = _lean_block_class(type(block))
         for attr in ("_stop_at_layer_idx", "_start_at_layer_idx", "_start_residual"):
             if attr not in block.__dict__:
                 setattr(block, attr, None)
@@ -371,9 +402,29 @@ def bridge_for(model, level: str = "full", backend: str = "tl") -> Bridged:
         _install_cache_hooks(twin, bridge)
         if level == "attention":
             _float_mask_dummy(twin)
-    bridged = Bridged(twin, bridge, level, fp, arch)
+    bridged = Bridged(twin, bridge, level, fp, arch, hook_points=bridge.hook_dict)
     per_model[(level, backend)] = bridged
     return bridged
+
+
+@contextmanager
+def hooks(bridged: Bridged, fwd_hooks):
+    """TL's `bridge.hooks(fwd_hooks=...)` for concrete hook names (`names.resolve_names`): each fn is
+    checked (`check_hooks_to_add`) and added to its hook point (`HookPoint.add_hook`) as TL does, and
+    exactly those hooks are removed at exit. TL's own context rebuilds its name -> hook point table
+    and alias map at every entry (~0.3 ms, a few % of a zoo model's generate); the table is fixed
+    once the twin is built (`Bridged.hook_points`)."""
+    bridge, added = bridged.bridge, []
+    try:
+        for name, fn in fwd_hooks:
+            point = bridged.hook_points[name]
+            bridge.check_hooks_to_add(point, name, fn, dir="fwd")
+            added.append((point, point.add_hook(fn, dir="fwd")))
+        yield
+    finally:
+        for point, handle in added:
+            handle.hook.remove()
+            point.fwd_hooks[:] = [h for h in point.fwd_hooks if h is not handle]
 
 
 def sync_generation_config(model, twin) -> None:
