@@ -282,11 +282,20 @@ def _lean_block_class(base: type) -> type:
     """`base` (TL's `BlockBridge` class) with `forward` cut to what it does for a block with no
     bridged submodules (level "blocks") outside TL's start/stop-at-layer runs: `hook_in` on the
     hidden states, the wrapped layer, `hook_out` on its output, each through TL's own method. The
-    steps skipped (attention-capture wiring and clearing, start/stop-at-layer checks) do nothing in
-    that case; anything else takes TL's full `forward`."""
+    steps skipped (attention-capture wiring and clearing, start/stop-at-layer checks, accelerate's
+    device alignment of a layer that is not offloaded) do nothing in that case; anything else takes
+    TL's full `forward` / `__call__`."""
     if base not in _LEAN_BLOCKS:
 
         class LeanBlock(base):
+            def __call__(self, *args, **kwargs):
+                # TL's __call__ wraps every call in accelerate's `align_module_device`, which does
+                # something only for a layer accelerate offloads (one with an `_hf_hook`)
+                original = self._modules.get("_original_component")
+                if original is not None and "_hf_hook" in original.__dict__:
+                    return super().__call__(*args, **kwargs)
+                return torch.nn.Module.__call__(self, *args, **kwargs)
+
             def forward(self, *args, **kwargs):
                 if self.submodules or self._stop_at_layer_idx is not None or self._start_at_layer_idx is not None \
                         or self.original_component is None:
