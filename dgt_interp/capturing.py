@@ -25,6 +25,7 @@ says how to cut, `dtype=` downcasts floats, `storage="disk"` streams each record
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import math
 import threading
@@ -39,10 +40,11 @@ from transformers.models.diffusion_gemma.generation_diffusion_gemma import Entro
 
 from dgt_interp.atomic import atomic_dir, save_tensors
 from dgt_interp.backends.devices import check_device, execution_device
-from dgt_interp.backends.tl import DIFFUSION_ARCH, architecture_of, bridge_for, sync_generation_config
+from dgt_interp.backends.tl import DIFFUSION_ARCH, architecture_of, bridge_for, pinned, sync_generation_config
+from dgt_interp.backends.tl import hooks as tl_hooks
 from dgt_interp.errors import DgtInterpError
 from dgt_interp.names import HookNameError, level_for, name_info, resolve_names
-from dgt_interp.sampling import ReplayedNoise
+from dgt_interp.sampling import ReplayedNoise, token_entropy
 from dgt_interp.selection import select
 from dgt_interp.trajectory import OPTIONAL_RECORDS, DiskActivations, Trajectory, model_fingerprint, step_file
 
@@ -115,6 +117,14 @@ _OWNED_KWARGS = ("return_dict_in_generate", "output_scores", "output_logits", "o
 _PIXEL_KWARGS = ("pixel_values", "image_position_ids", "mm_token_type_ids")
 
 
+@functools.lru_cache(maxsize=None)
+def _allowed_kwargs(cls) -> frozenset:
+    """Names `generate` takes besides its generation config: its own and the forward's parameters
+    (per class; `inspect.signature` costs more than a tiny model's denoising step)."""
+    return frozenset(inspect.signature(cls.generate).parameters) | frozenset(
+        inspect.signature(cls.forward).parameters) | frozenset(_PIXEL_KWARGS)
+
+
 def check_generation_kwargs(model, generation_kwargs: dict):
     """(HF's resolved generation config, the kwargs it left over) after one-line checks of every kwarg.
 
@@ -126,8 +136,7 @@ def check_generation_kwargs(model, generation_kwargs: dict):
         raise CaptureError(f"capture sets {owned[0]!r} itself (it needs generate's own outputs); drop it")
     kwargs = {k: v for k, v in generation_kwargs.items() if k != "attention_mask"}
     config, left = model._prepare_generation_config(kwargs.pop("generation_config", None), **kwargs)
-    allowed = set(inspect.signature(type(model).generate).parameters) | set(inspect.signature(type(model).forward)
-                                                                            .parameters) | set(_PIXEL_KWARGS)
+    allowed = _allowed_kwargs(type(model))
     unknown = sorted(k for k in left if k not in allowed)
     if unknown:
         known = sorted(k for k in config.to_dict() if not k.startswith("_") and k not in _OWNED_KWARGS)
@@ -202,6 +211,11 @@ def plan_capture(model, input_ids, *, names=None, steps=None, positions=None, re
                  fwd_hooks=(), **generation_kwargs) -> Plan:
     """Resolve names, bounds and selections and estimate the bytes a capture will hold (no run)."""
     architecture_of(model)
+    with pinned(model):
+        return _plan(model, input_ids, names, steps, positions, record, dtype, fwd_hooks, generation_kwargs)
+
+
+def _plan(model, input_ids, names, steps, positions, record, dtype, fwd_hooks, generation_kwargs) -> Plan:
     _check_inputs(model, input_ids)
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise CaptureError(f"dtype={dtype!r}: activations are stored in a floating dtype; pass e.g. torch.bfloat16 "
@@ -218,7 +232,8 @@ def plan_capture(model, input_ids, *, names=None, steps=None, positions=None, re
             raise CaptureError(f"unknown record {r!r}; choose from {', '.join(OPTIONAL_RECORDS)} (hook names go in names=)")
     hook_names = [n for n, _ in fwd_hooks]
     level = level_for(model, resolved + resolve_names(model, hook_names) if hook_names else resolved)
-    layouts = {n: name_info(model, n, level)[1] for n in resolved}
+    info = {n: name_info(model, n, level) for n in resolved}  # (shape at batch 2, layout)
+    layouts = {n: layout for n, (_, layout) in info.items()}
     if kind == "ar":
         bad = [n for n in resolved if layouts[n] is None]
         if bad:
@@ -231,7 +246,7 @@ def plan_capture(model, input_ids, *, names=None, steps=None, positions=None, re
     float_size = itemsize(dtype) if dtype is not None else itemsize(model.dtype)
     per_name = {}
     for n in resolved:
-        shape, layout = name_info(model, n, level)
+        shape, layout = info[n]
         numel = math.prod(shape)
         if layout == "bp":
             numel = numel // (shape[0] * shape[1]) * batch * len(sel_pos)
@@ -348,25 +363,27 @@ class _Recorder:
         return fn
 
     # -- diffusion per-step records -----------------------------------------------------------
+    # Diffusion records stay on the model's device until `records()` (a copy, not a host transfer,
+    # per step: one device sync at the end instead of five per step).
     def begin_diffusion_step(self, current_canvas, self_conditioning_logits, finished, cur_step: int, max_steps: int):
         if cur_step == max_steps:
             self.canvas += 1
         b = current_canvas.shape[0]
-        self.rows["input_canvas"].append(current_canvas.detach().cpu().clone())
-        self.rows["active"].append((~finished).detach().cpu().clone())
-        self.rows["has_self_cond"].append(torch.full((b,), self_conditioning_logits is not None))
-        self.rows["cur_step"].append(torch.tensor(cur_step))
-        self.rows["canvas"].append(torch.tensor(self.canvas))
+        self.rows["input_canvas"].append(current_canvas.detach().clone())
+        self.rows["active"].append(~finished.detach())
+        self.rows["has_self_cond"].append((self_conditioning_logits is not None,) * b)  # plain values: no
+        self.rows["cur_step"].append(int(cur_step))                                    # tensor op per step
+        self.rows["canvas"].append(self.canvas)
 
     def on_accept(self, denoiser_canvas, logits, accepted_mask):
-        self.rows["sampled_canvas"].append(denoiser_canvas.detach().cpu().clone())
-        self.rows["accepted"].append(accepted_mask.detach().cpu().clone())
-        self.rows["entropy"].append(torch.distributions.Categorical(logits=logits).entropy().float().cpu())
+        self.rows["sampled_canvas"].append(denoiser_canvas.detach().clone())
+        self.rows["accepted"].append(accepted_mask.detach().clone())
+        self.rows["entropy"].append(token_entropy(logits.detach()).float())
         if "processed_logits" in self.acts:
             self.store("processed_logits", logits, self.step)
 
     def end_diffusion_step(self, argmax_canvas):
-        self.rows["argmax_canvas"].append(argmax_canvas.detach().cpu().clone())
+        self.rows["argmax_canvas"].append(argmax_canvas.detach().clone())
 
     # -- AR per-step records ------------------------------------------------------------------
     def on_ar_scores(self, input_ids, scores, prompt_len: int):
@@ -379,7 +396,7 @@ class _Recorder:
         arg[:, s] = scores.argmax(-1).cpu()
         self.rows["argmax_canvas"].append(arg)
         ent = self.rows["entropy"][-1].clone() if s else torch.zeros(b, length)
-        ent[:, s] = torch.distributions.Categorical(logits=scores.float()).entropy().cpu()
+        ent[:, s] = token_entropy(scores.float()).cpu()
         self.rows["entropy"].append(ent)
         acc = torch.zeros(b, length, dtype=torch.bool)
         acc[:, s] = True
@@ -401,7 +418,9 @@ class _Recorder:
             self.rows["active"].append(~done_before)
 
     def records(self) -> dict[str, torch.Tensor]:
-        return {k: torch.stack(v) if v else torch.zeros(0) for k, v in self.rows.items()}
+        """`[step, ...]` per record, on the CPU (rows of tensors stacked, rows of plain values tensorised)."""
+        return {k: (torch.stack(v).cpu() if isinstance(v[0], torch.Tensor) else torch.tensor(v)) if v else torch.zeros(0)
+                for k, v in self.rows.items()}
 
 
 class _RecordingSampler(EntropyBoundSampler):
@@ -597,6 +616,7 @@ def capture(
         raise CaptureError("storage='disk' needs out_dir=<directory> for the safetensors files")
     if storage == "disk" and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise CaptureError(f"out_dir {str(out_dir)!r} exists and is not a directory; pass a directory path")
+    architecture_of(model)  # one-line error for an unsupported model before anything reads it
     store = None if store_device is None else check_device(store_device, CaptureError, "store_device=")
     input_ids, generation_kwargs = _to_model_device(model, input_ids, generation_kwargs)
     if store is None:
@@ -604,43 +624,44 @@ def capture(
     if storage == "disk" and store.type != "cpu":
         raise CaptureError(f"storage='disk' streams activations through CPU to out_dir; drop store_device={store_device!r} "
                            "(or use storage='memory')")
-    fwd_hooks = list(fwd_hooks or ())
-    plan = plan_capture(model, input_ids, names=names, steps=steps, positions=positions, record=record,
-                        dtype=dtype, fwd_hooks=fwd_hooks, **generation_kwargs)
-    _check_mask(model, input_ids, generation_kwargs.get("attention_mask"))
-    if noise is not None and plan.kind != "diffusion":
-        raise CaptureError("noise= replays DiffusionGemma's sampler; the AR twin draws no sampler noise when it "
-                           "decodes greedily (do_sample=False): drop noise=")
-    if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0):
-        raise CaptureError(f"max_bytes={max_bytes!r} must be a non-negative int (bytes of RAM)")
-    if storage == "memory":
-        held, what = plan.total_bytes, str(plan)
-    else:
-        held = plan.record_bytes + sum(plan.bytes_per_name.values())
-        what = (f"~{_fmt(held)} in RAM with storage='disk' (per-step records {_fmt(plan.record_bytes)} + one step "
-                f"of activations {_fmt(sum(plan.bytes_per_name.values()))})")
-    if max_bytes is not None and held > max_bytes:
-        raise CaptureBudgetError(
-            f"capture would hold {what} > max_bytes={_fmt(max_bytes)}; cut it with fewer names, "
-            "steps=..., positions=..., dtype=torch.bfloat16, or storage='disk', out_dir=..."
-        )
-    hook_step_set = None if hook_steps is None else set(select(hook_steps, plan.max_steps, "hook step",
-                                                                f"at most {plan.max_steps} steps", CaptureError))
-    user_hooks = [(n, fn) for pat, fn in fwd_hooks for n in resolve_names(model, [pat])]
-
-    with _exclusive(model):
-        if storage == "disk":
-            with atomic_dir(out_dir) as tmp:  # a failed capture leaves an older save at out_dir intact
-                traj = _run(model, input_ids, plan, seed, backend, generation_kwargs, user_hooks, hook_step_set,
-                            noise, disk_root=tmp, store_device=store)
-            traj.root = traj.activations.root = Path(out_dir)
+    with pinned(model):  # one fingerprint of the model for the whole capture (dozens of twin/name lookups)
+        fwd_hooks = list(fwd_hooks or ())
+        plan = plan_capture(model, input_ids, names=names, steps=steps, positions=positions, record=record,
+                            dtype=dtype, fwd_hooks=fwd_hooks, **generation_kwargs)
+        _check_mask(model, input_ids, generation_kwargs.get("attention_mask"))
+        if noise is not None and plan.kind != "diffusion":
+            raise CaptureError("noise= replays DiffusionGemma's sampler; the AR twin draws no sampler noise when it "
+                               "decodes greedily (do_sample=False): drop noise=")
+        if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0):
+            raise CaptureError(f"max_bytes={max_bytes!r} must be a non-negative int (bytes of RAM)")
+        if storage == "memory":
+            held, what = plan.total_bytes, str(plan)
         else:
-            traj = _run(model, input_ids, plan, seed, backend, generation_kwargs, user_hooks, hook_step_set, noise,
-                        store_device=store)
-    if steps is not None and not traj.recorded_steps and plan.steps:
-        raise CaptureError(f"steps={steps!r} selects none of the {traj.n_steps} steps the run took (it stopped early); "
-                           f"select steps below {traj.n_steps}")
-    return traj
+            held = plan.record_bytes + sum(plan.bytes_per_name.values())
+            what = (f"~{_fmt(held)} in RAM with storage='disk' (per-step records {_fmt(plan.record_bytes)} + one step "
+                    f"of activations {_fmt(sum(plan.bytes_per_name.values()))})")
+        if max_bytes is not None and held > max_bytes:
+            raise CaptureBudgetError(
+                f"capture would hold {what} > max_bytes={_fmt(max_bytes)}; cut it with fewer names, "
+                "steps=..., positions=..., dtype=torch.bfloat16, or storage='disk', out_dir=..."
+            )
+        hook_step_set = None if hook_steps is None else set(select(hook_steps, plan.max_steps, "hook step",
+                                                                    f"at most {plan.max_steps} steps", CaptureError))
+        user_hooks = [(n, fn) for pat, fn in fwd_hooks for n in resolve_names(model, [pat])]
+
+        with _exclusive(model):
+            if storage == "disk":
+                with atomic_dir(out_dir) as tmp:  # a failed capture leaves an older save at out_dir intact
+                    traj = _run(model, input_ids, plan, seed, backend, generation_kwargs, user_hooks, hook_step_set,
+                                noise, disk_root=tmp, store_device=store)
+                traj.root = traj.activations.root = Path(out_dir)
+            else:
+                traj = _run(model, input_ids, plan, seed, backend, generation_kwargs, user_hooks, hook_step_set, noise,
+                            store_device=store)
+        if steps is not None and not traj.recorded_steps and plan.steps:
+            raise CaptureError(f"steps={steps!r} selects none of the {traj.n_steps} steps the run took (it stopped early); "
+                               f"select steps below {traj.n_steps}")
+        return traj
 
 
 _LOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -675,8 +696,8 @@ def _to_model_device(model, input_ids, generation_kwargs):
 def _run(model, input_ids, plan, seed, backend, generation_kwargs, user_hooks, hook_step_set, noise,
          disk_root: Path | None = None, store_device: torch.device | None = None) -> Trajectory:
     """Generate on the bridged twin with the recorders installed; the Trajectory of that run."""
-    bridged = bridge_for(model, plan.level)
-    twin, bridge = bridged.twin, bridged.bridge
+    bridged = bridge_for(model, plan.level, backend)
+    twin = bridged.twin
     sync_generation_config(model, twin)
     text = model.config.get_text_config()
     pad_id = model.generation_config.pad_token_id
@@ -685,8 +706,7 @@ def _run(model, input_ids, plan, seed, backend, generation_kwargs, user_hooks, h
     gen_kwargs = dict(generation_kwargs)
     prompt_len = input_ids.shape[1]
     if plan.kind == "diffusion":
-        config, _ = check_generation_kwargs(model, gen_kwargs)
-        twin._dgt_max_steps = config.max_denoising_steps
+        twin._dgt_max_steps = plan.max_steps // plan.n_canvases  # max_denoising_steps (see `_bounds`)
     else:
         processors = LogitsProcessorList(list(gen_kwargs.pop("logits_processor", None) or []))
         processors.append(_ARRecordingProcessor(rec, prompt_len))
@@ -703,14 +723,14 @@ def _run(model, input_ids, plan, seed, backend, generation_kwargs, user_hooks, h
         _instrument(twin, rec, plan, stack, "logits" in plan.record, noise)
         if backend == "tl":
             hooks += [(n, rec.hook(n)) for n in plan.names]
-            stack.enter_context(bridge.hooks(fwd_hooks=hooks))
+            stack.enter_context(tl_hooks(bridged, hooks))
             sequences = run(input_ids)
         else:
             if hooks:
-                stack.enter_context(bridge.hooks(fwd_hooks=hooks))
+                stack.enter_context(tl_hooks(bridged, hooks))
             from dgt_interp.backends.nnsight import run_with_nnsight  # nnsight is heavy: only when asked for
 
-            sequences = run_with_nnsight(bridge, run, input_ids, plan.names, rec)
+            sequences = run_with_nnsight(bridged, run, input_ids, plan.names, rec)
 
     if plan.kind == "ar":
         eos = model.generation_config.eos_token_id

@@ -47,6 +47,7 @@ import importlib
 import json
 import re
 import shutil
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -56,7 +57,7 @@ from transformer_lens.ActivationCache import ActivationCache
 
 from dgt_interp.atomic import atomic_dir, save_tensors, write_text
 from dgt_interp.backends.devices import first_values
-from dgt_interp.backends.tl import bridge_for
+from dgt_interp.backends.tl import bridge_for, fingerprint
 from dgt_interp.errors import DgtInterpError
 from dgt_interp.names import natural_key
 from dgt_interp.tokenizer import TokenizerError, load_tokenizer, position_labels, to_str_tokens
@@ -88,22 +89,71 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+_FINGERPRINT_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> _FingerprintLayout
+
+
+class _FingerprintLayout:
+    """What `model_fingerprint` can reuse while a model's tensors, settings and config are the same
+    (`backends.tl.fingerprint`): the hash of its config JSON and its state-dict names (tensors held weakly)."""
+
+    def __init__(self, model, key):
+        self.key = key
+        # the digest's start (class name, full config JSON) hashed once; each call continues a copy
+        self.prefix = hashlib.sha256(type(model).__name__.encode() + model.config.to_json_string(use_diff=False).encode())
+        entries = list(model.state_dict(keep_vars=True).items())  # meta (offloaded) ones are read from their offload
+        self.names = [name.encode() for name, _ in entries]
+        self.refs = [weakref.ref(t) for _, t in entries]
+        self.shape_bytes: dict = {}  # torch.Size -> its text, as hashed
+
+    def tensors(self) -> list[torch.Tensor] | None:
+        out = [r() for r in self.refs]
+        return None if any(t is None for t in out) else out
+
+
 def model_fingerprint(model) -> str:
     """A cheap identity of a model's weights: its class, config and the first values of every tensor.
 
     Two random inits of the same shapes differ; the same weights loaded twice agree, also when one of
     them is dispatched or offloaded by accelerate (`device_map=`: its meta weights are read from the
-    offload, a few values each). Saved in a
-    trajectory's meta and checked when the trajectory is used with a model."""
-    h = hashlib.sha256(type(model).__name__.encode())
-    h.update(model.config.to_json_string(use_diff=False).encode())
-    for name, t in model.state_dict().items():
-        head = first_values(model, name, t, 64)  # offloaded (meta) weights: read from accelerate's weights map
-        if head is None:  # a bare meta model holds no values anywhere
-            continue
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(head.to(torch.float64).numpy().tobytes())
+    offload, a few values each). Saved in a trajectory's meta and checked when the trajectory is used
+    with a model. The values and shapes are read again at every call (in-place edits show, `.data`
+    ones too); the config JSON and the tensor names are reused while `backends.tl.fingerprint`
+    (tensor identities, settings, config) is unchanged."""
+    key = fingerprint(model)
+    layout = _FINGERPRINT_CACHE.get(model)
+    tensors = layout.tensors() if layout is not None and (layout.key is key or layout.key == key) else None
+    if tensors is None:
+        layout = _FINGERPRINT_CACHE[model] = _FingerprintLayout(model, key)
+        tensors = layout.tensors()
+    # the first 64 values of each distinct tensor as float64 bytes: one cast and one copy to the host
+    # per (device, dtype) group instead of one per tensor (tied weights are read once)
+    groups: dict = {}
+    for t in {id(t): t for t in tensors if t.device.type != "meta"}.values():
+        groups.setdefault((t.device, t.dtype), []).append(t)
+    heads: dict[int, bytes | None] = {}
+    for group in groups.values():
+        with torch.no_grad():
+            parts = [t.reshape(-1)[:64] for t in group]
+            flat = torch.cat(parts).to("cpu", torch.float64).numpy().tobytes()
+        at = 0
+        for t, x in zip(group, parts):
+            end = at + 8 * len(x)
+            heads[id(t)] = flat[at:end]
+            at = end
+    shapes = layout.shape_bytes
+    chunks = []
+    for name, t in zip(layout.names, tensors):
+        if t.device.type == "meta":  # offloaded: read from accelerate's weights map (None: a bare meta model)
+            head = first_values(model, name.decode(), t, 64)
+            if head is None:
+                continue
+            heads[id(t)] = head.to(torch.float64).numpy().tobytes()
+        shape = t.shape
+        if shape not in shapes:
+            shapes[shape] = str(tuple(shape)).encode()
+        chunks += (name, shapes[shape], heads[id(t)])
+    h = layout.prefix.copy()
+    h.update(b"".join(chunks))
     return h.hexdigest()[:32]
 
 
