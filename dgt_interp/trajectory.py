@@ -20,6 +20,7 @@ P = recorded positions, V = vocabulary):
     traj["logits"], traj["processed_logits"]  [R, B, P, V]  (opt-in via `record=`)
     traj.fired(name)              [R] bool   steps where the hook fired (others hold zeros)
   traj.cache(step)                a TransformerLens `ActivationCache` of one recorded step
+  traj.run_with_cache(step)       that step re-run from its recorded inputs, with TL hooks (`replay.run_step`)
 
 Several canvases are flattened into one global step axis (execution order from 0); `canvas` and
 `cur_step` say where each step belongs. Positions are canvas positions (0..L-1) of the canvas being
@@ -402,6 +403,35 @@ class Trajectory:
                     data[pre] = data[src]
         bridge = bridge_for(model, "full").bridge
         return ActivationCache(data, bridge, has_batch_dim=True)
+
+    # ---- re-running one step (TransformerLens style) -------------------------------------------
+    def run_step(self, step: int, model=None, *, fwd_hooks=(), names=None, backend: str = "tl",
+                 attention_mask=None):
+        """Re-run denoising step `step` from its recorded inputs (input canvas, self-conditioning logits,
+        the encoder cache it read) with TL hooks: a `replay.StepRun` (`.logits`, `.processed_logits`
+        `[B, L, V]`, `.cache` an `ActivationCache` of `names`). With no hooks it equals the recorded
+        step bit for bit. Details: `dgt_interp.replay`."""
+        from dgt_interp.replay import run_step  # replay imports capturing, which imports this module
+
+        return run_step(self, self._model_or(model), step, fwd_hooks=fwd_hooks, names=names, backend=backend,
+                        attention_mask=attention_mask)
+
+    def run_with_cache(self, step: int, model=None, *, names="*", fwd_hooks=(), backend: str = "tl"):
+        """TL's `run_with_cache` on one recorded step: `(logits [B, L, V], ActivationCache)`, every hook
+        name by default (`names=` a name, glob or list to keep fewer)."""
+        out = self.run_step(step, model, fwd_hooks=fwd_hooks, names=names, backend=backend)
+        return out.logits, out.cache
+
+    def run_with_hooks(self, step: int, model=None, *, fwd_hooks=(), backend: str = "tl"):
+        """TL's `run_with_hooks` on one recorded step: the logits `[B, L, V]` with `fwd_hooks` applied."""
+        return self.run_step(step, model, fwd_hooks=fwd_hooks, backend=backend).logits
+
+    def _model_or(self, model):
+        if model is not None and model is not self.model:
+            self.attach(model)
+        if self.model is None:
+            raise TrajectoryError("this trajectory has no model attached; pass model= (the captured model)")
+        return self.model
 
     # ---- memory and disk --------------------------------------------------------------------
     @property

@@ -47,6 +47,8 @@ def run_with_nnsight(bridge, run, input_ids: torch.Tensor, names: list[str], rec
     per_name = {}
     for n, e in envoys.items():
         outs = cache[paths[id(points[n])]].output if envoys else []
+        if isinstance(outs, torch.Tensor):  # nnsight returns one call's output bare, not as a list of one
+            outs = [outs]
         if n.endswith("self_cond.hook_logits_in"):
             steps = [s for s in range(n_steps) if with_sc[s]]
         else:
