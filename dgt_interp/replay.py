@@ -31,12 +31,12 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
-from transformer_lens.ActivationCache import ActivationCache
 
 from dgt_interp.backends.tl import DIFFUSION_ARCH, architecture_of, bridge_for, sync_generation_config
 from dgt_interp.capturing import BACKENDS
 from dgt_interp.errors import DgtInterpError
 from dgt_interp.names import level_for, resolve_names
+from dgt_interp.step_cache import StepCache
 
 SELF_COND_NAME = "self_cond.hook_logits_in"
 
@@ -53,7 +53,7 @@ class StepRun:
     step: int
     logits: torch.Tensor
     processed_logits: torch.Tensor
-    cache: ActivationCache
+    cache: StepCache
     self_conditioning: str  # "none" | "recorded hook_logits_in" | "recorded processed_logits" | ...
 
 
@@ -246,8 +246,8 @@ class _Replayer:
                 out = {}
                 run_with_nnsight(bridge, lambda ids: out.setdefault("logits", forward(ids)), current, names, rec)
                 logits, store = out["logits"], rec.out
-        act_cache = ActivationCache({n: store[n] for n in names if n in store}, bridge_for(model, "full").bridge,
-                                    has_batch_dim=True)
+        act_cache = StepCache({n: store[n] for n in names if n in store}, bridge_for(model, "full").bridge, model,
+                              step=step)
         return StepRun(step, logits, self._processed(logits, step), act_cache, how)
 
 

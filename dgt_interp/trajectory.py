@@ -52,12 +52,12 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from transformer_lens.ActivationCache import ActivationCache
 
 from dgt_interp.atomic import atomic_dir, save_tensors, write_text
 from dgt_interp.backends.tl import bridge_for
 from dgt_interp.errors import DgtInterpError
 from dgt_interp.names import natural_key
+from dgt_interp.step_cache import StepCache
 from dgt_interp.tokenizer import TokenizerError, load_tokenizer, position_labels, to_str_tokens
 
 STEP_RECORDS = ("input_canvas", "sampled_canvas", "argmax_canvas", "accepted", "entropy", "active",
@@ -375,15 +375,17 @@ class Trajectory:
         return steps.index(step)
 
     def cache(self, step: int, model=None):
-        """A TransformerLens `ActivationCache` of execution step `step` (`[B, P, ...]` per hook name).
+        """A TransformerLens `ActivationCache` of execution step `step` (`[B, P, ...]` per hook name): a
+        `step_cache.StepCache`, whose `accumulated_resid`, `decompose_resid`, `apply_ln_to_stack`,
+        `logit_attrs` (and `logit_attribution`, `softcap`) are exact on DiffusionGemma: the stream starts at
+        the self-conditioned embedding, the final RMSNorm weight and the logit soft-cap are applied, and a
+        name they need but that was not recorded is a one-line `StepCacheError` naming it.
 
         Residual names that are the same tensor here are filled in (`blocks.{l}.hook_resid_pre` from
         `blocks.{l-1}.hook_resid_post`, block 0's from `self_cond.hook_out`), so recording
-        `blocks.*.hook_resid_post` plus `blocks.0.hook_resid_pre` suffices for `accumulated_resid`.
-        TL tools work on it: `accumulated_resid(apply_ln=True)` is exact here (it uses the model's
-        own final norm); `decompose_resid`'s embed term is `hook_embed`, taken before
-        self-conditioning is added, and `logit_attrs` does not fold the final-norm weight nor apply
-        the logit soft-cap: treat those two as approximations on this model.
+        `blocks.*.hook_resid_post` plus `blocks.0.hook_resid_pre` suffices for `accumulated_resid`;
+        `decompose_resid` also needs `blocks.*.hook_attn_out` and `blocks.*.hook_mlp_out`
+        (`traj.run_with_cache(step)` re-runs the step with every name instead).
         """
         if model is not None and model is not self.model:
             self.attach(model)
@@ -402,7 +404,7 @@ class Trajectory:
                 if src in data:
                     data[pre] = data[src]
         bridge = bridge_for(model, "full").bridge
-        return ActivationCache(data, bridge, has_batch_dim=True)
+        return StepCache(data, bridge, model, step=step)
 
     # ---- re-running one step (TransformerLens style) -------------------------------------------
     def run_step(self, step: int, model=None, *, fwd_hooks=(), names=None, backend: str = "tl",
