@@ -139,7 +139,7 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
     numbers: dict = {"settings": list(settings), "n_puzzles": n, "n_causal": n_causal, "phenomena": {}, "order": {},
                      "causal": {}}
     figures: dict = {}
-    for name in ctx.progress(settings, desc="settings"):
+    for name in ctx.progress(settings, desc="sampler settings"):
         traj, res = detect_phenomena(diff, problems, seed=ctx.seed, **settings[name])
         order = order_vs_rounds(res["commit_argmax"].commit_step, problems)
         numbers["phenomena"][name] = {k: (v if isinstance(v, float) else v.to_dict()) for k, v in res.items()}

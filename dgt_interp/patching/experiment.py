@@ -249,11 +249,12 @@ class Patching:
                 bar.close()
 
     def iter_patches(self, patches: Sequence[Site | Sequence[Site]], metric, *, batch_size: int = 64,
-                     progress: bool = False, per_prompt: bool = False) -> Iterator[tuple[int, torch.Tensor]]:
+                     progress: bool = False, per_prompt: bool = False,
+                     desc: str = "patched runs") -> Iterator[tuple[int, torch.Tensor]]:
         """Metric of many patched runs, streamed: yields `(start, values)` per chunk, `values[i]`
         (averaged over the prompt batch; `per_prompt=True`: `[batch]` per patch, prompt order) belonging to
-        `patches[start + i]` (see `iter_runs`)."""
-        for start, n, traj in self.iter_runs(patches, batch_size=batch_size, progress=progress, desc="patching"):
+        `patches[start + i]` (see `iter_runs`; `desc` labels the progress bar, which counts patched runs)."""
+        for start, n, traj in self.iter_runs(patches, batch_size=batch_size, progress=progress, desc=desc):
             values = metric_values(traj, metric).view(n, self.batch)
             yield start, values if per_prompt else values.mean(-1)
 

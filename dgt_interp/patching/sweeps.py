@@ -69,8 +69,9 @@ def get_act_patch(p: Patching, pattern: str, metric, *, by: str = "pos", steps: 
     shape = {"layer": (len(step_idx), len(names)), "pos": (len(step_idx), len(names), max_pos),
              "head": (len(step_idx), len(names), max_pos, n_heads)}[by]
     out = torch.full(shape + ((p.batch,) if per_prompt else ()), float("nan"))
+    desc = f"patched runs, {pattern} by {by}"  # what the progress bar counts
     for start, values in p.iter_patches(patches, metric, batch_size=batch_size, progress=progress,
-                                        per_prompt=per_prompt):
+                                        per_prompt=per_prompt, desc=desc):
         for c, v in zip(cells[start:start + len(values)], values):
             out[c] = v
     if by != "layer" and positions is not None:
