@@ -54,6 +54,16 @@ def jsonable(x):
     return x
 
 
+QUICK_BANNER = ("> **Quick run** (`--quick`): reduced settings and small n, a smoke test of the pipeline. The numbers "
+                "below are not results: do not draw conclusions from them; run without `--quick` for the report.")
+
+
+def report_text(title: str, markdown: str, numbers: dict) -> str:
+    """`report.md`'s text: the title, the quick-run banner when `numbers["quick"]`, then the body."""
+    banner = f"{QUICK_BANNER}\n\n" if numbers.get("quick") else ""
+    return f"# {title}\n\n{banner}{markdown.strip()}\n"
+
+
 @dataclass
 class Report:
     """A study's output: markdown text, named figures (matplotlib `Figure`s) and a dict of numbers.
@@ -75,7 +85,7 @@ class Report:
         with atomic_dir(out) as tmp:  # the report dir is replaced whole: never one run's figures beside another's text
             for name, fig in self.figures.items():
                 save_figure(tmp / f"{name}.png", fig, dpi=110)
-            write_text(tmp / "report.md", f"# {self.title}\n\n{self.markdown.strip()}\n")
+            write_text(tmp / "report.md", report_text(self.title, self.markdown, self.numbers))
             write_text(tmp / "report.json", json.dumps(jsonable(self.numbers), indent=1))
         return out
 
@@ -267,7 +277,7 @@ def rerender(study: str | CaseStudy, out_dir: str | Path) -> Path:
         raise CaseStudyError(f"{str(out)!r} has no report.json; run the study there first (case-study run --out)")
     numbers = json.loads((out / "report.json").read_text())
     markdown = study.render(numbers)
-    return write_text(out / "report.md", f"# {study.title or study.name}\n\n{markdown.strip()}\n")
+    return write_text(out / "report.md", report_text(study.title or study.name, markdown, numbers))
 
 
 __all__ = [
