@@ -39,6 +39,8 @@ from dgt_interp.names import level_for, resolve_names
 from dgt_interp.step_cache import StepCache
 
 SELF_COND_NAME = "self_cond.hook_logits_in"
+# the generate settings a step depends on: the temperature schedule (processed logits) and the adaptive stop
+STEP_SETTINGS = ("t_min", "t_max", "max_denoising_steps", "stability_threshold", "confidence_threshold")
 
 
 class ReplayError(DgtInterpError, ValueError):
@@ -66,8 +68,7 @@ def _prompt_mask(ids: torch.Tensor, pad_id) -> torch.Tensor:
 
 def _generation_config(model, traj):
     sync_generation_config(model, bridge_for(model, "blocks").twin)
-    kwargs = {k: v for k, v in traj.meta.get("generation_kwargs", {}).items()
-              if k not in ("sampler_config", "generation_config")}
+    kwargs = {k: v for k, v in traj.meta.get("generation_kwargs", {}).items() if k in STEP_SETTINGS}
     config, _ = model._prepare_generation_config(None, **kwargs)
     return config
 
@@ -88,10 +89,10 @@ def _check(traj, model, step):
     if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < traj.n_steps:
         raise ReplayError(f"step {step!r} is out of range: the trajectory has {traj.n_steps} steps "
                           f"(0..{traj.n_steps - 1})")
-    for key in ("logits_processor", "self_conditioning_logits", "decoder_input_ids", "pixel_values"):
+    for key in ("logits_processor", "self_conditioning_logits", "decoder_input_ids", "pixel_values", "generation_config"):
         if key in traj.meta.get("generation_kwargs", {}):
             raise ReplayError(f"this run passed {key}= to generate, which run_step cannot rebuild; re-capture without "
-                              "it to re-run its steps")
+                              "it (generate settings as keywords, e.g. t_min=) to re-run its steps")
 
 
 def _encoder_cache(twin, traj, canvas: int, attention_mask: torch.Tensor, config):

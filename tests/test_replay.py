@@ -31,7 +31,8 @@ def _assert_step_equal(traj, ref, steps, backend="tl"):
         for n in ref.names:
             if n in out.cache.cache_dict:
                 assert torch.equal(out.cache[n], ref[n][i]), (s, n)
-        assert set(out.cache.cache_dict) == {n for n in ref.names if n not in ("logits", "processed_logits")}
+        assert set(out.cache.cache_dict) >= {n for n in ref.names if n not in ("logits", "processed_logits")
+                                             and n != "self_cond.hook_logits_in"}
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +102,20 @@ def test_refusals(tiny_runs, tiny_ar):
     ar = capture(tiny_ar, b["input_ids"], max_new_tokens=4)
     with pytest.raises(ReplayError, match="AR twin"):
         ar.run_step(0)
+
+
+def test_generate_settings_of_the_run_are_used(tiny_diffusion):
+    """A run with its own temperature schedule and step count: the raw-logits path re-applies *its* schedule."""
+    traj = _capture(tiny_diffusion, ("logits",), t_min=0.3, t_max=1.3, max_denoising_steps=3)
+    _assert_step_equal(traj, traj, traj.canvas_steps(0))
+    assert traj.run_step(1).self_conditioning == "recorded logits"
+    # a row that finished in canvas 0 still runs in canvas 1 with an adaptive-stop state no record holds:
+    # refused in one line naming what to record, and exact once it is recorded
+    later = traj.canvas_steps(1)[1]
+    assert not bool(traj.active[traj.canvas_steps(1)[0]].all())
+    with pytest.raises(ReplayError, match=r"capture with names=\['self_cond.hook_logits_in'\]"):
+        traj.run_step(later)
+    full = _capture(tiny_diffusion, ("logits",), names=NAMES + ["self_cond.hook_logits_in"], t_min=0.3, t_max=1.3,
+                    max_denoising_steps=3)
+    _assert_step_equal(full, full, range(full.n_steps))
+    assert full.run_step(later).self_conditioning == "recorded self_cond.hook_logits_in"
