@@ -133,9 +133,9 @@ class ProbeResult:
         ax.set_yticks(range(len(self.steps)), self.steps)
         ax.set_xlabel(f"layer ({self.name})")
         ax.set_ylabel("step")
-        fig.colorbar(im, ax=ax, label=f"held-out accuracy (majority {self.majority:.2f})")
-        ax.set_title(title or f"{self.kind} probe, n = {self.n_train} train / {self.n_test} held out "
-                              "(selectivity in brackets)", fontsize=9)
+        fig.colorbar(im, ax=ax, label="held-out accuracy")
+        ax.set_title(title or f"{self.kind} probe, n = {self.n_train} train / {self.n_test} held out, majority "
+                              f"{self.majority:.2f} (selectivity in brackets)", fontsize=9)
         return fig
 
 
