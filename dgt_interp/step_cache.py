@@ -44,11 +44,14 @@ def _softcap(logits: torch.Tensor, cap) -> torch.Tensor:
 class StepCache(ActivationCache):
     """`ActivationCache` of one step (`[batch, pos, ...]` per name) whose `accumulated_resid`, `decompose_resid`,
     `apply_ln_to_stack` and `logit_attrs` are exact on DiffusionGemma (see the module doc); `softcap` and
-    `logit_attribution` added. `hf_model` is the user's model (final norm, `lm_head`, layer scalars)."""
+    `logit_attribution` added. `hf_model` is the user's model (final norm, `lm_head`, layer scalars). On the AR
+    twin (`exact` False) the four methods are TL's own, unchanged."""
 
     def __init__(self, cache_dict, model, hf_model, *, step=None, has_batch_dim: bool = True):
         super().__init__(cache_dict, model, has_batch_dim=has_batch_dim)
         self.hf_model, self.step = hf_model, step
+        # the AR twin keeps TL's own versions (this module's corrections are DiffusionGemma's)
+        self.exact = architecture_of(hf_model) == DIFFUSION_ARCH
 
     # ---- lookups with a useful error --------------------------------------------------------------------
     def __getitem__(self, key):
@@ -106,6 +109,9 @@ class StepCache(ActivationCache):
         """The final RMSNorm applied to a stack `[component, batch, pos, d]`: each term times the norm weight,
         divided by the rms of the total residual at `layer` (frozen scale: the terms still add up to the
         normed total); `recompute_ln=True` normalises each term by its own rms (for stacks of whole states)."""
+        if not self.exact:
+            return super().apply_ln_to_stack(residual_stack, layer, mlp_input, pos_slice, batch_slice, has_batch_dim,
+                                             recompute_ln)
         if pos_slice is not None or batch_slice is not None or not has_batch_dim:
             raise StepCacheError("StepCache.apply_ln_to_stack takes full [component, batch, pos, d] stacks; slice after")
         norm = self._decoder().norm
@@ -122,6 +128,8 @@ class StepCache(ActivationCache):
         """`[layer + 1, batch, pos, d]`: the residual entering each block up to `layer`, then `final_post`
         (labels as TL: `0_pre`, `0_mid`, ..., `final_post`). `apply_ln=True` applies the model's own final
         norm to each state (the logit lens; `lm_head` + `softcap` of the last one = the step's logits)."""
+        if not self.exact:
+            return super().accumulated_resid(layer, incl_mid, apply_ln, pos_slice, mlp_input, return_labels)
         if pos_slice is not None:
             raise StepCacheError("StepCache.accumulated_resid takes no pos_slice; index the result's pos axis")
         layer = self._layer(layer)
@@ -148,6 +156,8 @@ class StepCache(ActivationCache):
         `hook_signal` were not recorded), then `{l}_attn_out`, `{l}_mlp_out` per block, each times the
         later blocks' layer scalars. `mode` "all" / "attn" / "mlp" keeps those terms; `apply_ln=True`
         applies the final norm with the total's frozen scale (the terms then sum to the normed residual)."""
+        if not self.exact:
+            return super().decompose_resid(layer, mlp_input, mode, apply_ln, pos_slice, incl_embeds, return_labels)
         if pos_slice is not None:
             raise StepCacheError("StepCache.decompose_resid takes no pos_slice; index the result's pos axis")
         if mode not in ("all", "attn", "mlp"):
@@ -189,6 +199,8 @@ class StepCache(ActivationCache):
         """`[component, batch, pos]` each term's contribution to the pre-soft-cap logit of `tokens`
         (`[batch, pos]` ids, or an int) minus `incorrect_tokens`': `residual_stack` (normed with
         `apply_ln_to_stack`) @ `lm_head`. Terms sum to the pre-cap logit; `softcap` of the sum is the logit."""
+        if not self.exact:
+            return super().logit_attrs(residual_stack, tokens, incorrect_tokens, pos_slice, batch_slice, has_batch_dim)
         if pos_slice is not None or batch_slice is not None or not has_batch_dim:
             raise StepCacheError("StepCache.logit_attrs takes full [component, batch, pos, d] stacks; slice after")
         w = self.hf_model.lm_head.weight.float()  # [V, d]

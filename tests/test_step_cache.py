@@ -83,3 +83,14 @@ def test_run_with_cache_decomposes_a_step_not_recorded(zoo_run):
     logits, cache = traj.run_with_cache(1)
     attrs = cache.logit_attribution(logits.argmax(-1))
     torch.testing.assert_close(cache.softcap(attrs.sum(0)), logits.max(-1).values, rtol=0, atol=ATOL)
+
+
+def test_ar_twin_keeps_transformer_lens_own_methods(tiny_ar):
+    """The corrections are DiffusionGemma's: on the AR twin the cache is TL's, unchanged (no refusal)."""
+    b = prompt_batch(["12+34="])
+    traj = capture(tiny_ar, b["input_ids"], names=["blocks.0.hook_resid_pre", "blocks.*.hook_resid_post"],
+                   max_new_tokens=3)
+    cache = traj.cache(1)
+    assert not cache.exact
+    acc = cache.accumulated_resid()
+    assert torch.equal(acc[-1], traj["blocks.3.hook_resid_post"][1]) and acc.shape[0] == 5
