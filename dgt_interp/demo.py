@@ -58,7 +58,7 @@ def run_demo(model_name: str = "addition-diffusion", n: int = 3, seed: int = 0, 
                      f"   {show_tokens(traj.argmax_canvas[s, 0], traj.accepted[s, 0], tokenizer=tok)}")
         print_fn("")
     print_fn(f"{sum(results)}/{len(results)} correct. Next: docs/usage.md shows how to capture activations, "
-             "apply the logit lens and patch across steps.")
+             "docs/lens.md the logit lens and docs/patching.md patching across steps.")
     return results
 
 
