@@ -40,12 +40,13 @@ UNEMBED = "unembed.hook_out"  # lm_head output, before the soft-cap
 
 
 def attribution_patch(p: Patching, metric, pattern: str = "blocks.*.hook_resid_pre", *, by: str = "pos",
-                      steps=None) -> torch.Tensor:
+                      steps=None, per_prompt: bool = False) -> torch.Tensor:
     """Linear estimate of `patched - corrupted` for every cell of `get_act_patch(p, pattern, metric, by=by)`.
 
     Returns `[step, layer, pos]` (by="pos"), `[step, layer, pos, head]` (by="head") or
     `[step, layer]` (by="layer": all positions patched at once = the sum over positions), averaged
-    over the prompt batch; NaN where the hook does not fire. Cost: one corrupted run, recorded for
+    over the prompt batch (`per_prompt=True`: a trailing batch axis, each prompt's estimate; its
+    mean is the default); NaN where the hook does not fire. Cost: one corrupted run, recorded for
     autograd only from the first selected site on, and one backward pass for every cell at once
     (the clean activations are the ones `p` holds).
     """
@@ -100,7 +101,7 @@ def attribution_patch(p: Patching, metric, pattern: str = "blocks.*.hook_resid_p
         n_heads = t.shape[2]
     shape = {"pos": (len(step_idx), len(names), n_pos), "head": (len(step_idx), len(names), n_pos, n_heads),
              "layer": (len(step_idx), len(names))}[by]
-    out = torch.full(shape, float("nan"))
+    out = torch.full(shape + ((p.batch,) if per_prompt else ()), float("nan"))
     # (clean - corrupted) . grad for all (step, layer) tensors of one shape at once
     groups: dict[tuple, list[int]] = {}
     for i, (name, s) in enumerate(keys):
@@ -114,7 +115,8 @@ def attribution_patch(p: Patching, metric, pattern: str = "blocks.*.hook_resid_p
         if flat:  # [K, rows * pos, ...] -> [K, rows, pos, ...]
             diff = diff.view(len(idx), b, -1, *diff.shape[2:])
         rest = tuple(range(4 if by == "head" else 3, diff.dim()))
-        eff = (diff.float().sum(dim=rest) if rest else diff.float()).mean(1).cpu()  # [K, pos(, head)]
+        eff = (diff.float().sum(dim=rest) if rest else diff.float()).cpu()  # [K, batch, pos(, head)]
+        eff = eff.movedim(1, -1) if per_prompt else eff.mean(1)  # [K, pos(, head)(, batch)]
         rows = torch.tensor([step_idx.index(keys[i][1]) for i in idx])
         cols = torch.tensor([names.index(keys[i][0]) for i in idx])
         if by == "layer":

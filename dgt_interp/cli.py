@@ -24,11 +24,24 @@ from dgt_interp.trajectory import Trajectory
 from dgt_interp.viz.viewer import PAGE_K, check_out_path, load_patching, view_capture, write_page
 
 
+THREADS_HELP = "CPU threads for torch (torch.set_num_threads); default: torch's own choice"
 CHAT_HELP = "wrap each prompt in the model tokenizer's chat template (a user turn, then the model's turn)"
 
 
 class CLIError(DgtInterpError, ValueError):
     """A bad combination of command-line options (one-line message)."""
+
+
+def _set_threads(args) -> None:
+    """`--threads N` on an analysis command: torch.set_num_threads(N) before it runs (train passes its own)."""
+    threads = getattr(args, "threads", None)
+    if threads is None or getattr(args, "command", None) == "train":
+        return
+    if isinstance(threads, bool) or threads < 1:
+        raise CLIError(f"--threads {threads!r} must be an int >= 1")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def _positive(what: str, v, low=1) -> None:
@@ -225,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-n", type=int, default=1000, help="held-out problems per cell")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--chat", action="store_true", help=CHAT_HELP)
+    b.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=_cmd_bottleneck)
 
@@ -239,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="dgt_interp_demo", help="where the viewer page (viewer.html) and the study report go")
     d.add_argument("--quick", action="store_true", help="run the study's reduced setting (seconds, for smoke tests)")
     d.add_argument("--chat", action="store_true", help=CHAT_HELP)
+    d.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=_cmd_demo)
 
@@ -270,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     ln.add_argument("--entropy-bound", type=float, default=None, help="sampler entropy bound (smaller = more steps)")
     ln.add_argument("--max-denoising-steps", type=int, default=None)
     ln.add_argument("--chat", action="store_true", help=CHAT_HELP)
+    ln.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     ln.set_defaults(func=_cmd_lens)
     pt = sub.add_parser("patch", **fmt, help="activation patching over (step, layer, position) of a clean/corrupted pair: PNGs + tensors")
     pt.add_argument("--model", required=True, help="zoo name or model dir")
@@ -283,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--batch-size", type=int, default=64, help="patched copies per generate")
     pt.add_argument("--attribution", action="store_true", help="also attribution patching (gradient estimate)")
     pt.add_argument("--chat", action="store_true", help=CHAT_HELP)
+    pt.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     pt.add_argument("--quiet", action="store_true")
     pt.set_defaults(func=_cmd_patch)
 
@@ -315,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     csr.add_argument("--seed", type=int, default=0)
     csr.add_argument("--quick", action="store_true", help="reduced settings (minutes, small n): a smoke run")
     csr.add_argument("--chat", action="store_true", help=CHAT_HELP)
+    csr.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     csr.add_argument("--quiet", action="store_true", help="no progress bar")
     csr.set_defaults(func=_cmd_case_study_run)
     csd = cssub.add_parser("render", **fmt, help="rewrite report.md of a finished run from its report.json (no model runs)")
@@ -327,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _set_threads(args)
         args.func(args)
     except DgtInterpError as e:  # bad input; anything else is a bug and shows its traceback
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)

@@ -71,7 +71,7 @@ def run_demo(model_name: str = "addition-diffusion", n: int = 3, seed: int = 0, 
             print_fn(f"viewer page of {problem.prompt!r}: {path} ({path.stat().st_size / 1e3:.0f} kB; open it in a "
                      "browser)\n")
     print_fn(f"{sum(results)}/{len(results)} correct. Next: docs/usage.md shows how to capture activations, "
-             "apply the logit lens and patch across steps.")
+             "docs/lens.md the logit lens and docs/patching.md patching across steps.")
     return results
 
 

@@ -82,6 +82,7 @@ def run_patch(model_ref: str, clean: str, corrupted: str, out: str | Path, *, sw
         raise PatchingError(f"metric {metric} is equal on the clean and corrupted runs; nothing to normalise")
     fns = {"resid_pre": get_act_patch_resid_pre, "attn_out": get_act_patch_attn_out, "mlp_out": get_act_patch_mlp_out,
            "self_cond": get_act_patch_self_cond, "canvas": get_act_patch_canvas}
+    canvas_labels = position_labels(to_str_tokens(tok, out_c), "c")  # the clean output, per canvas position
     with atomic_dir(out) as out:  # the whole dir is replaced at once: never old and new files mixed
         tensors = {"clean_metric": torch.tensor(clean_v), "corrupted_metric": torch.tensor(corr_v)}
         for s in sweeps:
@@ -89,12 +90,14 @@ def run_patch(model_ref: str, clean: str, corrupted: str, out: str | Path, *, sw
             tensors[s] = grid
             norm = normalise(grid, clean_v, corr_v)
             title = f"{s}: {clean!r} -> {corrupted!r}, {metric} (normalised)"
-            save_figure(out / f"{s}.png", step_layer_pos_figure(norm, title=title, vmax=1.0))
+            labels = canvas_labels if norm.shape[-1] == len(canvas_labels) else None
+            save_figure(out / f"{s}.png", step_layer_pos_figure(norm, title=title, position_labels=labels))
             if attribution and s in ("resid_pre", "attn_out", "mlp_out"):
                 est = attribution_patch(p, m, f"blocks.*.hook_{s}")
                 tensors[f"attribution_{s}"] = est
                 save_figure(out / f"attribution_{s}.png",
-                            step_layer_pos_figure(est / (clean_v - corr_v), title=f"attribution {s} (normalised)", vmax=1.0))
+                            step_layer_pos_figure(est / (clean_v - corr_v), title=f"attribution {s} (normalised)",
+                                                  position_labels=labels))
         save_tensors(out / "patching.safetensors", {k: v.float() for k, v in tensors.items()})
         summary = {"model": model_ref, "clean": clean, "corrupted": corrupted, "seed": seed, "metric": metric,
                    "metric_positions": diff if metric != "logit_diff" else [diff[0]], "clean_metric": clean_v,

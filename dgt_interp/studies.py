@@ -57,6 +57,10 @@ def jsonable(x):
     return x
 
 
+QUICK_BANNER = ("> **Quick run** (`--quick`): reduced settings and small n, a smoke test of the pipeline. The numbers "
+                "below are not results: do not draw conclusions from them; run without `--quick` for the report.")
+
+
 @dataclass
 class Report:
     """A study's output: markdown text, named figures (matplotlib `Figure`s) and a dict of numbers.
@@ -87,9 +91,11 @@ class Report:
 
 
 def report_text(title: str, markdown: str, numbers: dict) -> str:
-    """report.md: the title, the study's markdown and, when `numbers["viewer"]` names a viewer page (see
-    `example_page`), one closing line that links it (what `Report.write` and `rerender` both write)."""
-    text = f"# {title}\n\n{markdown.strip()}\n"
+    """report.md: the title, the quick-run banner when `numbers["quick"]`, the study's markdown and, when
+    `numbers["viewer"]` names a viewer page (see `example_page`), one closing line that links it (what
+    `Report.write` and `rerender` both write)."""
+    banner = f"{QUICK_BANNER}\n\n" if numbers.get("quick") else ""
+    text = f"# {title}\n\n{banner}{markdown.strip()}\n"
     viewer = numbers.get("viewer")
     if viewer:
         text += (f"\nViewer: [{viewer['page']}]({viewer['page']}) shows one example run step by step (the "

@@ -20,6 +20,7 @@ P = recorded positions, V = vocabulary):
     traj["logits"], traj["processed_logits"]  [R, B, P, V]  (opt-in via `record=`)
     traj.fired(name)              [R] bool   steps where the hook fired (others hold zeros)
   traj.cache(step)                a TransformerLens `ActivationCache` of one recorded step
+  traj.run_with_cache(step)       that step re-run from its recorded inputs, with TL hooks (`replay.run_step`)
 
 Several canvases are flattened into one global step axis (execution order from 0); `canvas` and
 `cur_step` say where each step belongs. Positions are canvas positions (0..L-1) of the canvas being
@@ -53,13 +54,13 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from transformer_lens.ActivationCache import ActivationCache
 
 from dgt_interp.atomic import atomic_dir, save_tensors, write_text
 from dgt_interp.backends.devices import first_values
 from dgt_interp.backends.tl import bridge_for, fingerprint
 from dgt_interp.errors import DgtInterpError
 from dgt_interp.names import natural_key
+from dgt_interp.step_cache import StepCache
 from dgt_interp.tokenizer import TokenizerError, load_tokenizer, position_labels, to_str_tokens
 
 STEP_RECORDS = ("input_canvas", "sampled_canvas", "argmax_canvas", "accepted", "entropy", "active",
@@ -433,15 +434,17 @@ class Trajectory:
         return steps.index(step)
 
     def cache(self, step: int, model=None):
-        """A TransformerLens `ActivationCache` of execution step `step` (`[B, P, ...]` per hook name).
+        """A TransformerLens `ActivationCache` of execution step `step` (`[B, P, ...]` per hook name): a
+        `step_cache.StepCache`, whose `accumulated_resid`, `decompose_resid`, `apply_ln_to_stack`,
+        `logit_attrs` (and `logit_attribution`, `softcap`) are exact on DiffusionGemma: the stream starts at
+        the self-conditioned embedding, the final RMSNorm weight and the logit soft-cap are applied, and a
+        name they need but that was not recorded is a one-line `StepCacheError` naming it.
 
         Residual names that are the same tensor here are filled in (`blocks.{l}.hook_resid_pre` from
         `blocks.{l-1}.hook_resid_post`, block 0's from `self_cond.hook_out`), so recording
-        `blocks.*.hook_resid_post` plus `blocks.0.hook_resid_pre` suffices for `accumulated_resid`.
-        TL tools work on it: `accumulated_resid(apply_ln=True)` is exact here (it uses the model's
-        own final norm); `decompose_resid`'s embed term is `hook_embed`, taken before
-        self-conditioning is added, and `logit_attrs` does not fold the final-norm weight nor apply
-        the logit soft-cap: treat those two as approximations on this model.
+        `blocks.*.hook_resid_post` plus `blocks.0.hook_resid_pre` suffices for `accumulated_resid`;
+        `decompose_resid` also needs `blocks.*.hook_attn_out` and `blocks.*.hook_mlp_out`
+        (`traj.run_with_cache(step)` re-runs the step with every name instead).
         """
         if model is not None and model is not self.model:
             self.attach(model)
@@ -460,7 +463,36 @@ class Trajectory:
                 if src in data:
                     data[pre] = data[src]
         bridge = bridge_for(model, "full").bridge
-        return ActivationCache(data, bridge, has_batch_dim=True)
+        return StepCache(data, bridge, model, step=step)
+
+    # ---- re-running one step (TransformerLens style) -------------------------------------------
+    def run_step(self, step: int, model=None, *, fwd_hooks=(), names=None, backend: str = "tl",
+                 attention_mask=None):
+        """Re-run denoising step `step` from its recorded inputs (input canvas, self-conditioning logits,
+        the encoder cache it read) with TL hooks: a `replay.StepRun` (`.logits`, `.processed_logits`
+        `[B, L, V]`, `.cache` an `ActivationCache` of `names`). With no hooks it equals the recorded
+        step bit for bit. Details: `dgt_interp.replay`."""
+        from dgt_interp.replay import run_step  # replay imports capturing, which imports this module
+
+        return run_step(self, self._model_or(model), step, fwd_hooks=fwd_hooks, names=names, backend=backend,
+                        attention_mask=attention_mask)
+
+    def run_with_cache(self, step: int, model=None, *, names="*", fwd_hooks=(), backend: str = "tl"):
+        """TL's `run_with_cache` on one recorded step: `(logits [B, L, V], ActivationCache)`, every hook
+        name by default (`names=` a name, glob or list to keep fewer)."""
+        out = self.run_step(step, model, fwd_hooks=fwd_hooks, names=names, backend=backend)
+        return out.logits, out.cache
+
+    def run_with_hooks(self, step: int, model=None, *, fwd_hooks=(), backend: str = "tl"):
+        """TL's `run_with_hooks` on one recorded step: the logits `[B, L, V]` with `fwd_hooks` applied."""
+        return self.run_step(step, model, fwd_hooks=fwd_hooks, backend=backend).logits
+
+    def _model_or(self, model):
+        if model is not None and model is not self.model:
+            self.attach(model)
+        if self.model is None:
+            raise TrajectoryError("this trajectory has no model attached; pass model= (the captured model)")
+        return self.model
 
     # ---- memory and disk --------------------------------------------------------------------
     @property

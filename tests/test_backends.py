@@ -156,3 +156,15 @@ def test_twin_rebuilt_when_model_changes():
     third = bridge_for(model, "blocks")
     model.config.get_text_config().final_logit_softcapping = 3.0  # the config
     assert same_as_generate() and bridge_for(model, "blocks") is not third
+
+
+def test_nnsight_one_step_run_equals_tl(tiny_diffusion):
+    """Regression: a run of one decoder pass made nnsight hand back the bare tensor (not a list of one call), and
+    the backend refused it as '2 calls for 1 steps'. Both backends now give identical tensors there too."""
+    b = prompt_batch(["12+34=", "5+6="])
+    kw = dict(attention_mask=b["attention_mask"], seed=3, names="blocks.*.hook_resid_post", max_new_tokens=8,
+              max_denoising_steps=1)
+    tl, ns = capture(tiny_diffusion, b["input_ids"], **kw), capture(tiny_diffusion, b["input_ids"], backend="nnsight", **kw)
+    assert tl.n_steps == ns.n_steps == 1
+    for n in tl.names:
+        assert torch.equal(tl[n], ns[n]), n

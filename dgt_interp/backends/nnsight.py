@@ -61,6 +61,8 @@ def run_with_nnsight(bridged, run, input_ids: torch.Tensor, names: list[str], re
     per_name = {}
     for n in names:
         outs = cache[f"model.{index[n]}"].output
+        if isinstance(outs, torch.Tensor):  # nnsight returns one call's output bare, not as a list of one
+            outs = [outs]
         if n.endswith("self_cond.hook_logits_in"):
             steps = [s for s in range(n_steps) if with_sc[s]]
         else:

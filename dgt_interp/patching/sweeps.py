@@ -1,7 +1,8 @@
 """Sweeps with a step axis: patch every (step, layer[, pos][, head]) cell of a hook alone.
 
 The TransformerLens `patching.get_act_patch_*` family with a denoising-step axis first:
-`get_act_patch_resid_pre(p, metric)` -> `[step, layer, pos]`, averaged over the prompt batch, NaN
+`get_act_patch_resid_pre(p, metric)` -> `[step, layer, pos]`, averaged over the prompt batch
+(`per_prompt=True`: a trailing batch axis, `[step, layer, pos, batch]`, whose mean is the default), NaN
 where the hook does not fire (self-conditioning at a canvas's first step, AR positions past the one
 a step processes). Cells run batched along the batch axis (`Patching.iter_patches`).
 
@@ -20,13 +21,15 @@ from dgt_interp.patching.sites import Index, PatchingError, Site, indices
 
 
 def get_act_patch(p: Patching, pattern: str, metric, *, by: str = "pos", steps: Index = None, layers: Index = None,
-                  positions: Index = None, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+                  positions: Index = None, batch_size: int = 64, progress: bool = False,
+                  per_prompt: bool = False) -> torch.Tensor:
     """Generic sweep: patch each (step, layer[, pos][, head]) cell of hook `pattern` alone.
 
     `pattern`: one hook name or a glob with `*` for the layer (`"blocks.*.hook_resid_pre"`).
     `by`: "pos" -> `[step, layer, pos]`; "head" -> `[step, layer, pos, head]` (per position and
     head; needs a head axis); "layer" -> `[step, layer]` (all positions at once). A name without a
     layer gives a layer axis of length 1. NaN marks cells where the hook does not fire.
+    `per_prompt=True` adds a trailing batch axis (each prompt's value; `.mean(-1)` is the default result).
     """
     if by not in ("pos", "head", "layer"):
         raise PatchingError(f"by={by!r}: use 'pos', 'head' or 'layer'")
@@ -65,8 +68,10 @@ def get_act_patch(p: Patching, pattern: str, metric, *, by: str = "pos", steps: 
                         patches.append(Site(name, s, q, h))
     shape = {"layer": (len(step_idx), len(names)), "pos": (len(step_idx), len(names), max_pos),
              "head": (len(step_idx), len(names), max_pos, n_heads)}[by]
-    out = torch.full(shape, float("nan"))
-    for start, values in p.iter_patches(patches, metric, batch_size=batch_size, progress=progress):
+    out = torch.full(shape + ((p.batch,) if per_prompt else ()), float("nan"))
+    desc = f"patched runs, {pattern} by {by}"  # what the progress bar counts
+    for start, values in p.iter_patches(patches, metric, batch_size=batch_size, progress=progress,
+                                        per_prompt=per_prompt, desc=desc):
         for c, v in zip(cells[start:start + len(values)], values):
             out[c] = v
     if by != "layer" and positions is not None:
