@@ -73,12 +73,13 @@ def estimate_attribution_bytes(p: Patching, pattern: str = "blocks.*.hook_resid_
 
 
 def attribution_patch(p: Patching, metric, pattern: str = "blocks.*.hook_resid_pre", *, by: str = "pos",
-                      steps=None, max_bytes: int | None = None) -> torch.Tensor:
+                      steps=None, per_prompt: bool = False, max_bytes: int | None = None) -> torch.Tensor:
     """Linear estimate of `patched - corrupted` for every cell of `get_act_patch(p, pattern, metric, by=by)`.
 
     Returns `[step, layer, pos]` (by="pos"), `[step, layer, pos, head]` (by="head") or
     `[step, layer]` (by="layer": all positions patched at once = the sum over positions), averaged
-    over the prompt batch; NaN where the hook does not fire. Cost: one corrupted run, recorded for
+    over the prompt batch (`per_prompt=True`: a trailing batch axis, each prompt's estimate; its
+    mean is the default); NaN where the hook does not fire. Cost: one corrupted run, recorded for
     autograd only from the first selected site on, and one backward pass for every cell at once
     (the clean activations are the ones `p` holds). Refused before running (`CaptureBudgetError`) when
     `estimate_attribution_bytes` exceeds `max_bytes` (None: `p`'s budget, or a fraction of the free RAM).
@@ -140,20 +141,22 @@ def attribution_patch(p: Patching, metric, pattern: str = "blocks.*.hook_resid_p
         n_heads = t.shape[2]
     shape = {"pos": (len(step_idx), len(names), n_pos), "head": (len(step_idx), len(names), n_pos, n_heads),
              "layer": (len(step_idx), len(names))}[by]
-    out = torch.full(shape, float("nan"))
+    out = torch.full(shape + ((p.batch,) if per_prompt else ()), float("nan"))
     # (clean - corrupted) . grad for all (step, layer) tensors of one shape at once
     groups: dict[tuple, list[int]] = {}
     for i, (name, s) in enumerate(keys):
-        groups.setdefault((tuple(live[(name, s)].shape), p.layout(name) == "flat"), []).append(i)
+        t = live[(name, s)]  # grouped by device too: a dispatched model's layers may sit on several
+        groups.setdefault((tuple(t.shape), p.layout(name) == "flat", t.device), []).append(i)
     b = p.batch
-    for (_, flat), idx in groups.items():
+    for (_, flat, _), idx in groups.items():
         corr = torch.stack([live[keys[i]].detach() for i in idx])
         clean = torch.stack([p.clean_activation(*keys[i]) for i in idx]).to(corr)
         diff = (clean - corr) * torch.stack([grads[i] for i in idx])  # [K, batch, pos, ...]
         if flat:  # [K, rows * pos, ...] -> [K, rows, pos, ...]
             diff = diff.view(len(idx), b, -1, *diff.shape[2:])
         rest = tuple(range(4 if by == "head" else 3, diff.dim()))
-        eff = (diff.float().sum(dim=rest) if rest else diff.float()).mean(1).cpu()  # [K, pos(, head)]
+        eff = (diff.float().sum(dim=rest) if rest else diff.float()).cpu()  # [K, batch, pos(, head)]
+        eff = eff.movedim(1, -1) if per_prompt else eff.mean(1)  # [K, pos(, head)(, batch)]
         rows = torch.tensor([step_idx.index(keys[i][1]) for i in idx])
         cols = torch.tensor([names.index(keys[i][0]) for i in idx])
         if by == "layer":

@@ -30,9 +30,10 @@ from typing import Callable
 import torch
 
 from dgt_interp.errors import DgtInterpError
-from dgt_interp.evaluate import evaluate
+from dgt_interp.evaluate import evaluate, task_tokenizer
 from dgt_interp.models import is_diffusion
 from dgt_interp.sampling import SAMPLERS, sampler_settings
+from dgt_interp.tokenizer import require_chat_template
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 CHUNK_ELEMENTS = 2**24  # logits mapped at once by `Bottleneck.apply` (64 MiB of float32)
@@ -212,11 +213,13 @@ class BottleneckRow:
 
 
 def bottleneck_table(model, task, *, variants=VARIANTS, samplers=SAMPLERS, n: int = 1000, seed: int = 0,
-                     batch_size: int = 250, progress: bool = False) -> list[BottleneckRow]:
+                     batch_size: int = 250, progress: bool = False, tokenizer=None, chat: bool = False
+                     ) -> list[BottleneckRow]:
     """Exact match, mean denoising steps and degenerate-output rate per (bottleneck, sampler).
 
     Every cell generates the same `n` held-out problems with the same seeds, so rows differ only by
-    the bottleneck and the sampler. `variants` entries are anything `as_bottleneck` accepts.
+    the bottleneck and the sampler. `variants` entries are anything `as_bottleneck` accepts. Prompts
+    go through the model's own tokenizer (`evaluate.task_tokenizer`; `chat=True`: its chat template).
     """
     if not is_diffusion(model):
         raise BottleneckError(f"the token bottleneck acts on DiffusionGemma's self-conditioning; got {type(model).__name__}")
@@ -224,10 +227,14 @@ def bottleneck_table(model, task, *, variants=VARIANTS, samplers=SAMPLERS, n: in
     rows = []
     settings = {name: sampler_settings(name) for name in samplers}  # every bad name refused before any run
     bottlenecks = [as_bottleneck(spec) for spec in variants]
+    tok = task_tokenizer(model, tokenizer)
+    if chat:
+        require_chat_template(tok)  # the one-line error before any run
     for sampler, kwargs in settings.items():
         for b in bottlenecks:
             res = evaluate(model, task, problems=problems, seed=seed, batch_size=batch_size,
-                           fwd_hooks=b.hooks() if b is not None else (), progress=progress, **kwargs)
+                           fwd_hooks=b.hooks() if b is not None else (), progress=progress, tokenizer=tok, chat=chat,
+                           **kwargs)
             rows.append(BottleneckRow(b.name if b is not None else "none (continuous)", sampler, res.accuracy,
                                       res.ci95, res.mean_decoder_passes, res.degenerate / res.n, res.n))
     return rows

@@ -25,6 +25,7 @@ says how to cut, `dtype=` downcasts floats, `storage="disk"` streams each record
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import math
 import threading
@@ -38,10 +39,12 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSampler
 
 from dgt_interp.atomic import atomic_dir, save_tensors
-from dgt_interp.backends.tl import DIFFUSION_ARCH, architecture_of, bridge_for, sync_generation_config
+from dgt_interp.backends.devices import check_device, execution_device
+from dgt_interp.backends.tl import DIFFUSION_ARCH, architecture_of, bridge_for, pinned, sync_generation_config
+from dgt_interp.backends.tl import hooks as tl_hooks
 from dgt_interp.errors import DgtInterpError
 from dgt_interp.names import HookNameError, level_for, name_info, resolve_names
-from dgt_interp.sampling import ReplayedNoise
+from dgt_interp.sampling import ReplayedNoise, token_entropy
 from dgt_interp.selection import select
 from dgt_interp.trajectory import OPTIONAL_RECORDS, DiskActivations, Trajectory, model_fingerprint, step_file
 
@@ -54,6 +57,10 @@ class CaptureBudgetError(DgtInterpError, MemoryError):
 
 class CaptureError(DgtInterpError, ValueError):
     """Bad capture arguments (one-line message that says what to do)."""
+
+
+class PromptTooLongError(CaptureError):
+    """Prompt tokens + new tokens exceed the model's `max_position_embeddings` (one-line message)."""
 
 
 def fmt_bytes(n: float) -> str:
@@ -111,6 +118,14 @@ _OWNED_KWARGS = ("return_dict_in_generate", "output_scores", "output_logits", "o
 _PIXEL_KWARGS = ("pixel_values", "image_position_ids", "mm_token_type_ids")
 
 
+@functools.lru_cache(maxsize=None)
+def _allowed_kwargs(cls) -> frozenset:
+    """Names `generate` takes besides its generation config: its own and the forward's parameters
+    (per class; `inspect.signature` costs more than a tiny model's denoising step)."""
+    return frozenset(inspect.signature(cls.generate).parameters) | frozenset(
+        inspect.signature(cls.forward).parameters) | frozenset(_PIXEL_KWARGS)
+
+
 def check_generation_kwargs(model, generation_kwargs: dict):
     """(HF's resolved generation config, the kwargs it left over) after one-line checks of every kwarg.
 
@@ -122,8 +137,7 @@ def check_generation_kwargs(model, generation_kwargs: dict):
         raise CaptureError(f"capture sets {owned[0]!r} itself (it needs generate's own outputs); drop it")
     kwargs = {k: v for k, v in generation_kwargs.items() if k != "attention_mask"}
     config, left = model._prepare_generation_config(kwargs.pop("generation_config", None), **kwargs)
-    allowed = set(inspect.signature(type(model).generate).parameters) | set(inspect.signature(type(model).forward)
-                                                                            .parameters) | set(_PIXEL_KWARGS)
+    allowed = _allowed_kwargs(type(model))
     unknown = sorted(k for k in left if k not in allowed)
     if unknown:
         known = sorted(k for k in config.to_dict() if not k.startswith("_") and k not in _OWNED_KWARGS)
@@ -142,11 +156,25 @@ def _bounds(model, input_ids: torch.Tensor, generation_kwargs: dict) -> tuple[st
     prompt_len = input_ids.shape[1]
     if architecture_of(model) == DIFFUSION_ARCH:
         _, max_new = model._prepare_generated_length(config, prompt_len)
+    else:
+        max_new = config.max_new_tokens if config.max_new_tokens is not None else config.max_length - prompt_len
+    check_length(model, prompt_len, int(max_new))
+    if architecture_of(model) == DIFFUSION_ARCH:
         canvas = model.config.canvas_length
         n_canvases = math.ceil(max_new / canvas)
         return "diffusion", config.max_denoising_steps * n_canvases, canvas, n_canvases
-    max_new = config.max_new_tokens if config.max_new_tokens is not None else config.max_length - prompt_len
     return "ar", int(max_new), int(max_new), 1
+
+
+def check_length(model, prompt_tokens: int, new_tokens: int) -> None:
+    """One-line error if `prompt_tokens + new_tokens` exceed the model's `max_position_embeddings`
+    (generate would run past the positions the model was built for without a word)."""
+    limit = model.config.get_text_config().max_position_embeddings
+    if prompt_tokens + new_tokens > limit:
+        raise PromptTooLongError(
+            f"prompt of {prompt_tokens} tokens + {new_tokens} new tokens = {prompt_tokens + new_tokens} positions is "
+            f"more than this model allows (max_position_embeddings {limit}); shorten the prompt to at most "
+            f"{max(limit - new_tokens, 0)} tokens or generate fewer (max_new_tokens=)")
 
 
 def _check_inputs(model, input_ids) -> None:
@@ -184,6 +212,11 @@ def plan_capture(model, input_ids, *, names=None, steps=None, positions=None, re
                  fwd_hooks=(), **generation_kwargs) -> Plan:
     """Resolve names, bounds and selections and estimate the bytes a capture will hold (no run)."""
     architecture_of(model)
+    with pinned(model):
+        return _plan(model, input_ids, names, steps, positions, record, dtype, fwd_hooks, generation_kwargs)
+
+
+def _plan(model, input_ids, names, steps, positions, record, dtype, fwd_hooks, generation_kwargs) -> Plan:
     _check_inputs(model, input_ids)
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise CaptureError(f"dtype={dtype!r}: activations are stored in a floating dtype; pass e.g. torch.bfloat16 "
@@ -200,7 +233,8 @@ def plan_capture(model, input_ids, *, names=None, steps=None, positions=None, re
             raise CaptureError(f"unknown record {r!r}; choose from {', '.join(OPTIONAL_RECORDS)} (hook names go in names=)")
     hook_names = [n for n, _ in fwd_hooks]
     level = level_for(model, resolved + resolve_names(model, hook_names) if hook_names else resolved)
-    layouts = {n: name_info(model, n, level)[1] for n in resolved}
+    info = {n: name_info(model, n, level) for n in resolved}  # (shape at batch 2, layout)
+    layouts = {n: layout for n, (_, layout) in info.items()}
     if kind == "ar":
         bad = [n for n in resolved if layouts[n] is None]
         if bad:
@@ -213,7 +247,7 @@ def plan_capture(model, input_ids, *, names=None, steps=None, positions=None, re
     float_size = itemsize(dtype) if dtype is not None else itemsize(model.dtype)
     per_name = {}
     for n in resolved:
-        shape, layout = name_info(model, n, level)
+        shape, layout = info[n]
         numel = math.prod(shape)
         if layout == "bp":
             numel = numel // (shape[0] * shape[1]) * batch * len(sel_pos)
@@ -236,7 +270,8 @@ def plan_capture(model, input_ids, *, names=None, steps=None, positions=None, re
 
 def estimate_bytes(model, input_ids, **kwargs) -> int:
     """Upper bound on the bytes `capture(model, input_ids, **kwargs)` will hold (max steps assumed)."""
-    kwargs = {k: v for k, v in kwargs.items() if k not in ("seed", "backend", "max_bytes", "storage", "out_dir", "hook_steps")}
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("seed", "backend", "max_bytes", "storage", "out_dir", "hook_steps",
+                                                        "store_device")}
     return plan_capture(model, input_ids, **kwargs).total_bytes
 
 
@@ -248,8 +283,9 @@ def estimate_bytes(model, input_ids, **kwargs) -> int:
 class _Recorder:
     """Collects per-step records and activations; shared by both backends."""
 
-    def __init__(self, plan: Plan, pad_id: int, disk_root: Path | None):
+    def __init__(self, plan: Plan, pad_id: int, disk_root: Path | None, store_device: torch.device | None = None):
         self.plan = plan
+        self.store_device = store_device or torch.device("cpu")  # where recorded activations are kept
         self.pad_id = pad_id
         self.disk_root = disk_root
         self.step = 0  # the step whose decoder forward runs next
@@ -279,7 +315,7 @@ class _Recorder:
     # -- activations --------------------------------------------------------------------------
     def _to_store(self, t: torch.Tensor) -> torch.Tensor:
         dtype = self.plan.dtype if (self.plan.dtype is not None and t.is_floating_point()) else t.dtype
-        return t.detach().to("cpu", dtype=dtype, copy=True)
+        return t.detach().to(self.store_device, dtype=dtype, copy=True)
 
     def store(self, name: str, t: torch.Tensor, step: int) -> None:
         """Record hook output `t` of `name` at `step` ([batch, pos, ...] after position selection)."""
@@ -345,9 +381,10 @@ class _Recorder:
         elif self.canvas_start:
             self.final.append(self._to_store(t))
         else:
-            write = self.rows["active"][-1] & ~self.finished_before  # = Trajectory.active after the run
+            active = self.rows["active"][-1]
+            write = active & ~self.finished_before.to(active.device)  # = Trajectory.active after the run
             if bool(write.any()):
-                self.final[-1][write] = self._to_store(t[write.to(t.device)])
+                self.final[-1][write.to(self.final[-1].device)] = self._to_store(t[write.to(t.device)])
 
     def hook(self, name: str):
         """A TL hook function that records `name` at the current step."""
@@ -358,28 +395,32 @@ class _Recorder:
         return fn
 
     # -- diffusion per-step records -----------------------------------------------------------
+    # Diffusion records stay on the model's device until `records()` (a copy, not a host transfer,
+    # per step: one device sync at the end instead of five per step).
     def begin_diffusion_step(self, current_canvas, self_conditioning_logits, finished, cur_step: int, max_steps: int):
         self.canvas_start = cur_step == max_steps
         if self.canvas_start:
             self.canvas += 1
             if self.canvas > 0 and self.eos.numel():  # as _mark_finished_rows marks them after the run
-                self.finished_before |= torch.isin(self.rows["argmax_canvas"][-1], self.eos).any(-1)
+                last = self.rows["argmax_canvas"][-1]  # on the model's device until records()
+                self.finished_before = (self.finished_before.to(last.device)
+                                        | torch.isin(last, self.eos.to(last.device)).any(-1))
         b = current_canvas.shape[0]
-        self.rows["input_canvas"].append(current_canvas.detach().cpu().clone())
-        self.rows["active"].append((~finished).detach().cpu().clone())
-        self.rows["has_self_cond"].append(torch.full((b,), self_conditioning_logits is not None))
-        self.rows["cur_step"].append(torch.tensor(cur_step))
-        self.rows["canvas"].append(torch.tensor(self.canvas))
+        self.rows["input_canvas"].append(current_canvas.detach().clone())
+        self.rows["active"].append(~finished.detach())
+        self.rows["has_self_cond"].append((self_conditioning_logits is not None,) * b)  # plain values: no
+        self.rows["cur_step"].append(int(cur_step))                                    # tensor op per step
+        self.rows["canvas"].append(self.canvas)
 
     def on_accept(self, denoiser_canvas, logits, accepted_mask):
-        self.rows["sampled_canvas"].append(denoiser_canvas.detach().cpu().clone())
-        self.rows["accepted"].append(accepted_mask.detach().cpu().clone())
-        self.rows["entropy"].append(torch.distributions.Categorical(logits=logits).entropy().float().cpu())
+        self.rows["sampled_canvas"].append(denoiser_canvas.detach().clone())
+        self.rows["accepted"].append(accepted_mask.detach().clone())
+        self.rows["entropy"].append(token_entropy(logits.detach()).float())
         if "processed_logits" in self.acts:
             self.store("processed_logits", logits, self.step)
 
     def end_diffusion_step(self, argmax_canvas):
-        self.rows["argmax_canvas"].append(argmax_canvas.detach().cpu().clone())
+        self.rows["argmax_canvas"].append(argmax_canvas.detach().clone())
 
     # -- AR per-step records ------------------------------------------------------------------
     def on_ar_scores(self, input_ids, scores, prompt_len: int):
@@ -393,7 +434,7 @@ class _Recorder:
         self.rows["argmax_canvas"].append(arg)
         ent = self.rows["entropy"][-1].clone() if s else torch.zeros(b, length)
         with torch.no_grad():  # a record: under attribution's autograd it must keep no graph
-            ent[:, s] = torch.distributions.Categorical(logits=scores.float()).entropy().cpu()
+            ent[:, s] = token_entropy(scores.float()).cpu()
         self.rows["entropy"].append(ent)
         acc = torch.zeros(b, length, dtype=torch.bool)
         acc[:, s] = True
@@ -415,7 +456,9 @@ class _Recorder:
             self.rows["active"].append(~done_before)
 
     def records(self) -> dict[str, torch.Tensor]:
-        out = {k: torch.stack(v) if v else torch.zeros(0) for k, v in self.rows.items()}
+        """`[step, ...]` per record, on the CPU (rows of tensors stacked, rows of plain values tensorised)."""
+        out = {k: (torch.stack(v).cpu() if isinstance(v[0], torch.Tensor) else torch.tensor(v)) if v else torch.zeros(0)
+               for k, v in self.rows.items()}
         if self.final is not None:
             out["final_logits"] = torch.stack(self.final) if self.final else torch.zeros(0)
         return out
@@ -490,7 +533,7 @@ def _instrument(twin, rec: _Recorder, plan: Plan, stack: ExitStack, want_raw_log
             recording.recorder = rec
             if noise is not None:
                 recording.noise = noise.bind(sampler.vocab_size, sampler.canvas_length,
-                                             generation_config.max_denoising_steps, twin.device)
+                                             generation_config.max_denoising_steps, execution_device(twin))
                 recording.max_steps = generation_config.max_denoising_steps
             return recording
 
@@ -562,6 +605,7 @@ def capture(
     storage: str = "memory",
     out_dir: str | Path | None = None,
     noise: ReplayedNoise | None = None,
+    store_device: str | torch.device | None = "cpu",
     **generation_kwargs,
 ) -> Trajectory:
     """Run `model.generate(input_ids, **generation_kwargs)` after `torch.manual_seed(seed)` and record it.
@@ -589,11 +633,17 @@ def capture(
         storage: "memory" or "disk" (stream each recorded step to `out_dir`; RAM holds one step).
         noise: a `dgt_interp.sampling.ReplayedNoise`: the sampler draws from it instead of torch's
             global RNG (the same draws for every row; DiffusionGemma only). What patching replays.
+        store_device: where recorded activations (and opt-in logits) are kept: "cpu" (default: GPU
+            memory holds only the model's run), another device such as "cuda:0", or None = the
+            model's execution device (nothing leaves the accelerator; `max_bytes` then bounds GPU
+            memory). Per-step canvases always live on CPU; storage="disk" needs "cpu".
         **generation_kwargs: passed to `generate` unchanged (max_denoising_steps, t_min, t_max,
             sampler_config, max_new_tokens, attention_mask, ...).
 
     Returns:
-        A `Trajectory`; `traj.sequences` equals `generate(...).sequences` token for token.
+        A `Trajectory`; `traj.sequences` equals `generate(...).sequences` token for token (on CPU).
+        `input_ids` / `attention_mask` on another device than the model are moved to its
+        execution device (`backends.devices.execution_device`), as `generate` needs.
 
     Raises:
         TypeError: unsupported model class. HookNameError: unknown/out-of-range names (with
@@ -610,42 +660,52 @@ def capture(
         raise CaptureError("storage='disk' needs out_dir=<directory> for the safetensors files")
     if storage == "disk" and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise CaptureError(f"out_dir {str(out_dir)!r} exists and is not a directory; pass a directory path")
-    fwd_hooks = list(fwd_hooks or ())
-    plan = plan_capture(model, input_ids, names=names, steps=steps, positions=positions, record=record,
-                        dtype=dtype, fwd_hooks=fwd_hooks, **generation_kwargs)
-    _check_mask(model, input_ids, generation_kwargs.get("attention_mask"))
-    if noise is not None and plan.kind != "diffusion":
-        raise CaptureError("noise= replays DiffusionGemma's sampler; the AR twin draws no sampler noise when it "
-                           "decodes greedily (do_sample=False): drop noise=")
-    if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0):
-        raise CaptureError(f"max_bytes={max_bytes!r} must be a non-negative int (bytes of RAM)")
-    if storage == "memory":
-        held, what = plan.total_bytes, str(plan)
-    else:
-        held = plan.record_bytes + sum(plan.bytes_per_name.values())
-        what = (f"~{fmt_bytes(held)} in RAM with storage='disk' (per-step records {fmt_bytes(plan.record_bytes)} + one step "
-                f"of activations {fmt_bytes(sum(plan.bytes_per_name.values()))})")
-    if max_bytes is not None and held > max_bytes:
-        raise CaptureBudgetError(
-            f"capture would hold {what} > max_bytes={fmt_bytes(max_bytes)}; cut it with fewer names, "
-            "steps=..., positions=..., dtype=torch.bfloat16, or storage='disk', out_dir=..."
-        )
-    hook_step_set = None if hook_steps is None else set(select(hook_steps, plan.max_steps, "hook step",
-                                                                f"at most {plan.max_steps} steps", CaptureError))
-    user_hooks = [(n, fn) for pat, fn in fwd_hooks for n in resolve_names(model, [pat])]
-
-    with _exclusive(model):
-        if storage == "disk":
-            with atomic_dir(out_dir) as tmp:  # a failed capture leaves an older save at out_dir intact
-                traj = _run(model, input_ids, plan, seed, backend, generation_kwargs, user_hooks, hook_step_set,
-                            noise, disk_root=tmp)
-            traj.root = traj.activations.root = Path(out_dir)
+    architecture_of(model)  # one-line error for an unsupported model before anything reads it
+    store = None if store_device is None else check_device(store_device, CaptureError, "store_device=")
+    input_ids, generation_kwargs = _to_model_device(model, input_ids, generation_kwargs)
+    if store is None:
+        store = execution_device(model)
+    if storage == "disk" and store.type != "cpu":
+        raise CaptureError(f"storage='disk' streams activations through CPU to out_dir; drop store_device={store_device!r} "
+                           "(or use storage='memory')")
+    with pinned(model):  # one fingerprint of the model for the whole capture (dozens of twin/name lookups)
+        fwd_hooks = list(fwd_hooks or ())
+        plan = plan_capture(model, input_ids, names=names, steps=steps, positions=positions, record=record,
+                            dtype=dtype, fwd_hooks=fwd_hooks, **generation_kwargs)
+        _check_mask(model, input_ids, generation_kwargs.get("attention_mask"))
+        if noise is not None and plan.kind != "diffusion":
+            raise CaptureError("noise= replays DiffusionGemma's sampler; the AR twin draws no sampler noise when it "
+                               "decodes greedily (do_sample=False): drop noise=")
+        if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0):
+            raise CaptureError(f"max_bytes={max_bytes!r} must be a non-negative int (bytes of RAM)")
+        if storage == "memory":
+            held, what = plan.total_bytes, str(plan)
         else:
-            traj = _run(model, input_ids, plan, seed, backend, generation_kwargs, user_hooks, hook_step_set, noise)
-    if steps is not None and not traj.recorded_steps and plan.steps:
-        raise CaptureError(f"steps={steps!r} selects none of the {traj.n_steps} steps the run took (it stopped early); "
-                           f"select steps below {traj.n_steps}")
-    return traj
+            held = plan.record_bytes + sum(plan.bytes_per_name.values())
+            what = (f"~{fmt_bytes(held)} in RAM with storage='disk' (per-step records {fmt_bytes(plan.record_bytes)} + one step "
+                    f"of activations {fmt_bytes(sum(plan.bytes_per_name.values()))})")
+        if max_bytes is not None and held > max_bytes:
+            raise CaptureBudgetError(
+                f"capture would hold {what} > max_bytes={fmt_bytes(max_bytes)}; cut it with fewer names, "
+                "steps=..., positions=..., dtype=torch.bfloat16, or storage='disk', out_dir=..."
+            )
+        hook_step_set = None if hook_steps is None else set(select(hook_steps, plan.max_steps, "hook step",
+                                                                    f"at most {plan.max_steps} steps", CaptureError))
+        user_hooks = [(n, fn) for pat, fn in fwd_hooks for n in resolve_names(model, [pat])]
+
+        with _exclusive(model):
+            if storage == "disk":
+                with atomic_dir(out_dir) as tmp:  # a failed capture leaves an older save at out_dir intact
+                    traj = _run(model, input_ids, plan, seed, backend, generation_kwargs, user_hooks, hook_step_set,
+                                noise, disk_root=tmp, store_device=store)
+                traj.root = traj.activations.root = Path(out_dir)
+            else:
+                traj = _run(model, input_ids, plan, seed, backend, generation_kwargs, user_hooks, hook_step_set, noise,
+                            store_device=store)
+        if steps is not None and not traj.recorded_steps and plan.steps:
+            raise CaptureError(f"steps={steps!r} selects none of the {traj.n_steps} steps the run took (it stopped early); "
+                               f"select steps below {traj.n_steps}")
+        return traj
 
 
 _LOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -666,23 +726,33 @@ def _exclusive(model):
         lock.release()
 
 
+def _to_model_device(model, input_ids, generation_kwargs):
+    """`input_ids` and `attention_mask` moved to the model's execution device (where `generate` needs them)."""
+    device = execution_device(model)
+    if isinstance(input_ids, torch.Tensor) and input_ids.device != device:
+        input_ids = input_ids.to(device)
+    mask = generation_kwargs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.device != device:
+        generation_kwargs = {**generation_kwargs, "attention_mask": mask.to(device)}
+    return input_ids, generation_kwargs
+
+
 def _run(model, input_ids, plan, seed, backend, generation_kwargs, user_hooks, hook_step_set, noise,
-         disk_root: Path | None = None) -> Trajectory:
+         disk_root: Path | None = None, store_device: torch.device | None = None) -> Trajectory:
     """Generate on the bridged twin with the recorders installed; the Trajectory of that run."""
-    bridged = bridge_for(model, plan.level)
-    twin, bridge = bridged.twin, bridged.bridge
+    bridged = bridge_for(model, plan.level, backend)
+    twin = bridged.twin
     sync_generation_config(model, twin)
     text = model.config.get_text_config()
     pad_id = model.generation_config.pad_token_id
     pad_id = pad_id if pad_id is not None else (text.pad_token_id or 0)
-    rec = _Recorder(plan, pad_id, disk_root)
+    rec = _Recorder(plan, pad_id, disk_root, store_device)
     eos = model.generation_config.eos_token_id
     rec.eos = torch.tensor([eos] if isinstance(eos, int) else list(eos or []), dtype=torch.long)
     gen_kwargs = dict(generation_kwargs)
     prompt_len = input_ids.shape[1]
     if plan.kind == "diffusion":
-        config, _ = check_generation_kwargs(model, gen_kwargs)
-        twin._dgt_max_steps = config.max_denoising_steps
+        twin._dgt_max_steps = plan.max_steps // plan.n_canvases  # max_denoising_steps (see `_bounds`)
     else:
         processors = LogitsProcessorList(list(gen_kwargs.pop("logits_processor", None) or []))
         processors.append(_ARRecordingProcessor(rec, prompt_len))
@@ -699,14 +769,14 @@ def _run(model, input_ids, plan, seed, backend, generation_kwargs, user_hooks, h
         _instrument(twin, rec, plan, stack, bool({"logits", "final_logits"} & set(plan.record)), noise)
         if backend == "tl":
             hooks += [(n, rec.hook(n)) for n in plan.names]
-            stack.enter_context(bridge.hooks(fwd_hooks=hooks))
+            stack.enter_context(tl_hooks(bridged, hooks))
             sequences = run(input_ids)
         else:
             if hooks:
-                stack.enter_context(bridge.hooks(fwd_hooks=hooks))
+                stack.enter_context(tl_hooks(bridged, hooks))
             from dgt_interp.backends.nnsight import run_with_nnsight  # nnsight is heavy: only when asked for
 
-            sequences = run_with_nnsight(bridge, run, input_ids, plan.names, rec)
+            sequences = run_with_nnsight(bridged, run, input_ids, plan.names, rec)
 
     if plan.kind == "ar":
         eos = model.generation_config.eos_token_id
@@ -715,7 +785,8 @@ def _run(model, input_ids, plan, seed, backend, generation_kwargs, user_hooks, h
     records = rec.records()
     if plan.kind == "diffusion":
         _mark_finished_rows(records, sequences.cpu(), model, prompt_len)
-    return _build(plan, rec, records, sequences.cpu(), model, backend, seed, generation_kwargs, disk_root, prompt_len)
+    return _build(plan, rec, records, sequences.cpu(), model, backend, seed, generation_kwargs, disk_root, prompt_len,
+                  rec.store_device)
 
 
 def _mark_finished_rows(records, sequences, model, prompt_len) -> None:
@@ -736,7 +807,8 @@ def _mark_finished_rows(records, sequences, model, prompt_len) -> None:
         records["active"][s] &= ~finished_before[c]
 
 
-def _build(plan, rec, records, sequences, model, backend, seed, generation_kwargs, disk_root, prompt_len) -> Trajectory:
+def _build(plan, rec, records, sequences, model, backend, seed, generation_kwargs, disk_root, prompt_len,
+           store_device=None) -> Trajectory:
     n_steps = records["cur_step"].shape[0]
     recorded = [s for s in plan.steps if s < n_steps]
     fired = {n: [s in rec.acts[n] for s in recorded] for n in rec.acts}
@@ -770,7 +842,8 @@ def _build(plan, rec, records, sequences, model, backend, seed, generation_kwarg
             t = rec.acts[n].get(s)
             if t is None:
                 if zeros is None:
-                    zeros = torch.zeros(spec["shape"], dtype=getattr(torch, spec["dtype"].split(".")[-1]))
+                    zeros = torch.zeros(spec["shape"], dtype=getattr(torch, spec["dtype"].split(".")[-1]),
+                                        device=store_device)
                 t = zeros
             rows.append(t)
         acts[n] = torch.stack(rows) if rows else torch.zeros(0)
@@ -778,5 +851,5 @@ def _build(plan, rec, records, sequences, model, backend, seed, generation_kwarg
     return Trajectory(meta=meta, sequences=sequences, records=records, activations=acts, fired=fired, model=model)
 
 
-__all__ = ["capture", "estimate_bytes", "plan_capture", "fmt_bytes", "check_generation_kwargs", "Plan", "CaptureBudgetError",
-           "CaptureError", "BACKENDS"]
+__all__ = ["capture", "estimate_bytes", "plan_capture", "fmt_bytes", "check_generation_kwargs", "check_length", "Plan",
+           "CaptureBudgetError", "CaptureError", "PromptTooLongError", "BACKENDS"]

@@ -7,22 +7,41 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from dgt_interp import zoo
 from dgt_interp.errors import DgtInterpError
 from dgt_interp.bottleneck import SAMPLERS, VARIANTS, bottleneck_table, format_table
 from dgt_interp.demo import run_demo, run_flagship_study
 from dgt_interp.depth.presets import PRESETS, compare, get_preset, preset_summary, settings_notes
-from dgt_interp.lens_report import lens_report
+from dgt_interp.lens_report import generation_kwargs, lens_report
 from dgt_interp.models import TinySize, load_model
 from dgt_interp.patch_report import METRICS, SWEEPS, run_patch
 from dgt_interp.studies import get_study, list_studies, rerender, run_study
 from dgt_interp.tasks import get_task
 from dgt_interp.train import TrainConfig, train
+from dgt_interp.trajectory import Trajectory
+from dgt_interp.viz.viewer import PAGE_K, check_out_path, load_patching, view_capture, write_page
+
+
+THREADS_HELP = "CPU threads for torch (torch.set_num_threads); default: torch's own choice"
+CHAT_HELP = "wrap each prompt in the model tokenizer's chat template (a user turn, then the model's turn)"
 
 
 class CLIError(DgtInterpError, ValueError):
     """A bad combination of command-line options (one-line message)."""
+
+
+def _set_threads(args) -> None:
+    """`--threads N` on an analysis command: torch.set_num_threads(N) before it runs (train passes its own)."""
+    threads = getattr(args, "threads", None)
+    if threads is None or getattr(args, "command", None) == "train":
+        return
+    if isinstance(threads, bool) or threads < 1:
+        raise CLIError(f"--threads {threads!r} must be an int >= 1")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def _positive(what: str, v, low=1) -> None:
@@ -61,9 +80,13 @@ def _cmd_zoo_list(args) -> None:
 
 
 def _cmd_demo(args) -> None:
-    run_demo(args.model, n=args.n, seed=args.seed, entropy_bound=args.entropy_bound)
+    if args.study != "none":
+        get_study(args.study)  # an unknown study is refused before anything runs or is written
+    page = Path(args.out) / "viewer.html"
+    run_demo(args.model, n=args.n, seed=args.seed, entropy_bound=args.entropy_bound, chat=args.chat, page=page)
     if args.study != "none":
         run_flagship_study(args.study, out=args.out, quick=args.quick, progress=not args.quiet)
+    print(f"Viewer page of the first problem: {page}")
 
 
 def _cmd_bottleneck(args) -> None:
@@ -71,7 +94,7 @@ def _cmd_bottleneck(args) -> None:
     task = get_task(args.task)
     model = load_model(args.model)
     rows = bottleneck_table(model, task, variants=args.variants, samplers=args.samplers, n=args.n, seed=args.seed,
-                            progress=not args.quiet)
+                            progress=not args.quiet, chat=args.chat)
     print(f"model={args.model} task={task.name} n={args.n} seed={args.seed}")
     print(format_table(rows))
 
@@ -106,15 +129,43 @@ def _cmd_lens(args) -> None:
     lens_report(args.model, args.prompt, args.out, position=args.position, target=args.target, tuned=args.tuned,
                 fit_tuned=args.fit_tuned, task=args.task, fit_n=args.fit_n, fit_iters=args.fit_iters,
                 step_buckets=args.step_buckets, seed=args.seed, k=args.k, entropy_bound=args.entropy_bound,
-                max_denoising_steps=args.max_denoising_steps)
+                max_denoising_steps=args.max_denoising_steps, chat=args.chat)
 
 
 def _cmd_patch(args) -> None:
     s = run_patch(args.model, args.clean, args.corrupted, args.out, sweeps=args.sweeps, metric=args.metric,
-                  seed=args.seed, batch_size=args.batch_size, attribution=args.attribution, progress=not args.quiet)
+                  seed=args.seed, batch_size=args.batch_size, attribution=args.attribution, progress=not args.quiet,
+                  chat=args.chat)
     print(f"wrote {args.out}: {', '.join(s['sweeps'])} over {s['steps']} steps ({s['metric']}: clean "
           f"{s['clean_metric']:.3f}, corrupted {s['corrupted_metric']:.3f}; effects up to {s['rounding_noise']:.1g} "
           "are float rounding)")
+
+
+def _cmd_view(args) -> None:
+    if (args.prompt is None) == (args.trajectory is None):
+        raise CLIError("pass --prompt (run --model on it) or --trajectory DIR (a saved run), exactly one of them")
+    if args.prompt is not None and args.model is None:
+        raise CLIError("--prompt needs --model (a zoo name or model dir)")
+    if args.trajectory is not None:
+        run_only = [flag for flag, v in (("--entropy-bound", args.entropy_bound), ("--max-denoising-steps",
+                    args.max_denoising_steps), ("--chat", args.chat), ("--attention", args.attention)) if v]
+        if run_only:
+            raise CLIError(f"{run_only[0]} applies to a new run (--prompt); a saved --trajectory is shown as recorded")
+    _positive("-k", args.k)
+    check_out_path(args.out)  # before any model runs
+    patching = load_patching(args.patching) if args.patching is not None else None
+    model = load_model(args.model) if args.model is not None else None
+    if args.trajectory is not None:
+        traj = Trajectory.load(args.trajectory, model=model)
+        title = f"{args.trajectory}" + (f" ({args.model})" if args.model else "")
+    else:
+        gen = generation_kwargs(model, args.entropy_bound, args.max_denoising_steps)
+        traj = view_capture(model, args.prompt, chat=args.chat, seed=args.seed, attention=args.attention,
+                            lens=not args.no_lens, backend=args.backend, **gen)
+        title = f"{args.model}: {args.prompt!r}"
+    path = write_page(traj, args.out, model=model, patching=patching, k=args.k, lens=False if args.no_lens else None,
+                      title=title)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB; {traj.n_steps} steps); open it in a browser")
 
 
 def _cmd_case_study_list(args) -> None:
@@ -134,7 +185,8 @@ def _cmd_case_study_run(args) -> None:
     if args.ar_model:
         models["ar"] = args.ar_model
     out = args.out or f"case_study_{study.name}"
-    report = run_study(study, models=models, out=out, seed=args.seed, quick=args.quick, progress=not args.quiet)
+    report = run_study(study, models=models, out=out, seed=args.seed, quick=args.quick, progress=not args.quiet,
+                       chat=args.chat)
     print(f"wrote {out}: report.md, report.json, {len(report.figures)} figures ({report.numbers['seconds']:.0f} s)")
 
 
@@ -185,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--samplers", nargs="+", default=list(SAMPLERS), help=f"sampler settings: {', '.join(SAMPLERS)}")
     b.add_argument("-n", type=int, default=1000, help="held-out problems per cell")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--chat", action="store_true", help=CHAT_HELP)
+    b.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=_cmd_bottleneck)
 
@@ -196,8 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampler entropy bound (smaller = fewer tokens accepted per step = more steps)")
     d.add_argument("--study", default="addition",
                    help="case study to run after the trace, end to end ('none' to skip)")
-    d.add_argument("--out", default="dgt_interp_demo", help="where the study report goes")
+    d.add_argument("--out", default="dgt_interp_demo", help="where the viewer page (viewer.html) and the study report go")
     d.add_argument("--quick", action="store_true", help="run the study's reduced setting (seconds, for smoke tests)")
+    d.add_argument("--chat", action="store_true", help=CHAT_HELP)
+    d.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=_cmd_demo)
 
@@ -228,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     ln.add_argument("-k", type=int, default=5, help="top-k tokens kept per (step, layer, position)")
     ln.add_argument("--entropy-bound", type=float, default=None, help="sampler entropy bound (smaller = more steps)")
     ln.add_argument("--max-denoising-steps", type=int, default=None)
+    ln.add_argument("--chat", action="store_true", help=CHAT_HELP)
+    ln.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     ln.set_defaults(func=_cmd_lens)
     pt = sub.add_parser("patch", **fmt, help="activation patching over (step, layer, position) of a clean/corrupted pair: PNGs + tensors")
     pt.add_argument("--model", required=True, help="zoo name or model dir")
@@ -240,8 +298,27 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--seed", type=int, default=0)
     pt.add_argument("--batch-size", type=int, default=64, help="patched copies per generate")
     pt.add_argument("--attribution", action="store_true", help="also attribution patching (gradient estimate)")
+    pt.add_argument("--chat", action="store_true", help=CHAT_HELP)
+    pt.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     pt.add_argument("--quiet", action="store_true")
     pt.set_defaults(func=_cmd_patch)
+
+    vw = sub.add_parser("view", **fmt, help="the interactive trajectory viewer: one self-contained HTML page of a run")
+    vw.add_argument("--model", default=None, help="zoo name or model dir: the model to run --prompt on; with "
+                    "--trajectory, the captured model (token text and the logit lens)")
+    vw.add_argument("--prompt", default=None, help='run the model on this prompt, e.g. "1234+5678="')
+    vw.add_argument("--trajectory", default=None, help="a saved trajectory dir (Trajectory.save) instead of --prompt")
+    vw.add_argument("--out", required=True, help="the page to write (an .html file in an existing directory)")
+    vw.add_argument("--patching", default=None, help="a `dgt-interp patch` output dir of the same prompt to show")
+    vw.add_argument("--seed", type=int, default=0)
+    vw.add_argument("--entropy-bound", type=float, default=None, help="sampler entropy bound (smaller = more steps)")
+    vw.add_argument("--max-denoising-steps", type=int, default=None)
+    vw.add_argument("--backend", default="tl", help="capture backend: tl or nnsight")
+    vw.add_argument("-k", type=int, default=PAGE_K, help="lens top-k tokens per (step, layer, position) in the page")
+    vw.add_argument("--attention", action="store_true", help="record and show attention patterns (DiffusionGemma)")
+    vw.add_argument("--no-lens", action="store_true", help="do not record or show the logit lens")
+    vw.add_argument("--chat", action="store_true", help=CHAT_HELP)
+    vw.set_defaults(func=_cmd_view)
 
     cs = sub.add_parser("case-study", **fmt, help="packaged case studies (case_studies/<name>/): list them or run one")
     cssub = cs.add_subparsers(dest="case_study_command", required=True)
@@ -254,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     csr.add_argument("--out", default=None, help="output dir (default: ./case_study_<name>)")
     csr.add_argument("--seed", type=int, default=0)
     csr.add_argument("--quick", action="store_true", help="reduced settings (minutes, small n): a smoke run")
+    csr.add_argument("--chat", action="store_true", help=CHAT_HELP)
+    csr.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     csr.add_argument("--quiet", action="store_true", help="no progress bar")
     csr.set_defaults(func=_cmd_case_study_run)
     csd = cssub.add_parser("render", **fmt, help="rewrite report.md of a finished run from its report.json (no model runs)")
@@ -266,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _set_threads(args)
         args.func(args)
     except DgtInterpError as e:  # bad input; anything else is a bug and shows its traceback
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)

@@ -11,18 +11,40 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
+from dgt_interp.backends.devices import execution_device
 from dgt_interp.capturing import capture, check_generation_kwargs
 from dgt_interp.models.load import is_diffusion
 from dgt_interp.stats import wilson_interval
-from dgt_interp.tasks import EOS_ID, PAD_ID, Problem, Task, build_tokenizer, decode_answer, encode
+from dgt_interp.tasks import EOS_ID, Problem, Task, build_tokenizer, decode_answer, is_task_tokenizer
+from dgt_interp.tokenizer import TokenizerError, decode_until_eos, load_tokenizer
 from dgt_interp.tokenizer import prompt_batch as tokenizer_prompt_batch
 
 
-def prompt_batch(prompts: list[str], max_positions: int | None = None, tokenizer=None) -> dict[str, torch.Tensor]:
+def prompt_batch(prompts: list[str], max_positions: int | None = None, tokenizer=None, chat: bool = False
+                 ) -> dict[str, torch.Tensor]:
     """Left-padded `input_ids` and `attention_mask` `[batch, pos]` for task prompts (BOS prepended):
     `dgt_interp.tokenizer.prompt_batch` with the tasks' character tokenizer unless `tokenizer` is given."""
     return tokenizer_prompt_batch(prompts, tokenizer if tokenizer is not None else build_tokenizer(),
-                                  max_positions=max_positions)
+                                  max_positions=max_positions, chat=chat)
+
+
+def task_tokenizer(model, tokenizer=None):
+    """The tokenizer task text goes through: `tokenizer` if given, else the model's own
+    (`load_tokenizer(model)`), else (a bare model) the tasks' character tokenizer."""
+    if tokenizer is not None:
+        return tokenizer
+    try:
+        return load_tokenizer(model)
+    except TokenizerError:
+        return build_tokenizer()
+
+
+def decode_answers(tokenizer, new_ids) -> list[str]:
+    """Answer text per row of generated ids `[batch, new_pos]`: the tasks' `decode_answer` for their
+    character tokenizer (ids outside the task alphabet shown as U+FFFD), else `decode_until_eos`."""
+    if is_task_tokenizer(tokenizer):
+        return [decode_answer(row) for row in new_ids]
+    return [decode_until_eos(tokenizer, row) for row in new_ids]
 
 
 def _max_prompt_positions(model, max_new_tokens: int) -> int:
@@ -39,17 +61,20 @@ class Generation:
 
 
 @torch.no_grad()
-def generate_answers(model, prompts: list[str], *, seed: int = 0, fwd_hooks=(), **generation_kwargs) -> Generation:
+def generate_answers(model, prompts: list[str], *, seed: int = 0, fwd_hooks=(), tokenizer=None, chat: bool = False,
+                     **generation_kwargs) -> Generation:
     """Run `model.generate` once on `prompts` (left-padded batch) after `torch.manual_seed(seed)`.
 
-    With `fwd_hooks` (TL-style `[(hook_name, fn)]`, e.g. a token bottleneck) the same generation
-    runs through `dgt_interp.capture` with those hooks applied at every step.
+    Prompts go through `task_tokenizer(model, tokenizer)` (`chat=True`: its chat template). With
+    `fwd_hooks` (TL-style `[(hook_name, fn)]`, e.g. a token bottleneck) the same generation runs
+    through `dgt_interp.capture` with those hooks applied at every step.
     """
+    tok = task_tokenizer(model, tokenizer)
     if generation_kwargs:  # generate would drop unknown settings silently
         check_generation_kwargs(model, generation_kwargs)
     max_new = generation_kwargs.get("max_new_tokens") or model.generation_config.max_new_tokens
-    batch = prompt_batch(prompts, _max_prompt_positions(model, max_new))
-    batch = {k: v.to(model.device) for k, v in batch.items()}
+    batch = prompt_batch(prompts, _max_prompt_positions(model, max_new), tokenizer=tok, chat=chat)
+    batch = {k: v.to(execution_device(model)) for k, v in batch.items()}  # model.device is meta when offloaded
     prompt_len = batch["input_ids"].shape[1]
     passes = None
     if fwd_hooks:
@@ -62,12 +87,12 @@ def generate_answers(model, prompts: list[str], *, seed: int = 0, fwd_hooks=(), 
         torch.manual_seed(seed)
         out = model.generate(**batch, **generation_kwargs)
         new_ids = out.sequences[:, prompt_len:].cpu()
-        valid = (new_ids != PAD_ID).sum(-1).float()
+        valid = (new_ids != tok.pad_token_id).sum(-1).float()
         passes = torch.round(valid / out.tokens_per_forward.cpu().float()).long()
     else:
         torch.manual_seed(seed)
         new_ids = model.generate(**batch, **generation_kwargs)[:, prompt_len:].cpu()
-    return Generation([decode_answer(row) for row in new_ids], new_ids, passes)
+    return Generation(decode_answers(tok, new_ids), new_ids, passes)
 
 
 def is_degenerate(new_ids, eos_id: int = EOS_ID, reference_ids: list[int] | None = None) -> bool:
@@ -118,14 +143,18 @@ def evaluate(
     problems: list[Problem] | None = None,
     progress: bool = False,
     fwd_hooks=(),
+    tokenizer=None,
+    chat: bool = False,
     **generation_kwargs,
 ) -> EvalResult:
     """Exact match of `model.generate` on `n` held-out problems of `task`.
 
     Batch b is generated after `torch.manual_seed(seed + b)`; `generation_kwargs` go to `generate`
     (e.g. `max_denoising_steps`, `t_min`, `sampler_config`); `fwd_hooks` (TL-style) edit the run,
-    e.g. a token bottleneck. Also counts degenerate generations (`is_degenerate`).
+    e.g. a token bottleneck. Also counts degenerate generations (`is_degenerate`). Text goes through
+    `task_tokenizer(model, tokenizer)` (`chat=True`: its chat template).
     """
+    tok = task_tokenizer(model, tokenizer)
     problems = problems if problems is not None else task.problems(split, n, seed=seed)
     correct, degenerate, passes = 0, 0, []
     chunks = range(0, len(problems), batch_size)
@@ -133,10 +162,11 @@ def evaluate(
         chunks = tqdm(chunks, desc=f"eval {task.name}", unit="batch")
     for b, start in enumerate(chunks):
         chunk = problems[start:start + batch_size]
-        gen = generate_answers(model, [p.prompt for p in chunk], seed=seed + b, fwd_hooks=fwd_hooks,
-                               **generation_kwargs)
+        gen = generate_answers(model, [p.prompt for p in chunk], seed=seed + b, fwd_hooks=fwd_hooks, tokenizer=tok,
+                               chat=chat, **generation_kwargs)
         correct += sum(task.check(p, a) for p, a in zip(chunk, gen.answers))
-        degenerate += sum(is_degenerate(row, EOS_ID, encode(p.answer)[1:]) for p, row in zip(chunk, gen.new_ids))
+        degenerate += sum(is_degenerate(row, tok.eos_token_id, tok(p.answer, add_special_tokens=False)["input_ids"])
+                          for p, row in zip(chunk, gen.new_ids))
         if gen.decoder_passes is not None:
             passes.append(gen.decoder_passes.float())
     mean_passes = float(torch.cat(passes).mean()) if passes else None

@@ -30,6 +30,7 @@ most `chunk_elements` logits and reduced at once, so a 262k vocabulary fits.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from torch.func import functional_call
 from transformers import DiffusionGemmaForBlockDiffusion, Gemma4ForCausalLM
 
 from dgt_interp.atomic import atomic_dir, save_tensors, write_text
+from dgt_interp.backends.devices import execution_device, is_dispatched, resolved_tensors
 from dgt_interp.backends.tl import UnsupportedModelError
 from dgt_interp.capturing import capture
 from dgt_interp.errors import DgtInterpError
@@ -66,7 +68,8 @@ class Unembed:
 
     Calls the model's own modules (with detached parameters, so training a lens never touches or
     accumulates gradients into the model). Casts to float32 where the model does: DiffusionGemma
-    casts before the soft-cap, Gemma 4 after it.
+    casts before the soft-cap, Gemma 4 after it. Runs on the head's execution device (for a model
+    dispatched by accelerate: where its hook computes; offloaded weights are read once and kept).
     """
 
     def __init__(self, model):
@@ -75,10 +78,11 @@ class Unembed:
                             "load one with dgt_interp.models.load_model")
         text = model.config.get_text_config()
         if isinstance(model, DiffusionGemmaForBlockDiffusion):
-            self.norm, self.softcap, self.cast_first = model.model.decoder.norm, model.final_logit_softcapping, True
+            norm, self.softcap, self.cast_first = "model.decoder.norm", model.final_logit_softcapping, True
         else:
-            self.norm, self.softcap, self.cast_first = model.model.norm, text.final_logit_softcapping, False
-        self.head = model.lm_head
+            norm, self.softcap, self.cast_first = "model.norm", text.final_logit_softcapping, False
+        self.norm, self.head = model.get_submodule(norm), model.lm_head
+        self._model, self._prefixes, self._params = model, {self.norm: norm, self.head: "lm_head"}, None
         self.model_class = type(model).__name__
         self.d_model = int(text.hidden_size)
         self.n_layers = int(text.num_hidden_layers)
@@ -86,12 +90,16 @@ class Unembed:
 
     @property
     def device(self) -> torch.device:
-        return self.head.weight.device
+        return execution_device(self.head)
 
-    @staticmethod
-    def _call(module, x):
-        params = {n: p.detach() for n, p in module.named_parameters()}
-        return functional_call(module, params, (x,))
+    def _call(self, module, x):
+        if not is_dispatched(self._model):
+            return functional_call(module, {n: p.detach() for n, p in module.named_parameters()}, (x,))
+        # dispatched by accelerate: offloaded weights sit on `meta` and its hook would swap them in
+        # and out around a functional call; run a hook-free shallow copy over the real values (read once)
+        if self._params is None:
+            self._params = {m: _unhooked(m, resolved_tensors(self._model, prefix)) for m, prefix in self._prefixes.items()}
+        return self._params[module](x)
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         """`[..., d]` residual → `[..., V]` float32 logits, exactly as the model computes them."""
@@ -101,6 +109,15 @@ class Unembed:
         if self.softcap is not None:
             x = torch.tanh(x / self.softcap) * self.softcap
         return x.float()
+
+
+def _unhooked(module, params: dict[str, torch.Tensor]):
+    """A shallow copy of leaf `module` without accelerate's hook, computing with `params` (detached)."""
+    clone = copy.copy(module)
+    for attr in ("forward", "_hf_hook", "_old_forward"):
+        clone.__dict__.pop(attr, None)
+    clone._parameters = {**module._parameters, **params}  # keeps e.g. a None bias
+    return clone
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,16 +245,17 @@ def _layout(traj, steps: list[int], positions: list[int]) -> tuple[torch.Tensor,
     return valid, fresh, origin
 
 
-def lens_capture(model, prompts: list[str], *, tokenizer=None, seed: int = 0, record=(), **generation_kwargs):
+def lens_capture(model, prompts: list[str], *, tokenizer=None, chat: bool = False, seed: int = 0, record=(),
+                 **generation_kwargs):
     """Capture what a lens needs (`blocks.*.hook_resid_post` at every step) for text prompts.
 
     A left-padded batch through the model's own tokenizer (`tokenizer`, default
-    `load_tokenizer(model)`); `record=["logits"]` also keeps the model's own per-step logits.
-    `generation_kwargs` go to `generate` unchanged.
+    `load_tokenizer(model)`; `chat=True` applies its chat template); `record=["logits"]` also keeps
+    the model's own per-step logits. `generation_kwargs` go to `generate` unchanged.
     """
     tok = tokenizer if tokenizer is not None else load_tokenizer(model)
-    batch = prompt_batch(list(prompts), tok)
-    return capture(model, batch["input_ids"].to(model.device), attention_mask=batch["attention_mask"].to(model.device),
+    batch = prompt_batch(list(prompts), tok, chat=chat)
+    return capture(model, batch["input_ids"], attention_mask=batch["attention_mask"],  # capture moves them to the model
                    names="blocks.*.hook_resid_post", seed=seed, record=record, **generation_kwargs)
 
 

@@ -17,7 +17,7 @@ from dgt_interp.lens import LensError, LogitLens, TunedLens, format_kl_table, le
 from dgt_interp.models import is_diffusion, load_model
 from dgt_interp.sampling import entropy_bound_kwargs
 from dgt_interp.tasks import get_task
-from dgt_interp.tokenizer import decode_until_eos, load_tokenizer
+from dgt_interp.tokenizer import decode_until_eos, load_tokenizer, to_str_tokens
 from dgt_interp.viz import canvas_figure, commit_heatmap, layer_step_heatmap
 from dgt_interp.zoo import resolve
 
@@ -27,7 +27,8 @@ def _table(t) -> list[list[float | None]]:
     return [[None if math.isnan(v) else v for v in row] for row in t.tolist()]
 
 
-def _generation_kwargs(model, entropy_bound, max_denoising_steps) -> dict:
+def generation_kwargs(model, entropy_bound, max_denoising_steps) -> dict:
+    """`generate` settings of the CLI's sampler options (`--entropy-bound`, `--max-denoising-steps`), checked."""
     kwargs = {}
     if not is_diffusion(model):
         if entropy_bound is not None or max_denoising_steps is not None:
@@ -54,10 +55,28 @@ def _task_of(model_name: str, task: str | None):
 
 
 def _target_id(tok, target: str) -> int:
+    """The id of `target`: a vocabulary entry (`'7'`, BPE's `'Ġfoo'`) or text that is exactly one token (`' foo'`)."""
     tid = tok.convert_tokens_to_ids(target)
-    if tid is None or tok.convert_ids_to_tokens(tid) != target:
-        raise LensError(f"unknown target token {target!r}; pass one token of the model's vocabulary (e.g. a digit)")
-    return int(tid)
+    if tid is not None and tok.convert_ids_to_tokens(tid) == target:
+        return int(tid)
+    ids = tok(target, add_special_tokens=False)["input_ids"] if target else []
+    if len(ids) == 1 and to_str_tokens(tok, ids)[0] == target:
+        return int(ids[0])
+    raise LensError(f"unknown target token {target!r}; pass one token of the model's vocabulary (e.g. a digit; "
+                    f"this text is {len(ids)} tokens: {to_str_tokens(tok, ids)})")
+
+
+def top_k_tokens(res, tok, position: int, batch: int = 0) -> dict:
+    """The lens's top-k at canvas `position` of row `batch` at its last valid step, per layer, as text:
+    `{"step": s, "layers": {layer: [[token, prob], ...]}}` (token strings by `to_str_tokens`)."""
+    pi = res.position_index(position)
+    valid = [i for i in range(len(res.steps)) if bool(res.valid[i, batch, pi])]
+    si = valid[-1] if valid else len(res.steps) - 1
+    layers = {}
+    for li, layer in enumerate(res.layers):
+        ids, probs = res.top_ids[si, li, batch, pi].tolist(), res.top_probs[si, li, batch, pi].tolist()
+        layers[layer] = [[t, round(float(p), 6)] for t, p in zip(to_str_tokens(tok, ids), probs)]
+    return {"step": res.steps[si], "layers": layers}
 
 
 def fit_tuned_lens(model, task, *, n: int = 256, iters: int = 300, step_buckets: int = 1, seed: int = 0,
@@ -81,8 +100,14 @@ def fit_tuned_lens(model, task, *, n: int = 256, iters: int = 300, step_buckets:
 def lens_report(model_name: str, prompt: str, out_dir: str | Path, *, position: int = 0, target: str | None = None,
                 tuned: str | Path | None = None, fit_tuned: str | Path | None = None, task: str | None = None,
                 fit_n: int = 256, fit_iters: int = 300, step_buckets: int = 1, seed: int = 0, k: int = 5,
-                entropy_bound: float | None = None, max_denoising_steps: int | None = None, print_fn=print) -> dict:
-    """Run the lens CLI: see the module docstring. Returns the summary written to `summary.json`."""
+                entropy_bound: float | None = None, max_denoising_steps: int | None = None, chat: bool = False,
+                print_fn=print) -> dict:
+    """Run the lens CLI: see the module docstring. Returns the summary written to `summary.json`.
+
+    The prompt goes through the model's own tokenizer (`chat=True`: its chat template); the summary
+    labels prompt positions `p{i}:'tok'` and canvas positions `c{j}:'tok'` (`Trajectory.to_str_tokens`)
+    and gives each lens's top-k at `position` as token strings.
+    """
     if tuned is not None and fit_tuned is not None:
         raise LensError("pass either --tuned (load a lens) or --fit-tuned (train one), not both")
     for what, v in (("-k", k), ("--fit-n", fit_n), ("--fit-iters", fit_iters), ("--step-buckets", step_buckets)):
@@ -93,7 +118,7 @@ def lens_report(model_name: str, prompt: str, out_dir: str | Path, *, position: 
             raise LensError(f"{what} {str(d)!r} exists and is not a directory; pass a directory path")
     model = load_model(model_name)
     tok = load_tokenizer(model)
-    gen = _generation_kwargs(model, entropy_bound, max_denoising_steps)
+    gen = generation_kwargs(model, entropy_bound, max_denoising_steps)
     n_pos = getattr(model.config, "canvas_length", None) or model.generation_config.max_new_tokens
     if not isinstance(position, int) or not 0 <= position < n_pos:
         raise LensError(f"position {position!r} is out of range: the canvas has {n_pos} positions (0..{n_pos - 1})")
@@ -101,15 +126,20 @@ def lens_report(model_name: str, prompt: str, out_dir: str | Path, *, position: 
     lenses = {"logit": LogitLens(model)}
     if tuned is not None:
         lenses["tuned"] = TunedLens.load(tuned, model)
-    traj = lens_capture(model, [prompt], tokenizer=tok, seed=seed, record=["logits"], **gen)
+    traj = lens_capture(model, [prompt], tokenizer=tok, chat=chat, seed=seed, record=["logits"], **gen)
     answer = decode_until_eos(tok, traj.sequences[0, traj.meta["prompt_length"]:])
     if target_id is None:  # the token finally emitted at that position
         target_id = int(traj.argmax_canvas[-1, 0, position])
     with atomic_dir(out_dir) as out:  # the whole dir is replaced at once: never old and new files mixed
 
         summary: dict = {"model": str(model_name), "prompt": prompt, "answer": answer, "position": position,
-                         "target": tok.convert_ids_to_tokens(target_id), "target_id": target_id, "steps": traj.n_steps,
-                         "seed": seed}
+                         "target": to_str_tokens(tok, [target_id])[0], "target_id": target_id, "steps": traj.n_steps,
+                         "seed": seed, "chat": chat}
+        labels = traj.to_str_tokens(tokenizer=tok)  # p{i}:'tok' for the prompt, c{j}:'tok' for the generated tokens
+        summary["prompt_tokens"] = [x for x in labels if x.startswith("p")]
+        summary["canvas_tokens"] = [x for x in labels if x.startswith("c")]
+        summary["position_label"] = summary["canvas_tokens"][position] if position < len(summary["canvas_tokens"]) \
+            else f"c{position}"
         if fit_tuned is not None:
             lens, report = fit_tuned_lens(model, _task_of(model_name, task), n=fit_n, iters=fit_iters,
                                           step_buckets=step_buckets, seed=seed, **gen)
@@ -130,6 +160,7 @@ def lens_report(model_name: str, prompt: str, out_dir: str | Path, *, position: 
             save_figure(out / f"{name}_kl.png", layer_step_heatmap(res, metric="kl", tokenizer=tok), dpi=90)
             files += [f"lens_{name}.safetensors", f"{name}_target.png", f"{name}_kl.png"]
             summary[f"kl_{name}"] = _table(res.kl_table())
+            summary[f"top_k_{name}"] = top_k_tokens(res, tok, position)
             print_fn(format_kl_table(res))
         save_figure(out / "canvas.png", canvas_figure(traj, tokenizer=tok), dpi=90)
         save_figure(out / "commit.png", commit_heatmap(traj, tokenizer=tok), dpi=90)
@@ -138,8 +169,13 @@ def lens_report(model_name: str, prompt: str, out_dir: str | Path, *, position: 
         write_text(out / "summary.json", json.dumps(summary, indent=1))
     print_fn(f"{prompt} -> {answer!r} in {traj.n_steps} steps; target {summary['target']!r} at position {position}; "
              f"last-layer lens vs model logits: max |diff| = {summary['last_layer_max_abs_diff']:.1e}")
+    print_fn(f"positions: {' '.join(summary['prompt_tokens'])} | {' '.join(summary['canvas_tokens'])}")
+    top = summary["top_k_logit"]
+    last = top["layers"][max(top["layers"])]
+    print_fn(f"top-{k} at {summary['position_label']} (step {top['step']}, logit lens, last layer): "
+             + ", ".join(f"{t!r} {p:.2f}" for t, p in last))
     print_fn(f"wrote {', '.join(files)} to {out_dir}")
     return summary
 
 
-__all__ = ["lens_report", "fit_tuned_lens"]
+__all__ = ["lens_report", "fit_tuned_lens", "top_k_tokens", "generation_kwargs"]

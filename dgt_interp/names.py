@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import re
 import weakref
 
 import torch
 
+from dgt_interp.backends.devices import execution_device
 from dgt_interp.backends.tl import DIFFUSION_ARCH, LEVELS, architecture_of, bridge_for
 from dgt_interp.errors import DgtInterpError
 
@@ -73,14 +75,15 @@ def _probe(model, level: str) -> dict[str, tuple[tuple[int, ...], str | None]]:
     """
     per_model = _PROBES.setdefault(model, {})
     bridged = bridge_for(model, level)
-    key = (level, bridged.fingerprint)
-    if key in per_model:
-        return per_model[key]
-    twin, bridge = bridged.twin, bridged.bridge
+    cached = per_model.get(level)
+    if cached is not None and cached[0]() is bridged:  # a rebuilt twin (the model changed): probe again
+        return cached[1]
+    twin = bridged.twin
     text = twin.config.get_text_config()
     canvas = getattr(twin.config, "canvas_length", None)
-    ids = torch.full((2, 4), text.bos_token_id if text.bos_token_id is not None else 0, device=twin.device)
-    ids[:, 1:] = torch.arange(3, 6, device=twin.device) % text.vocab_size
+    device = execution_device(twin)  # not twin.device: `meta` when the first weights are offloaded
+    ids = torch.full((2, 4), text.bos_token_id if text.bos_token_id is not None else 0, device=device)
+    ids[:, 1:] = torch.arange(3, 6, device=device) % text.vocab_size
     mask = torch.ones_like(ids)
     ids[1, 0], mask[1, 0] = (text.pad_token_id or 0), 0
     last: dict[int, tuple[int, ...]] = {}
@@ -89,7 +92,7 @@ def _probe(model, level: str) -> dict[str, tuple[tuple[int, ...], str | None]]:
         if isinstance(t, torch.Tensor):
             last[id(hook)] = tuple(t.shape)
 
-    points = {id(p): p for p in bridge.hook_dict.values()}
+    points = {id(p): p for p in bridged.hook_points.values()}
     for p in points.values():
         p.add_hook(record)
     try:
@@ -105,7 +108,7 @@ def _probe(model, level: str) -> dict[str, tuple[tuple[int, ...], str | None]]:
         for p in points.values():
             p.remove_hooks("fwd")
     out = {}
-    for name, point in bridge.hook_dict.items():
+    for name, point in bridged.hook_points.items():
         shape = last.get(id(point))
         if shape is None:
             continue
@@ -120,7 +123,7 @@ def _probe(model, level: str) -> dict[str, tuple[tuple[int, ...], str | None]]:
             layout = None
         out[name] = (shape, layout)
     out = {n: out[n] for n in sorted(out, key=natural_key)}  # natural order once, not per lookup
-    per_model[key] = out
+    per_model[level] = (weakref.ref(bridged), out)
     return out
 
 
@@ -137,7 +140,7 @@ def list_names(model, pattern: str | None = None) -> list[str]:
     patterns), naturally sorted. `pattern` is an optional glob, e.g. `"blocks.*.hook_resid_post"`.
     """
     names = sorted([*_probe(model, "full"), *_attention_names(model)], key=natural_key)
-    return [n for n in names if pattern is None or fnmatch.fnmatchcase(n, pattern)]
+    return names if pattern is None else _matching(names, pattern)
 
 
 def describe_names(model) -> str:
@@ -156,13 +159,29 @@ def _n_layers(model) -> int:
     return model.config.get_text_config().num_hidden_layers
 
 
+_GLOB = re.compile(r"[*?\[]")  # a pattern without these matches only itself
+
+
+@functools.lru_cache(maxsize=256)
+def _glob(pattern: str):
+    return re.compile(fnmatch.translate(pattern)).match
+
+
+def _matching(names, pattern: str) -> list[str]:
+    """The names (in order) that glob `pattern` matches, case-sensitively (`fnmatch.fnmatchcase`)."""
+    if not _GLOB.search(pattern):
+        return [pattern] if pattern in names else []
+    match = _glob(pattern)
+    return [n for n in names if match(n)]
+
+
 def resolve_names(model, names) -> list[str]:
     """Expand globs to concrete listed names (natural order, no duplicates); one-line errors otherwise."""
     if names is None:
         return []
     if isinstance(names, str):
         names = [names]
-    available = list(_probe(model, "full"))  # attention-only names cost a second probe: only on demand
+    available = _probe(model, "full")  # attention-only names cost a second probe: only on demand
     out: list[str] = []
     for pat in names:
         m = re.match(r"blocks\.(\d+)\.", pat)
@@ -171,12 +190,12 @@ def resolve_names(model, names) -> list[str]:
                 f"layer {m.group(1)} in {pat!r} is out of range: the model has {_n_layers(model)} layers "
                 f"(0..{_n_layers(model) - 1})"
             )
-        hits = [n for n in available if fnmatch.fnmatchcase(n, pat)]
+        hits = _matching(available, pat)
         if not hits and pat.endswith(ATTENTION_ONLY):
             if architecture_of(model) != DIFFUSION_ARCH:
                 raise HookNameError(f"{pat!r}: attention patterns are recorded on DiffusionGemma only; on this model "
                                     "use TransformerLens directly: bridge_for(model, 'attention').bridge.run_with_cache")
-            hits = [n for n in _attention_names(model) if fnmatch.fnmatchcase(n, pat)]
+            hits = _matching(list(_attention_names(model)), pat)
         if not hits:
             close = difflib.get_close_matches(pat, available, n=3, cutoff=0.5)
             hint = f"did you mean {', '.join(close)}? " if close else ""

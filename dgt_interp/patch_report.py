@@ -31,7 +31,7 @@ from dgt_interp.patching import (
     get_act_patch_self_cond,
     normalise,
 )
-from dgt_interp.tokenizer import load_tokenizer, prompt_batch
+from dgt_interp.tokenizer import load_tokenizer, position_labels, prompt_batch, to_str_tokens
 from dgt_interp.viz.patching_figures import step_layer_pos_figure
 
 SWEEPS = ("resid_pre", "attn_out", "mlp_out", "self_cond", "canvas")
@@ -39,8 +39,13 @@ METRICS = ("logit_diff", "prob", "exact")
 
 
 def run_patch(model_ref: str, clean: str, corrupted: str, out: str | Path, *, sweeps=SWEEPS, metric: str = "logit_diff",
-              seed: int = 0, batch_size: int = 64, attribution: bool = False, progress: bool = True) -> dict:
-    """Run the sweeps and write `out/<sweep>.png`, `out/patching.safetensors`, `out/patching.json`."""
+              seed: int = 0, batch_size: int = 64, attribution: bool = False, progress: bool = True,
+              chat: bool = False) -> dict:
+    """Run the sweeps and write `out/<sweep>.png`, `out/patching.safetensors`, `out/patching.json`.
+
+    Prompts go through the model's own tokenizer (`chat=True`: its chat template); `patching.json`
+    names the prompt positions (`p3:'def'`) and the metric's canvas positions and tokens as text.
+    """
     bad = [s for s in sweeps if s not in SWEEPS]
     if bad:
         raise PatchingError(f"unknown sweep {bad[0]!r}; choose from {', '.join(SWEEPS)}")
@@ -52,7 +57,11 @@ def run_patch(model_ref: str, clean: str, corrupted: str, out: str | Path, *, sw
         raise PatchingError(f"--out {str(out)!r} exists and is not a directory; pass a directory path")
     model = load_model(model_ref)
     tok = load_tokenizer(model)
-    ids_c, ids_k = prompt_batch([clean], tok)["input_ids"], prompt_batch([corrupted], tok)["input_ids"]
+    ids_c, ids_k = prompt_batch([clean], tok, chat=chat)["input_ids"], prompt_batch([corrupted], tok, chat=chat)["input_ids"]
+    if ids_c.shape != ids_k.shape:
+        raise PatchingError(f"the clean and corrupted prompts have {ids_c.shape[1]} and {ids_k.shape[1]} tokens "
+                            f"(clean: {to_str_tokens(tok, ids_c[0])}, corrupted: {to_str_tokens(tok, ids_k[0])}); "
+                            "patching needs the same number of tokens: change the corruption")
     p = Patching(model, ids_c, ids_k, seed=seed)
     if p.kind != "diffusion":
         sweeps = [s for s in sweeps if s not in ("self_cond", "canvas")]
@@ -73,6 +82,7 @@ def run_patch(model_ref: str, clean: str, corrupted: str, out: str | Path, *, sw
         raise PatchingError(f"metric {metric} is equal on the clean and corrupted runs; nothing to normalise")
     fns = {"resid_pre": get_act_patch_resid_pre, "attn_out": get_act_patch_attn_out, "mlp_out": get_act_patch_mlp_out,
            "self_cond": get_act_patch_self_cond, "canvas": get_act_patch_canvas}
+    canvas_labels = position_labels(to_str_tokens(tok, out_c), "c")  # the clean output, per canvas position
     with atomic_dir(out) as out:  # the whole dir is replaced at once: never old and new files mixed
         tensors = {"clean_metric": torch.tensor(clean_v), "corrupted_metric": torch.tensor(corr_v)}
         for s in sweeps:
@@ -80,17 +90,23 @@ def run_patch(model_ref: str, clean: str, corrupted: str, out: str | Path, *, sw
             tensors[s] = grid
             norm = normalise(grid, clean_v, corr_v)
             title = f"{s}: {clean!r} -> {corrupted!r}, {metric} (normalised)"
-            save_figure(out / f"{s}.png", step_layer_pos_figure(norm, title=title, vmax=1.0))
+            labels = canvas_labels if norm.shape[-1] == len(canvas_labels) else None
+            save_figure(out / f"{s}.png", step_layer_pos_figure(norm, title=title, position_labels=labels))
             if attribution and s in ("resid_pre", "attn_out", "mlp_out"):
                 est = attribution_patch(p, m, f"blocks.*.hook_{s}")
                 tensors[f"attribution_{s}"] = est
                 save_figure(out / f"attribution_{s}.png",
-                            step_layer_pos_figure(est / (clean_v - corr_v), title=f"attribution {s} (normalised)", vmax=1.0))
+                            step_layer_pos_figure(est / (clean_v - corr_v), title=f"attribution {s} (normalised)",
+                                                  position_labels=labels))
         save_tensors(out / "patching.safetensors", {k: v.float() for k, v in tensors.items()})
         summary = {"model": model_ref, "clean": clean, "corrupted": corrupted, "seed": seed, "metric": metric,
                    "metric_positions": diff if metric != "logit_diff" else [diff[0]], "clean_metric": clean_v,
                    "corrupted_metric": corr_v, "rounding_noise": p.rounding_noise(m, n=64, batch_size=batch_size),
-                   "steps": p.n_steps, "sweeps": list(sweeps),
+                   "steps": p.n_steps, "sweeps": list(sweeps), "chat": chat,
+                   "clean_tokens": position_labels(to_str_tokens(tok, ids_c[0]), "p"),
+                   "corrupted_tokens": position_labels(to_str_tokens(tok, ids_k[0]), "p"),
+                   "metric_tokens": {f"c{i}": {"clean": to_str_tokens(tok, [out_c[i]])[0],
+                                               "corrupted": to_str_tokens(tok, [out_k[i]])[0]} for i in diff},
                    "layout": "[step, layer, pos] (self_cond, canvas: [step, pos]); NaN = hook absent"}
         write_text(out / "patching.json", json.dumps(summary, indent=1))
     return summary

@@ -36,6 +36,16 @@ class SamplingError(DgtInterpError, ValueError):
     """Bad sampler settings or noise use (one-line message that says what to do)."""
 
 
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of each position's next-token distribution: `[..., vocab]` logits -> `[...]`.
+
+    Bit for bit `torch.distributions.Categorical(logits=logits).entropy()`, what HF's
+    `EntropyBoundSampler` ranks positions by, without building the distribution (its argument
+    validation is an extra pass over the logits and a device sync at every step)."""
+    logp = logits - logits.logsumexp(dim=-1, keepdim=True)
+    return -(torch.clamp(logp, min=torch.finfo(logp.dtype).min) * torch.softmax(logp, dim=-1)).sum(-1)
+
+
 def entropy_bound_kwargs(entropy_bound: float, **generation_kwargs) -> dict:
     """`generate` kwargs for DiffusionGemma's entropy-bound sampler with bound `entropy_bound` (smaller =
     fewer tokens accepted per step = more steps), plus any other `generate` kwargs given."""
@@ -132,4 +142,4 @@ class ReplayedNoise:
         return f"ReplayedNoise(seed={self.seed})"
 
 
-__all__ = ["SAMPLERS", "PRESETS", "SamplingError", "entropy_bound_kwargs", "sampler_settings", "ReplayedNoise"]
+__all__ = ["SAMPLERS", "PRESETS", "SamplingError", "entropy_bound_kwargs", "token_entropy", "sampler_settings", "ReplayedNoise"]

@@ -10,7 +10,9 @@ studies (the `case_studies/` package) and third-party ones are discovered the sa
 
 and importing that module registers its study. A study anywhere else is registered by importing its
 file (`load_study(path)`, or pass the path as NAME on the command line). `Report.write(dir)` writes
-`report.md`, one PNG per figure and `report.json` into a temporary sibling that replaces `dir` whole.
+`report.md`, one PNG per figure and `report.json` into a temporary sibling that replaces `dir` whole;
+for a study with `viewer=True` (every built-in one), `run_study` adds `viewer.html`, the interactive
+viewer page of one example run, linked at the end of `report.md` (`example_page`).
 """
 
 from __future__ import annotations
@@ -32,8 +34,11 @@ from tqdm.auto import tqdm
 
 from dgt_interp.atomic import atomic_dir, save_figure, write_text
 from dgt_interp.causal import BaselineResult, CaseStudyError, Hypothesis, IIAResult
+from dgt_interp.evaluate import task_tokenizer
 from dgt_interp.models import load_model
-from dgt_interp.tasks import Task
+from dgt_interp.tasks import Task, is_task_tokenizer
+from dgt_interp.tokenizer import require_chat_template
+from dgt_interp.viz.viewer import page_data, render_html, view_capture
 
 ENTRY_POINT_GROUP = "dgt_interp.case_studies"
 
@@ -52,6 +57,10 @@ def jsonable(x):
     return x
 
 
+QUICK_BANNER = ("> **Quick run** (`--quick`): reduced settings and small n, a smoke test of the pipeline. The numbers "
+                "below are not results: do not draw conclusions from them; run without `--quick` for the report.")
+
+
 @dataclass
 class Report:
     """A study's output: markdown text, named figures (matplotlib `Figure`s) and a dict of numbers.
@@ -65,6 +74,7 @@ class Report:
     markdown: str
     figures: dict = field(default_factory=dict)
     numbers: dict = field(default_factory=dict)
+    pages: dict = field(default_factory=dict)  # file name -> HTML text (the viewer page, `example_page`)
 
     def write(self, out_dir: str | Path) -> Path:
         out = Path(out_dir)
@@ -73,9 +83,41 @@ class Report:
         with atomic_dir(out) as tmp:  # the report dir is replaced whole: never one run's figures beside another's text
             for name, fig in self.figures.items():
                 save_figure(tmp / f"{name}.png", fig, dpi=110)
-            write_text(tmp / "report.md", f"# {self.title}\n\n{self.markdown.strip()}\n")
+            for name, html in self.pages.items():
+                write_text(tmp / name, html)
+            write_text(tmp / "report.md", report_text(self.title, self.markdown, self.numbers))
             write_text(tmp / "report.json", json.dumps(jsonable(self.numbers), indent=1))
         return out
+
+
+def report_text(title: str, markdown: str, numbers: dict) -> str:
+    """report.md: the title, the quick-run banner when `numbers["quick"]`, the study's markdown and, when
+    `numbers["viewer"]` names a viewer page (see `example_page`), one closing line that links it (what
+    `Report.write` and `rerender` both write)."""
+    banner = f"{QUICK_BANNER}\n\n" if numbers.get("quick") else ""
+    text = f"# {title}\n\n{banner}{markdown.strip()}\n"
+    viewer = numbers.get("viewer")
+    if viewer:
+        text += (f"\nViewer: [{viewer['page']}]({viewer['page']}) shows one example run step by step (the "
+                 f"{viewer['kind']} model `{viewer['model']}` on `{viewer['prompt']}`, seed {viewer['seed']}; open it "
+                 "in a browser).\n")
+    return text
+
+
+VIEWER_PAGE = "viewer.html"
+
+
+def example_page(study: "CaseStudy", ctx: "StudyContext") -> tuple[str, dict]:
+    """The viewer page (`dgt_interp.viz.viewer`) of one example run of a study: its diffusion model (the
+    AR twin if it has none) on the first held-out problem of its task, at the study's seed, with the
+    logit lens. Returns (HTML, `numbers["viewer"]`)."""
+    kind = "diffusion" if "diffusion" in ctx.models else "ar"
+    model = ctx.load(kind)
+    prompt = study.task.problems("test", 1, seed=ctx.seed)[0].prompt
+    traj = view_capture(model, prompt, chat=ctx.chat, seed=ctx.seed)
+    title = f"{study.name} case study: {ctx.models[kind]} on {prompt!r}"
+    html = render_html(page_data(traj, model=model, title=title))
+    return html, {"page": VIEWER_PAGE, "kind": kind, "model": str(ctx.models[kind]), "prompt": prompt, "seed": ctx.seed}
 
 
 def iia_table(rows: Sequence[tuple[str, IIAResult | BaselineResult | dict]]) -> str:
@@ -115,19 +157,36 @@ def iia_table(rows: Sequence[tuple[str, IIAResult | BaselineResult | dict]]) -> 
 @dataclass
 class StudyContext:
     """What `CaseStudy.run` gets: models to load (zoo names or dirs, per kind), the output dir, the
-    seed, `quick` (reduced settings for tests), and `progress(iterable, desc=...)` (a tqdm bar or not)."""
+    seed, `quick` (reduced settings for tests), and `progress(iterable, desc=...)` (a tqdm bar or not).
+    `chat`: wrap prompts in the model tokenizer's chat template (`prompt_batch(..., chat=ctx.chat)`);
+    `char_tokenizer`: the study reads task text one character per position, so `load` refuses a
+    model whose own tokenizer is not the tasks' character tokenizer."""
 
     models: dict[str, str]
     out: Path | None
     seed: int = 0
     quick: bool = False
     show_progress: bool = True
+    chat: bool = False
+    char_tokenizer: bool = True
 
     def load(self, kind: str):
-        """The model of `kind` ("diffusion" | "ar") as configured (one-line error if none)."""
+        """The model of `kind` ("diffusion" | "ar") as configured (one-line error if none, or if its own
+        tokenizer cannot carry this study's text: see the class docstring)."""
         if kind not in self.models:
             raise CaseStudyError(f"this study has no {kind} model; pass one with --model / models={{'{kind}': DIR}}")
-        return load_model(self.models[kind])
+        model = load_model(self.models[kind])
+        tok = task_tokenizer(model)
+        if self.chat:
+            require_chat_template(tok)
+            if self.char_tokenizer:
+                raise CaseStudyError("this study's prompts are task text read one character per position; it has no "
+                                     "chat form: drop --chat")
+        if self.char_tokenizer and not is_task_tokenizer(tok):
+            raise CaseStudyError(f"this study reads task text one character per canvas position; the {kind} model "
+                                 f"{self.models[kind]!r} has another tokenizer ({len(tok)} tokens): pass a model "
+                                 "trained with `dgt-interp train` (the tasks' character tokenizer)")
+        return model
 
     def progress(self, iterable, desc: str = "", total: int | None = None):
         if not self.show_progress:
@@ -150,6 +209,8 @@ class CaseStudy:
     hypotheses: tuple[Hypothesis, ...] = ()
     render: Callable[[dict], str] | None = None  # numbers (as in report.json) -> markdown body; see `rerender`
     title: str | None = None  # the report's title (what `rerender` writes above the body)
+    char_tokenizer: bool = True  # reads task text one character per position (see StudyContext)
+    viewer: bool = False  # run_study writes viewer.html (one example run, `example_page`) and links it in report.md
 
 
 _REGISTRY: dict[str, CaseStudy] = {}
@@ -215,18 +276,23 @@ def get_study(name: str) -> CaseStudy:
 
 
 def run_study(study: str | CaseStudy, *, models: dict[str, str] | None = None, out: str | Path | None = None,
-              seed: int = 0, quick: bool = False, progress: bool = True) -> Report:
-    """Run a study (by name, path or object) and write its report to `out` (if given)."""
+              seed: int = 0, quick: bool = False, progress: bool = True, chat: bool = False) -> Report:
+    """Run a study (by name, path or object) and write its report to `out` (if given).
+
+    `chat=True` asks for prompts in the model tokenizer's chat template (`StudyContext.chat`)."""
     study = get_study(study) if isinstance(study, str) else study
     chosen = dict(study.models)
     chosen.update(models or {})
-    ctx = StudyContext(chosen, Path(out) if out else None, seed=seed, quick=quick, show_progress=progress)
+    ctx = StudyContext(chosen, Path(out) if out else None, seed=seed, quick=quick, show_progress=progress, chat=chat,
+                       char_tokenizer=study.char_tokenizer)
     t0 = time.time()
     report = study.run(ctx)
     report.numbers.setdefault("study", study.name)
     report.numbers.setdefault("models", chosen)
     report.numbers.setdefault("seed", seed)
     report.numbers.setdefault("quick", quick)
+    if out and study.viewer and VIEWER_PAGE not in report.pages:
+        report.pages[VIEWER_PAGE], report.numbers["viewer"] = example_page(study, ctx)
     report.numbers["seconds"] = round(time.time() - t0, 1)
     if out:
         report.write(out)
@@ -244,10 +310,10 @@ def rerender(study: str | CaseStudy, out_dir: str | Path) -> Path:
         raise CaseStudyError(f"{str(out)!r} has no report.json; run the study there first (case-study run --out)")
     numbers = json.loads((out / "report.json").read_text())
     markdown = study.render(numbers)
-    return write_text(out / "report.md", f"# {study.title or study.name}\n\n{markdown.strip()}\n")
+    return write_text(out / "report.md", report_text(study.title or study.name, markdown, numbers))
 
 
 __all__ = [
-    "ENTRY_POINT_GROUP", "CaseStudyError", "Report", "iia_table", "jsonable", "StudyContext", "CaseStudy", "register",
+    "ENTRY_POINT_GROUP", "CaseStudyError", "Report", "report_text", "example_page", "iia_table", "jsonable", "StudyContext", "CaseStudy", "register",
     "discover", "list_studies", "load_study", "get_study", "run_study", "rerender",
 ]

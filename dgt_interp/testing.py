@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from dgt_interp.sampling import token_entropy
 from dgt_interp.trajectory import Trajectory, TrajectoryError
 
 
@@ -36,7 +37,7 @@ def constructed_trajectory(argmax_canvas: torch.Tensor, *, accepted: torch.Tenso
     for s in range(1, s_n):
         inp[s] = torch.where(acc[s - 1], smp[s - 1], torch.full_like(smp[s - 1], noise_token))
     if processed_logits is not None:
-        ent = torch.distributions.Categorical(logits=processed_logits.float()).entropy()
+        ent = token_entropy(processed_logits.float())
     else:
         ent = (~acc).float()
     records = {"input_canvas": inp, "sampled_canvas": smp, "argmax_canvas": arg, "accepted": acc, "entropy": ent,

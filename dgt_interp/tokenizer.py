@@ -60,21 +60,45 @@ def _unknown_ids(tokenizer) -> set[int]:
     return {i for i in (tokenizer.unk_token_id, tokenizer.pad_token_id) if i is not None}
 
 
-def prompt_batch(prompts, tokenizer, *, max_positions: int | None = None) -> dict[str, torch.Tensor]:
+def has_chat_template(tokenizer) -> bool:
+    """Whether `tokenizer` carries a chat template (what `prompt_batch(..., chat=True)` needs)."""
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def require_chat_template(tokenizer) -> None:
+    """One-line error unless `tokenizer` has a chat template (call before any work that `--chat` would spoil)."""
+    if not has_chat_template(tokenizer):
+        raise TokenizerError("this tokenizer has no chat template; drop --chat (chat=True), or use a model whose "
+                             "tokenizer_config.json has a chat_template")
+
+
+def chat_prompts(prompts, tokenizer) -> list[str]:
+    """Each prompt as one user turn in the tokenizer's chat template, with the generation prompt (the
+    model's turn) appended, as text: Gemma's `<bos><start_of_turn>user\n{p}<end_of_turn>\n<start_of_turn>model\n`.
+    """
+    require_chat_template(tokenizer)
+    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts]
+
+
+def prompt_batch(prompts, tokenizer, *, max_positions: int | None = None, chat: bool = False) -> dict[str, torch.Tensor]:
     """Left-padded `input_ids` and `attention_mask` `[batch, pos]` for `prompts` (with the tokenizer's BOS).
 
-    One-line errors: no prompts, text the tokenizer cannot encode, more than `max_positions` tokens.
+    `chat=True` wraps each prompt in the tokenizer's chat template first (`chat_prompts`; the template
+    writes the BOS itself). One-line errors: no prompts, text the tokenizer cannot encode, no chat
+    template, more than `max_positions` tokens.
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise TokenizerError("prompt_batch needs a non-empty list of prompt strings")
+    texts = chat_prompts(prompts, tokenizer) if chat else prompts
     bad = _unknown_ids(tokenizer)
     for p in prompts:
         ids = tokenizer(p)["input_ids"]
         if any(i in bad for i in ids):
             unknown = sorted({c for c in p if any(i in bad for i in tokenizer(c, add_special_tokens=False)["input_ids"])})
             raise TokenizerError(f"prompt {p!r} has characters {unknown} outside the vocabulary; remove them")
-    enc = tokenizer(prompts, padding=True, padding_side="left", return_tensors="pt")
+    enc = tokenizer(texts, padding=True, padding_side="left", return_tensors="pt", add_special_tokens=not chat)
     if max_positions is not None and enc["input_ids"].shape[1] > max_positions:
         raise TokenizerError(
             f"prompt of {enc['input_ids'].shape[1]} tokens is too long: this model allows {max_positions} "
@@ -84,19 +108,42 @@ def prompt_batch(prompts, tokenizer, *, max_positions: int | None = None) -> dic
 
 
 def decode_until_eos(tokenizer, ids, eos_id: int | None = None) -> str:
-    """The text of generated `ids` up to the first EOS (`eos_id`, default the tokenizer's), special tokens dropped."""
+    """The text of generated `ids` up to the first EOS (`eos_id`, default the tokenizer's), special tokens dropped.
+
+    An id beyond the tokenizer's vocabulary (the model's may be larger) shows as `<id N>`, not dropped.
+    """
     eos = tokenizer.eos_token_id if eos_id is None else eos_id
-    out = []
+    parts, run = [], []
     for i in (int(x) for x in ids):
         if i == eos:
             break
-        out.append(i)
-    return tokenizer.decode(out, skip_special_tokens=True)
+        if 0 <= i < len(tokenizer):
+            run.append(i)
+        else:
+            parts += [tokenizer.decode(run, skip_special_tokens=True), f"<id {i}>"]
+            run = []
+    return "".join(parts) + tokenizer.decode(run, skip_special_tokens=True)
 
 
 def to_str_tokens(tokenizer, ids) -> list[str]:
-    """Each id as its token string (`tokenizer.convert_ids_to_tokens`), e.g. for axis labels."""
-    return tokenizer.convert_ids_to_tokens([int(i) for i in ids])
+    """Each id as the text it stands for, decoded alone (like TransformerLens' `to_str_tokens`):
+    `' foo'` for a byte-level BPE token (not `'Ġfoo'`), a character for the zoo's character tokenizer,
+    special tokens by name (`'<bos>'`); an id beyond the tokenizer's vocabulary (a model's vocabulary
+    may be larger) as `'<id N>'`.
+    """
+    out = []
+    for i in (int(x) for x in ids):
+        if i < 0 or i >= len(tokenizer) or tokenizer.convert_ids_to_tokens(i) is None:
+            out.append(f"<id {i}>")
+        else:
+            out.append(tokenizer.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False))
+    return out
 
 
-__all__ = ["TokenizerError", "attach_tokenizer", "load_tokenizer", "prompt_batch", "decode_until_eos", "to_str_tokens"]
+def position_labels(str_tokens, prefix: str, start: int = 0) -> list[str]:
+    """`prefix{i}:{token!r}` per token, e.g. `p3:'def'` (prompt position 3), `c0:' foo'` (canvas position 0)."""
+    return [f"{prefix}{start + i}:{t!r}" for i, t in enumerate(str_tokens)]
+
+
+__all__ = ["TokenizerError", "attach_tokenizer", "load_tokenizer", "has_chat_template", "require_chat_template",
+           "chat_prompts", "prompt_batch", "decode_until_eos", "to_str_tokens", "position_labels"]

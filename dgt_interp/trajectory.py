@@ -23,6 +23,7 @@ P = recorded positions, V = vocabulary):
                                               all `outputs()` needs, in memory independent of S
     traj.fired(name)              [R] bool   steps where the hook fired (others hold zeros)
   traj.cache(step)                a TransformerLens `ActivationCache` of one recorded step
+  traj.run_with_cache(step)       that step re-run from its recorded inputs, with TL hooks (`replay.run_step`)
 
 Several canvases are flattened into one global step axis (execution order from 0); `canvas` and
 `cur_step` say where each step belongs. Positions are canvas positions (0..L-1) of the canvas being
@@ -46,21 +47,24 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import importlib
 import json
 import re
 import shutil
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from transformer_lens.ActivationCache import ActivationCache
 
 from dgt_interp.atomic import atomic_dir, save_tensors, write_text
-from dgt_interp.backends.tl import bridge_for
+from dgt_interp.backends.devices import first_values
+from dgt_interp.backends.tl import bridge_for, fingerprint
 from dgt_interp.errors import DgtInterpError
 from dgt_interp.names import natural_key
-from dgt_interp.tokenizer import TokenizerError, load_tokenizer
+from dgt_interp.step_cache import StepCache
+from dgt_interp.tokenizer import TokenizerError, load_tokenizer, position_labels, to_str_tokens
 
 STEP_RECORDS = ("input_canvas", "sampled_canvas", "argmax_canvas", "accepted", "entropy", "active",
                 "has_self_cond", "cur_step", "canvas")
@@ -89,19 +93,71 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+_FINGERPRINT_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> _FingerprintLayout
+
+
+class _FingerprintLayout:
+    """What `model_fingerprint` can reuse while a model's tensors, settings and config are the same
+    (`backends.tl.fingerprint`): the hash of its config JSON and its state-dict names (tensors held weakly)."""
+
+    def __init__(self, model, key):
+        self.key = key
+        # the digest's start (class name, full config JSON) hashed once; each call continues a copy
+        self.prefix = hashlib.sha256(type(model).__name__.encode() + model.config.to_json_string(use_diff=False).encode())
+        entries = list(model.state_dict(keep_vars=True).items())  # meta (offloaded) ones are read from their offload
+        self.names = [name.encode() for name, _ in entries]
+        self.refs = [weakref.ref(t) for _, t in entries]
+        self.shape_bytes: dict = {}  # torch.Size -> its text, as hashed
+
+    def tensors(self) -> list[torch.Tensor] | None:
+        out = [r() for r in self.refs]
+        return None if any(t is None for t in out) else out
+
+
 def model_fingerprint(model) -> str:
     """A cheap identity of a model's weights: its class, config and the first values of every tensor.
 
-    Two random inits of the same shapes differ; the same weights loaded twice agree. Saved in a
-    trajectory's meta and checked when the trajectory is used with a model."""
-    h = hashlib.sha256(type(model).__name__.encode())
-    h.update(model.config.to_json_string(use_diff=False).encode())
-    for name, t in model.state_dict().items():
-        if t.device.type == "meta":
-            continue
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().reshape(-1)[:64].to("cpu", torch.float64).numpy().tobytes())
+    Two random inits of the same shapes differ; the same weights loaded twice agree, also when one of
+    them is dispatched or offloaded by accelerate (`device_map=`: its meta weights are read from the
+    offload, a few values each). Saved in a trajectory's meta and checked when the trajectory is used
+    with a model. The values and shapes are read again at every call (in-place edits show, `.data`
+    ones too); the config JSON and the tensor names are reused while `backends.tl.fingerprint`
+    (tensor identities, settings, config) is unchanged."""
+    key = fingerprint(model)
+    layout = _FINGERPRINT_CACHE.get(model)
+    tensors = layout.tensors() if layout is not None and (layout.key is key or layout.key == key) else None
+    if tensors is None:
+        layout = _FINGERPRINT_CACHE[model] = _FingerprintLayout(model, key)
+        tensors = layout.tensors()
+    # the first 64 values of each distinct tensor as float64 bytes: one cast and one copy to the host
+    # per (device, dtype) group instead of one per tensor (tied weights are read once)
+    groups: dict = {}
+    for t in {id(t): t for t in tensors if t.device.type != "meta"}.values():
+        groups.setdefault((t.device, t.dtype), []).append(t)
+    heads: dict[int, bytes | None] = {}
+    for group in groups.values():
+        with torch.no_grad():
+            parts = [t.reshape(-1)[:64] for t in group]
+            flat = torch.cat(parts).to("cpu", torch.float64).numpy().tobytes()
+        at = 0
+        for t, x in zip(group, parts):
+            end = at + 8 * len(x)
+            heads[id(t)] = flat[at:end]
+            at = end
+    shapes = layout.shape_bytes
+    chunks = []
+    for name, t in zip(layout.names, tensors):
+        if t.device.type == "meta":  # offloaded: read from accelerate's weights map (None: a bare meta model)
+            head = first_values(model, name.decode(), t, 64)
+            if head is None:
+                continue
+            heads[id(t)] = head.to(torch.float64).numpy().tobytes()
+        shape = t.shape
+        if shape not in shapes:
+            shapes[shape] = str(tuple(shape)).encode()
+        chunks += (name, shapes[shape], heads[id(t)])
+    h = layout.prefix.copy()
+    h.update(b"".join(chunks))
     return h.hexdigest()[:32]
 
 
@@ -161,14 +217,17 @@ def output_steps(kind: str, active: torch.Tensor, canvas: torch.Tensor, step: in
     (step None: every canvas, in order) or one for the canvas of `step` (the state after `step`).
 
     DiffusionGemma: a row's output of a canvas is its last active step there (its first step if it
-    was never active); AR: the last step (or `step`). `active` `[S, batch]`, `canvas` `[S]`."""
+    was never active); AR: the last step (or `step`). `active` `[S, batch]`, `canvas` `[S]`; the
+    index tensors live with `active` (e.g. on the GPU in attribution)."""
+    dev = active.device
     if kind == "ar":
         s = len(canvas) - 1 if step is None else min(step, len(canvas) - 1)
-        return [torch.full((active.shape[1],), s, dtype=torch.long)]
+        return [torch.full((active.shape[1],), s, dtype=torch.long, device=dev)]
+    canvas = canvas.cpu()
 
     def last_active(steps: list[int]) -> torch.Tensor:
-        idx = torch.tensor(steps)
-        pick = torch.where(active[idx], torch.arange(len(steps))[:, None], -1).amax(0)
+        idx = torch.tensor(steps, device=dev)
+        pick = torch.where(active[idx], torch.arange(len(steps), device=dev)[:, None], -1).amax(0)
         return idx[pick.clamp(min=0)]
 
     if step is not None:
@@ -181,9 +240,13 @@ def select_outputs(kind: str, logits: torch.Tensor, argmax: torch.Tensor, active
                    step: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """`Trajectory.outputs` on per-step tensors (e.g. logits that carry an autograd graph): logits
     `[S, batch, pos, vocab]`, argmax `[S, batch, pos]`, active `[S, batch]`, canvas `[S]`."""
-    rows = torch.arange(active.shape[1])
+    rows = torch.arange(active.shape[1], device=active.device)
+
+    def take(t, s):  # t[s[b], b] for every row b, indexed on t's own device
+        return t[s.to(t.device), rows.to(t.device)]
+
     picks = output_steps(kind, active, canvas, step)
-    return torch.cat([logits[s, rows] for s in picks], 1), torch.cat([argmax[s, rows] for s in picks], 1)
+    return torch.cat([take(logits, s) for s in picks], 1), torch.cat([take(argmax, s) for s in picks], 1)
 
 
 class Trajectory:
@@ -319,6 +382,55 @@ class Trajectory:
         rows = torch.arange(active.shape[1])
         return torch.cat([argmax[s, rows] for s in output_steps(self.kind, active, canvas, step)], 1)
 
+    # ---- tokens as text -----------------------------------------------------------------------
+    def _tokenizer_or(self, tokenizer):
+        tok = tokenizer if tokenizer is not None else self.tokenizer
+        if tok is None:
+            raise TrajectoryError("no tokenizer to read tokens with: pass tokenizer=load_tokenizer(model) or attach the "
+                                  "model (traj.attach(model))")
+        return tok
+
+    def prompt_ids(self, batch: int = 0, tokenizer=None) -> torch.Tensor:
+        """`[n]` the prompt of row `batch` without its left padding (BOS first)."""
+        tok = self._tokenizer_or(tokenizer)
+        ids = self.sequences[batch, :self.meta["prompt_length"]]
+        pad = tok.pad_token_id
+        start = 0
+        while pad is not None and start < ids.numel() and int(ids[start]) == pad:
+            start += 1
+        return ids[start:]
+
+    def canvas_ids(self, step: int | None = None, batch: int = 0, record: str = "argmax_canvas") -> torch.Tensor:
+        """`[L]` canvas tokens of row `batch`: at `step` the `record` canvas (argmax_canvas, sampled_canvas or
+        input_canvas) of that step; None = every generated token (all canvases, what `generate` returned)."""
+        if step is None:
+            return self.sequences[batch, self.meta["prompt_length"]:]
+        if record not in ("argmax_canvas", "sampled_canvas", "input_canvas"):
+            raise TrajectoryError(f"unknown canvas record {record!r}; choose argmax_canvas, sampled_canvas or input_canvas")
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < self.n_steps:
+            raise TrajectoryError(f"step {step!r} is out of range: the trajectory has {self.n_steps} steps "
+                                  f"(0..{self.n_steps - 1})")
+        return self.records[record][step, batch]
+
+    def prompt_str_tokens(self, batch: int = 0, tokenizer=None) -> list[str]:
+        """The prompt's tokens as text (`dgt_interp.tokenizer.to_str_tokens`), padding dropped."""
+        tok = self._tokenizer_or(tokenizer)
+        return to_str_tokens(tok, self.prompt_ids(batch, tok))
+
+    def canvas_str_tokens(self, step: int | None = None, batch: int = 0, tokenizer=None,
+                          record: str = "argmax_canvas") -> list[str]:
+        """The canvas tokens (`canvas_ids`) as text."""
+        return to_str_tokens(self._tokenizer_or(tokenizer), self.canvas_ids(step, batch, record))
+
+    def to_str_tokens(self, step: int | None = None, batch: int = 0, tokenizer=None,
+                      record: str = "argmax_canvas") -> list[str]:
+        """Position labels of row `batch`: the prompt as `p{i}:'tok'` (p0 = BOS, padding dropped), then the
+        canvas (`canvas_ids(step)`; None = the generated tokens) as `c{j}:'tok'`, e.g.
+        `["p0:'<bos>'", "p1:'def'", "c0:' foo'", ...]`: prompt and canvas positions never share a name."""
+        tok = self._tokenizer_or(tokenizer)
+        return (position_labels(self.prompt_str_tokens(batch, tok), "p")
+                + position_labels(self.canvas_str_tokens(step, batch, tok, record), "c"))
+
     # ---- access -----------------------------------------------------------------------------
     def __getitem__(self, name: str) -> torch.Tensor:
         """`[R, B, P, ...]` for a recorded hook name or opt-in record; a per-step record by its name."""
@@ -358,15 +470,17 @@ class Trajectory:
         return steps.index(step)
 
     def cache(self, step: int, model=None):
-        """A TransformerLens `ActivationCache` of execution step `step` (`[B, P, ...]` per hook name).
+        """A TransformerLens `ActivationCache` of execution step `step` (`[B, P, ...]` per hook name): a
+        `step_cache.StepCache`, whose `accumulated_resid`, `decompose_resid`, `apply_ln_to_stack`,
+        `logit_attrs` (and `logit_attribution`, `softcap`) are exact on DiffusionGemma: the stream starts at
+        the self-conditioned embedding, the final RMSNorm weight and the logit soft-cap are applied, and a
+        name they need but that was not recorded is a one-line `StepCacheError` naming it.
 
         Residual names that are the same tensor here are filled in (`blocks.{l}.hook_resid_pre` from
         `blocks.{l-1}.hook_resid_post`, block 0's from `self_cond.hook_out`), so recording
-        `blocks.*.hook_resid_post` plus `blocks.0.hook_resid_pre` suffices for `accumulated_resid`.
-        TL tools work on it: `accumulated_resid(apply_ln=True)` is exact here (it uses the model's
-        own final norm); `decompose_resid`'s embed term is `hook_embed`, taken before
-        self-conditioning is added, and `logit_attrs` does not fold the final-norm weight nor apply
-        the logit soft-cap: treat those two as approximations on this model.
+        `blocks.*.hook_resid_post` plus `blocks.0.hook_resid_pre` suffices for `accumulated_resid`;
+        `decompose_resid` also needs `blocks.*.hook_attn_out` and `blocks.*.hook_mlp_out`
+        (`traj.run_with_cache(step)` re-runs the step with every name instead).
         """
         if model is not None and model is not self.model:
             self.attach(model)
@@ -385,7 +499,36 @@ class Trajectory:
                 if src in data:
                     data[pre] = data[src]
         bridge = bridge_for(model, "full").bridge
-        return ActivationCache(data, bridge, has_batch_dim=True)
+        return StepCache(data, bridge, model, step=step)
+
+    # ---- re-running one step (TransformerLens style) -------------------------------------------
+    def run_step(self, step: int, model=None, *, fwd_hooks=(), names=None, backend: str = "tl",
+                 attention_mask=None):
+        """Re-run denoising step `step` from its recorded inputs (input canvas, self-conditioning logits,
+        the encoder cache it read) with TL hooks: a `replay.StepRun` (`.logits`, `.processed_logits`
+        `[B, L, V]`, `.cache` an `ActivationCache` of `names`). With no hooks it equals the recorded
+        step bit for bit. Details: `dgt_interp.replay`."""
+        from dgt_interp.replay import run_step  # replay imports capturing, which imports this module
+
+        return run_step(self, self._model_or(model), step, fwd_hooks=fwd_hooks, names=names, backend=backend,
+                        attention_mask=attention_mask)
+
+    def run_with_cache(self, step: int, model=None, *, names="*", fwd_hooks=(), backend: str = "tl"):
+        """TL's `run_with_cache` on one recorded step: `(logits [B, L, V], ActivationCache)`, every hook
+        name by default (`names=` a name, glob or list to keep fewer)."""
+        out = self.run_step(step, model, fwd_hooks=fwd_hooks, names=names, backend=backend)
+        return out.logits, out.cache
+
+    def run_with_hooks(self, step: int, model=None, *, fwd_hooks=(), backend: str = "tl"):
+        """TL's `run_with_hooks` on one recorded step: the logits `[B, L, V]` with `fwd_hooks` applied."""
+        return self.run_step(step, model, fwd_hooks=fwd_hooks, backend=backend).logits
+
+    def _model_or(self, model):
+        if model is not None and model is not self.model:
+            self.attach(model)
+        if self.model is None:
+            raise TrajectoryError("this trajectory has no model attached; pass model= (the captured model)")
+        return self.model
 
     # ---- memory and disk --------------------------------------------------------------------
     @property
@@ -473,6 +616,16 @@ class Trajectory:
         if model is not None:
             traj.attach(model)
         return traj
+
+    def to_html(self, path: str | Path, **kwargs) -> Path:
+        """Write the interactive viewer page of this run to `path` (one self-contained HTML file):
+        `dgt_interp.viz.viewer.write_page(self, path, **kwargs)` (model=, tokenizer=, lens=, patching=,
+        k=, batch=; docs/viewer.md).
+
+        The page is drawn by the analysis layer (the lens, the commit grid); core names that module as
+        a string and loads it on call, as the package's lazy top-level exports do, so importing
+        `trajectory` never imports the analysis layer."""
+        return importlib.import_module("dgt_interp.viz.viewer").write_page(self, path, **kwargs)
 
     def attach(self, model) -> "Trajectory":
         """Attach the model this trajectory was captured with (for `cache`, tokenizer lookups); a one-line

@@ -15,6 +15,20 @@ import torch  # noqa: E402
 torch.set_num_threads(1)  # the machine has 2 cores; leave one for other work
 
 
+def pytest_addoption(parser):
+    parser.addoption("--realistic", action="store_true",
+                     help="also run tests marked `realistic` (models at the released 26B-A4B shapes: ~5 GB, minutes each)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--realistic"):
+        return
+    skip = pytest.mark.skip(reason="a model at the released shapes (~5 GB, minutes): run with --realistic")
+    for item in items:
+        if "realistic" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_diffusion():
     """A random-init DiffusionGemma of the zoo's size (eval mode)."""

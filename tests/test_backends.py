@@ -103,3 +103,68 @@ def test_nnsight_equals_tl_ar(tiny_ar):
     b = prompt_batch(["12+34=", "5+6="])
     kw = dict(attention_mask=b["attention_mask"], names=["blocks.*.hook_resid_post", "blocks.0.mlp.hook_out"])
     _same(capture(tiny_ar, b["input_ids"], backend="tl", **kw), capture(tiny_ar, b["input_ids"], backend="nnsight", **kw))
+
+
+def test_tl_twin_stays_clear_of_nnsight(tiny_diffusion):
+    """Regression: nnsight installs its controller as the forward of every module it wraps, for good;
+    it used to wrap the twin TL captures run on, making every later TL capture pay for it."""
+    b = prompt_batch(["12+34="])
+    capture(tiny_diffusion, b["input_ids"], names="blocks.*.hook_resid_post", backend="nnsight", max_denoising_steps=2)
+    capture(tiny_diffusion, b["input_ids"], names="blocks.*.hook_resid_post", max_denoising_steps=2)
+    for level in ("blocks", "full"):
+        twin = bridge_for(tiny_diffusion, level).twin
+        assert not [n for n, m in twin.named_modules() if "forward" in m.__dict__], level
+
+
+def test_one_model_scan_per_capture(tiny_diffusion, monkeypatch):
+    """Regression: the twin's staleness check (every module's tensors and settings, the config) ran
+    at every twin and name lookup, ~14 times per capture; it is computed once per capture now."""
+    import dgt_interp.backends.tl as tl
+
+    b = prompt_batch(["12+34="])
+    kw = dict(names=["blocks.*.hook_resid_post", "self_cond.hook_signal"], max_denoising_steps=2)
+    capture(tiny_diffusion, b["input_ids"], **kw)  # twins and name probes built
+    calls = []
+    scan = tl._scan
+    monkeypatch.setattr(tl, "_scan", lambda model: calls.append(1) or scan(model))
+    capture(tiny_diffusion, b["input_ids"], **kw)
+    assert len(calls) == 1
+
+
+def test_twin_rebuilt_when_model_changes():
+    """The twin follows replaced tensors, changed module settings and a changed config (reference:
+    the model's own generate)."""
+    from dgt_interp.models import build_diffusion
+
+    model = build_diffusion(seed=1)
+    b = prompt_batch(["12+34="])
+
+    def same_as_generate():
+        torch.manual_seed(3)
+        want = model.generate(b["input_ids"], max_denoising_steps=4).sequences
+        traj = capture(model, b["input_ids"], seed=3, names="blocks.*.hook_resid_post", max_denoising_steps=4)
+        return torch.equal(traj.sequences, want)
+
+    assert same_as_generate()
+    first = bridge_for(model, "blocks")
+    with torch.no_grad():
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight * -1.0)  # a new tensor
+    assert same_as_generate() and bridge_for(model, "blocks") is not first
+    second = bridge_for(model, "blocks")
+    model.model.decoder.layers[0].self_attn.scaling = 0.5  # a module setting
+    assert same_as_generate() and bridge_for(model, "blocks") is not second
+    third = bridge_for(model, "blocks")
+    model.config.get_text_config().final_logit_softcapping = 3.0  # the config
+    assert same_as_generate() and bridge_for(model, "blocks") is not third
+
+
+def test_nnsight_one_step_run_equals_tl(tiny_diffusion):
+    """Regression: a run of one decoder pass made nnsight hand back the bare tensor (not a list of one call), and
+    the backend refused it as '2 calls for 1 steps'. Both backends now give identical tensors there too."""
+    b = prompt_batch(["12+34=", "5+6="])
+    kw = dict(attention_mask=b["attention_mask"], seed=3, names="blocks.*.hook_resid_post", max_new_tokens=8,
+              max_denoising_steps=1)
+    tl, ns = capture(tiny_diffusion, b["input_ids"], **kw), capture(tiny_diffusion, b["input_ids"], backend="nnsight", **kw)
+    assert tl.n_steps == ns.n_steps == 1
+    for n in tl.names:
+        assert torch.equal(tl[n], ns[n]), n

@@ -141,6 +141,13 @@ CASES = {
     "prompt too long": lambda e: tok_batch(["1" * 50], e.tok, max_positions=20),
     "tokenizer of a dir without one": lambda e: load_tokenizer(e.tmp),
     "tokenizer of a bare model": lambda e: load_tokenizer(_raw_model()),
+    "chat=True without a chat template": lambda e: tok_batch(["1+2="], e.tok, chat=True),
+    "lens_capture chat=True without a chat template": lambda e: lens_capture(e.diff, ["1+2="], chat=True),
+    "prompt + new tokens past max_position_embeddings":
+        lambda e: capture(e.diff, tok_batch(["1" * 121 + "="], e.tok)["input_ids"], max_denoising_steps=1),
+    "prompt past max_position_embeddings with more new tokens":
+        lambda e: capture(e.diff, e.one, max_new_tokens=125, max_denoising_steps=1),
+    "lens_capture of a too long prompt": lambda e: lens_capture(e.diff, ["1" * 121 + "="]),
     "task prompt outside the vocabulary": lambda e: prompt_batch(["12x3="]),
     # lens
     "lens of a Linear": lambda e: LogitLens(torch.nn.Linear(2, 2)),

@@ -24,10 +24,31 @@ def paths(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli_bad")
     (root / "a_file").write_text("x")
     (root / "empty_dir").mkdir()
+    from dgt_interp.models import TinySize, build_diffusion
+
+    build_diffusion(TinySize(vocab_size=40)).save_pretrained(root / "no_tokenizer")  # weights, no tokenizer files
     broken = root / "broken_model"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
     (broken / "model.safetensors").write_bytes(b"")
+    # the viewer's inputs: a saved run of "12+34=", the same run corrupted, patch results of other runs
+    from dgt_interp.viz.viewer import view_capture
+
+    traj = view_capture(load_model(ADD), "12+34=", lens=False)
+    traj.save(root / "traj")
+    traj.save(root / "corrupt_traj")
+    data = (root / "corrupt_traj" / "records.safetensors").read_bytes()
+    (root / "corrupt_traj" / "records.safetensors").write_bytes(data[:-8] + b"\x00" * 8)
+    labels = ["p0:'<bos>'"] + [f"p{i + 1}:{c!r}" for i, c in enumerate("12+34=")]
+    for name, steps, prompt in (("patch_other_shape", traj.n_steps + 3, labels), ("patch_other_prompt", traj.n_steps,
+                                                                                   labels[:-2] + ["p5:'5'", "p6:'='"])):
+        (root / name).mkdir()
+        save_file({"resid_pre": torch.zeros(steps, 4, 8), "clean_metric": torch.tensor(1.0),
+                   "corrupted_metric": torch.tensor(0.0)}, str(root / name / "patching.safetensors"))
+        (root / name / "patching.json").write_text(json.dumps({"clean_tokens": prompt}))
+    (root / "patch_corrupt").mkdir()
+    (root / "patch_corrupt" / "patching.json").write_text("{not json")
+    (root / "patch_corrupt" / "patching.safetensors").write_bytes(b"")
     return root
 
 
@@ -35,6 +56,7 @@ def _cases(r: Path) -> dict[str, list[str]]:
     out = str(r / "out_never")
     f = str(r / "a_file")
     lens = ["lens", "--model", ADD, "--prompt", "12+34=", "--out", out]
+    view = ["view", "--model", ADD, "--prompt", "12+34=", "--out", out]
     patch = ["patch", "--model", ADD, "--clean", "4721+3856=", "--corrupted", "4721+3356=", "--out", out]
     return {
         # models
@@ -44,6 +66,22 @@ def _cases(r: Path) -> dict[str, list[str]]:
         "lens: corrupt config": ["lens", "--model", str(r / "broken_model"), "--prompt", "1+2=", "--out", out],
         "lens: a file as the model": ["lens", "--model", f, "--prompt", "1+2=", "--out", out],
         "lens: hub id offline": ["lens", "--model", "google/no-such-model", "--prompt", "1+2=", "--out", out],
+        "lens: model dir without a tokenizer": ["lens", "--model", str(r / "no_tokenizer"), "--prompt", "1+2=",
+                                                "--out", out],
+        "patch: model dir without a tokenizer": ["patch", "--model", str(r / "no_tokenizer"), "--clean", "1+2=",
+                                                 "--corrupted", "1+3=", "--out", out],
+        # the model's tokenizer: --chat needs a chat template (the zoo's character tokenizer has none);
+        # prompt tokens + new tokens must fit in max_position_embeddings (128 for the zoo)
+        "lens: --chat without a chat template": lens + ["--chat"],
+        "patch: --chat without a chat template": patch + ["--chat"],
+        "bottleneck: --chat without a chat template": ["bottleneck", "--model", ADD, "--task", "addition", "-n", "2",
+                                                       "--chat"],
+        "demo: --chat without a chat template": ["demo", "-n", "1", "--study", "none", "--chat"],
+        "case-study: --chat without a chat template": ["case-study", "run", "sudoku", "--quick", "--chat", "--out", out],
+        "lens: prompt + canvas past max_position_embeddings": ["lens", "--model", ADD, "--prompt", "1" * 121 + "=",
+                                                               "--out", out],
+        "patch: prompt + canvas past max_position_embeddings": ["patch", "--model", ADD, "--clean", "1" * 121 + "=",
+                                                                "--corrupted", "2" * 121 + "=", "--out", out],
         # lens options
         "lens: -k 0": lens + ["-k", "0"],
         "lens: -k -3": lens + ["-k", "-3"],
@@ -74,6 +112,29 @@ def _cases(r: Path) -> dict[str, list[str]]:
         "patch: unknown metric": patch + ["--metric", "nope"],
         "patch: unknown sweep": patch + ["--sweeps", "nope"],
         "patch: unknown zoo model": ["patch", "--model", "nope", "--clean", "1+2=", "--corrupted", "1+3=", "--out", out],
+        # view (the trajectory viewer page); `out` is the page's file path here
+        "view: missing trajectory dir": ["view", "--trajectory", str(r / "nope"), "--out", out],
+        "view: a file as the trajectory": ["view", "--trajectory", f, "--out", out],
+        "view: corrupt trajectory": ["view", "--trajectory", str(r / "corrupt_traj"), "--out", out],
+        "view: trajectory of another model": ["view", "--trajectory", str(r / "traj"), "--model", "addition-ar",
+                                              "--out", out],
+        "view: patching of another run (shapes)": view + ["--patching", str(r / "patch_other_shape")],
+        "view: patching of another prompt": view + ["--patching", str(r / "patch_other_prompt")],
+        "view: corrupt patching dir": view + ["--patching", str(r / "patch_corrupt")],
+        "view: missing patching dir": view + ["--patching", str(r / "nope")],
+        "view: out in a missing directory": view[:-1] + [str(r / "no_such_dir" / "run.html")],
+        "view: out is a directory": view[:-1] + [str(r / "empty_dir")],
+        "view: neither prompt nor trajectory": ["view", "--model", ADD, "--out", out],
+        "view: prompt and trajectory": view + ["--trajectory", str(r / "traj")],
+        "view: prompt without a model": ["view", "--prompt", "12+34=", "--out", out],
+        "view: -k 0": view + ["-k", "0"],
+        "view: --chat on a saved trajectory": ["view", "--trajectory", str(r / "traj"), "--out", out, "--chat"],
+        "view: --chat without a chat template": view + ["--chat"],
+        "view: AR twin with an entropy bound": ["view", "--model", "addition-ar", "--prompt", "1+2=", "--out", out,
+                                                "--entropy-bound", "0.1"],
+        "view: attention on the AR twin": ["view", "--model", "addition-ar", "--prompt", "1+2=", "--out", out,
+                                           "--attention"],
+        "view: unknown backend": view + ["--backend", "nope"],
         # bottleneck
         "bottleneck: -n 0": ["bottleneck", "--model", ADD, "--task", "addition", "-n", "0"],
         "bottleneck: -n -5": ["bottleneck", "--model", ADD, "--task", "addition", "-n", "-5"],

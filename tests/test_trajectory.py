@@ -109,3 +109,39 @@ def test_replayed_noise_is_the_seeded_stream_in_any_order_and_holds_one_step():
     assert not big and all(t.numel() < 10_000 for t in noise._states.values())  # generator states, no [L, V] tables
     with pytest.raises(SamplingError, match="use a new ReplayedNoise"):
         noise.bind(vocab + 1, length, steps, "cpu")
+
+
+def _fingerprint_by_hand(model) -> str:
+    """The fingerprint's definition, one tensor at a time (what `model_fingerprint` batches)."""
+    import hashlib
+
+    h = hashlib.sha256(type(model).__name__.encode())
+    h.update(model.config.to_json_string(use_diff=False).encode())
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().reshape(-1)[:64].to("cpu", torch.float64).numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def test_model_fingerprint_is_its_definition_and_sees_in_place_edits():
+    from dgt_interp.models import build_diffusion
+    from dgt_interp.trajectory import model_fingerprint
+
+    model = build_diffusion(seed=2)
+    before = model_fingerprint(model)
+    assert before == _fingerprint_by_hand(model)
+    model.lm_head.weight.data[0, 0] += 1.0  # no version bump, same tensor object: still seen
+    assert model_fingerprint(model) == _fingerprint_by_hand(model) != before
+    half = model.to(torch.bfloat16)
+    assert model_fingerprint(half) == _fingerprint_by_hand(half)
+
+
+def test_token_entropy_is_categorical_entropy():
+    from dgt_interp.sampling import token_entropy
+
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        logits = (torch.randn(3, 5, 40, generator=g) * 6).to(dtype)
+        logits[0, 0, :7] = float("-inf")
+        assert torch.equal(token_entropy(logits), torch.distributions.Categorical(logits=logits).entropy())

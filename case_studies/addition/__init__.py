@@ -22,6 +22,7 @@ STUDY = register(CaseStudy(
     render=render,
     title=TITLE,
     models={"diffusion": "addition-diffusion", "ar": "addition-ar"},
+    viewer=True,  # report.md links the viewer page of one example run (viewer.html)
     hypotheses=tuple(carry_at(j, layer) for j in (1, 2, 3) for layer in (0, 1, 2, 3, None)),
 ))
 

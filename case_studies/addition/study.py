@@ -66,7 +66,7 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
 
     # 1. phenomena per sampler setting (+ the AR twin, greedy)
     trajs, results = {}, {}
-    for name in ctx.progress(settings, desc="phenomena"):
+    for name in ctx.progress(settings, desc="phenomena: sampler settings"):
         traj, res = detect_phenomena(diff, prompts, seed=ctx.seed, **settings[name])
         trajs[name], results[name] = traj, res
         numbers["phenomena"][name] = {k: (v if isinstance(v, float) else v.to_dict()) for k, v in res.items()}
@@ -88,7 +88,7 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
     src_p = [sample_problem(rng) for _ in range(n_causal)]
     base_ids = prompt_batch([p.prompt for p in base_p])["input_ids"]
     src_ids = prompt_batch([p.prompt for p in src_p])["input_ids"]
-    for name in ([tight] if quick else ["eb=0.1 (default)", tight]):
+    for name in ctx.progress([tight] if quick else ["eb=0.1 (default)", tight], desc="canvas flips: sampler settings"):
         flips = canvas_flips(diff, base_ids, src_ids, channels=("canvas",), eos_id=EOS_ID, seed=ctx.seed,
                              batch_size=16, **settings[name])
         eff = draft_effects(find_drafts(flips.base, eos_id=EOS_ID), flips)
@@ -98,9 +98,9 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
 
     # 3. IIA of the carry hypotheses, per sampler setting, vs random sites and the AR twin
     iia_settings = [list(settings)[0]] + ([] if quick else [tight])
-    for name in iia_settings:
+    for name in ctx.progress(iia_settings, desc="IIA: sampler settings"):
         numbers["iia"][name] = {}
-        for j in carries:
+        for j in ctx.progress(carries, desc=f"IIA {name}: carry digits"):
             pairs = carry_pairs(j, n_pairs, seed=ctx.seed)
             half = len(pairs) // 2
             sel, held = pairs[:half], pairs[half:]

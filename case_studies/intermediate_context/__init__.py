@@ -23,6 +23,7 @@ STUDY = register(CaseStudy(
     render=render,
     title=TITLE,
     models={"diffusion": "count-diffusion", "ar": "count-ar"},
+    viewer=True,  # report.md links the viewer page of one example run (viewer.html)
     hypotheses=tuple(list_at(ch, st, c) for ch in CHANNELS for st in STEPS for c in ("count", "answer"))
     + tuple(count_draft_at("both", c) for c in ("count", "answer")),
 ))

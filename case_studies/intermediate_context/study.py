@@ -139,7 +139,7 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
 
     # 1. records per setting + AR twin
     recs = {}
-    for name in ctx.progress(list(settings), desc="records"):
+    for name in ctx.progress(list(settings), desc="records: sampler settings"):
         recs[name] = _records(diff, problems, ctx.seed, **settings[name])
         numbers["records"][name] = _record_numbers(recs[name])
         collect_probes(numbers, name, recs[name]["detected"])
@@ -156,7 +156,7 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
     base_p = [sample_problem(rng) for _ in range(n_causal)]
     src_p = [sample_problem(rng) for _ in range(n_causal)]
     causal_settings = [default] if quick else [default, slow]
-    for name in ctx.progress(causal_settings, desc="canvas patching"):
+    for name in ctx.progress(causal_settings, desc="canvas patching: sampler settings"):
         flips, summary = _flips(diff, base_p, src_p, ctx.seed, max_flip_steps, 32, **settings[name])
         numbers["causal"][name] = summary
         figures[f"canvas_flips_{slug(name)}"] = flips.figure(f"canvas patch flip rate, {name}")
@@ -167,7 +167,7 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
     headline = list_at("both", "all", "count")
     iia_rows = []
     iia_settings = [default] if quick else [default, slow]
-    for name in ctx.progress(iia_settings, desc="IIA"):
+    for name in ctx.progress(iia_settings, desc="IIA: sampler settings"):
         runs = PairRuns(diff, pairs, seed=ctx.seed, **settings[name])
         if not runs.pairs:
             numbers["iia"][name] = {"error": "the model answered no pair correctly unpatched", "dropped": runs.dropped}

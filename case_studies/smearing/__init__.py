@@ -23,6 +23,7 @@ STUDY = register(CaseStudy(
     render=render,
     title=TITLE,
     models={"diffusion": "count-diffusion", "ar": "count-ar"},
+    viewer=True,  # report.md links the viewer page of one example run (viewer.html)
     hypotheses=tuple(count_at(w, m, c) for w in (0, 1, 2, 3, "selfcond", "canvas") for m, c in COMBOS),
 ))
 

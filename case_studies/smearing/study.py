@@ -88,7 +88,7 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
 
     # 1. phenomena per sampler setting + the AR twin (greedy)
     results, trajs = {}, {}
-    for name in ctx.progress(list(settings), desc="phenomena"):
+    for name in ctx.progress(list(settings), desc="phenomena: sampler settings"):
         trajs[name], results[name], det = _phenomena(diff, problems, ctx.seed, False, **settings[name])
         numbers["phenomena"][name] = _numbers(results[name])
         collect_probes(numbers, name, det)
@@ -111,7 +111,7 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
     sel, held = pairs[:half], pairs[half:]
     iia_rows = []
     iia_settings = [list(settings)[0]] + ([] if quick else [slow])
-    for name in ctx.progress(iia_settings, desc="IIA"):
+    for name in ctx.progress(iia_settings, desc="IIA: sampler settings"):
         runs_sel = PairRuns(diff, sel, seed=ctx.seed, **settings[name])
         runs_held = PairRuns(diff, held, seed=ctx.seed, **settings[name])
         if not runs_sel.pairs or not runs_held.pairs:

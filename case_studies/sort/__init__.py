@@ -31,6 +31,7 @@ STUDY = register(CaseStudy(
     render=render,
     title=TITLE,
     models={"diffusion": "sort-diffusion", "ar": "sort-ar"},
+    viewer=True,  # report.md links the viewer page of one example run (viewer.html)
     hypotheses=tuple(order_stat_at(i, w, s) for i in (0, 2, 4) for w, s in
                      [(layer, "all") for layer in range(4)] + [("selfcond", "all"), ("canvas", "all")])
     + tuple(previous_token_at(i) for i in (1, 3)),

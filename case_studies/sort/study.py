@@ -345,7 +345,7 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
     figures: dict = {}
     steps_total = len(settings) + 1 + (1 if quick else 2) + (1 if quick else 2) * (len(digits) + len(prev_digits))
     # (phenomena per setting, AR twin, canvas patching per setting, IIA per digit and previous-token digit)
-    bar = iter(ctx.progress(range(steps_total), desc="sort study", total=steps_total))
+    bar = iter(ctx.progress(range(steps_total), desc="sort study: analysis stages", total=steps_total))
 
     def tick():
         next(bar, None)

@@ -22,6 +22,7 @@ STUDY = register(CaseStudy(
     render=render,
     title=TITLE,
     models={"diffusion": "sudoku-diffusion", "ar": "sudoku-ar"},
+    viewer=True,  # report.md links the viewer page of one example run (viewer.html)
 ))
 
 __all__ = ["STUDY", "candidates", "forced_cells", "propagate", "propagation_rounds", "easy_hard_flips",

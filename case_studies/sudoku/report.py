@@ -12,11 +12,17 @@ TITLE = "Case study: sudoku — does the model fill cells in constraint-propagat
 AR_TWIN = "AR twin (greedy)"
 
 
+def _ci(order, key) -> str:
+    """` [lo, hi]`: the bootstrap 95% interval of a mean correlation (absent in reports of older runs)."""
+    ci = order.get(key)
+    return f" [{f3(ci[0])}, {f3(ci[1])}]" if ci else ""
+
+
 def _order_row(name, ph, order) -> str:
     by = order["mean_commit_step_by_round"]
     return (f"| {name} | {num(ph['accuracy']):.2f} | {num(ph['commit_argmax']['mean_steps']):.1f} | "
-            f"{f3(order['mean_rho_round'])} ({order['rows_with_rho_round']}) | "
-            f"{f3(order['mean_rho_position'])} ({order['rows_with_rho_position']}) | "
+            f"{f3(order['mean_rho_round'])}{_ci(order, 'ci95_rho_round')} ({order['rows_with_rho_round']}) | "
+            f"{f3(order['mean_rho_position'])}{_ci(order, 'ci95_rho_position')} ({order['rows_with_rho_position']}) | "
             f"{f3(order['concordance'])} ({order['pairs']}) | "
             + " / ".join(f"{num(by[r]):.2f}" for r in sorted(by, key=int)) + " |")
 
@@ -47,8 +53,8 @@ def render(numbers: dict) -> str:
         "## Findings in one paragraph",
         "",
         f"Under the default sampler, the commit step's rank correlation with the propagation round is "
-        f"{f3(first['mean_rho_round'])} (mean over the {first['rows_with_rho_round']} puzzles where cells commit at "
-        f"different steps), against {f3(first['mean_rho_position'])} with the cell's position; a harder cell "
+        f"{f3(first['mean_rho_round'])}{_ci(first, 'ci95_rho_round')} (mean over the {first['rows_with_rho_round']} puzzles where cells commit at "
+        f"different steps), against {f3(first['mean_rho_position'])}{_ci(first, 'ci95_rho_position')} with the cell's position; a harder cell "
         f"commits after an easier one of the same puzzle in {f3(first['concordance'])} of {first['pairs']} pairs "
         f"(ties count half; 0.5 = no order). Under the tightest setting these are {f3(last['mean_rho_round'])}, "
         f"{f3(last['mean_rho_position'])} and {f3(last['concordance'])}. The AR twin, which writes left to right, "
@@ -57,7 +63,7 @@ def render(numbers: dict) -> str:
         "",
         "## Commit order against propagation order",
         "",
-        "| setting | accuracy | mean steps | rho(commit, round) (puzzles) | rho(commit, position) (puzzles) | "
+        "| setting | accuracy | mean steps | rho(commit, round) [95% CI] (puzzles) | rho(commit, position) [95% CI] (puzzles) | "
         "harder after easier (pairs) | mean commit step, round 0 / 1 / 2 / ... |",
         "|---|---|---|---|---|---|---|",
         *order_rows(numbers),

@@ -25,7 +25,7 @@ from case_studies.common_report import collect_probes
 from case_studies.samplers import sampler_grid
 from dgt_interp.evaluate import prompt_batch
 from dgt_interp.phenomena import canvas_flips, detect_phenomena
-from dgt_interp.stats import spearman
+from dgt_interp.stats import bootstrap_interval, spearman
 from dgt_interp.studies import Report, StudyContext
 from dgt_interp.tasks import EOS_ID, SUDOKU
 from dgt_interp.viz import commit_heatmap
@@ -58,7 +58,7 @@ def order_vs_rounds(commit_step: torch.Tensor, problems) -> dict:
     """Commit steps `[B, L]` (a `CommitOrder`'s) against each puzzle's propagation rounds.
 
     Per puzzle, over its blank cells: rho_round = Spearman(commit step, round), rho_position =
-    Spearman(commit step, cell index); concordance = over (round-1 cell, round-2+ cell) pairs, the
+    Spearman(commit step, cell index), each mean with a bootstrap 95% interval over puzzles; concordance = over (round-1 cell, round-2+ cell) pairs, the
     fraction where the harder cell commits later (ties count half). Mean commit step per round
     (0 = given cells, copied from the prompt).
     """
@@ -84,7 +84,11 @@ def order_vs_rounds(commit_step: torch.Tensor, problems) -> dict:
         xs = [x for x in xs if x == x]
         return sum(xs) / len(xs) if xs else float("nan")
 
+    def ci95(xs):  # percentile bootstrap over puzzles of the mean correlation
+        return list(bootstrap_interval([x for x in xs if x == x], mean, seed=0))
+
     return {"mean_rho_round": mean(rho_round), "rows_with_rho_round": sum(x == x for x in rho_round),
+            "ci95_rho_round": ci95(rho_round), "ci95_rho_position": ci95(rho_pos),
             "fraction_rho_round_positive": mean([float(x > 0) for x in rho_round if x == x]),
             "mean_rho_position": mean(rho_pos), "rows_with_rho_position": sum(x == x for x in rho_pos),
             "concordance": conc_num / conc_den if conc_den else float("nan"), "pairs": conc_den,
@@ -139,7 +143,7 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
     numbers: dict = {"settings": list(settings), "n_puzzles": n, "n_causal": n_causal, "phenomena": {}, "order": {},
                      "causal": {}}
     figures: dict = {}
-    for name in ctx.progress(settings, desc="settings"):
+    for name in ctx.progress(settings, desc="sampler settings"):
         traj, res = detect_phenomena(diff, problems, seed=ctx.seed, **settings[name])
         order = order_vs_rounds(res["commit_argmax"].commit_step, problems)
         numbers["phenomena"][name] = {k: (v if isinstance(v, float) else v.to_dict()) for k, v in res.items()}

@@ -1,6 +1,7 @@
 """nnsight backend: the same capture, with activations read through nnsight instead of TL hooks.
 
-nnsight traces the bridged twin (`NNsight(bridge)`) over a function that calls the real `generate`;
+nnsight traces the bridged twin's hook-point modules (`NNsight` over a `ModuleList` of the points the
+names read) over a function that calls the real `generate` of the twin;
 `tracer.cache(modules=...)` records each hook-point module's output once per call, i.e. once per
 denoising step (AR: once per generated token). The per-step canvases come from the same recording
 sampler as the TL path, and the cached outputs go through the same `_Recorder.store`, so the tensors
@@ -19,34 +20,49 @@ import torch
 from nnsight import NNsight
 
 
-def _envoy(root, path: str):
-    env = root
-    for part in path.split("."):
-        env = env[int(part)] if part.isdigit() else getattr(env, part)
-    return env
+def _wrapped(bridged, names: list[str]):
+    """(nnsight wrapper, {name: index of its hook point}) for `names`, built once per twin and name set.
+
+    The wrapper's root is a `ModuleList` of just the hook-point modules those names read, not the
+    whole bridge: nnsight installs its controller as the forward of every module it wraps (for good),
+    and each one costs a few Python calls per module call; the points are all a capture reads."""
+    key = ("nnsight", tuple(names))
+    if key not in bridged.extras:
+        hook_dict = bridged.hook_points
+        points: dict[int, torch.nn.Module] = {}  # aliases of one point share its index
+        for n in names:
+            points.setdefault(id(hook_dict[n]), hook_dict[n])
+        order = list(points)
+        index = {n: order.index(id(hook_dict[n])) for n in names}
+        bridged.extras[key] = (NNsight(torch.nn.ModuleList(points.values())), index)
+    return bridged.extras[key]
 
 
-def run_with_nnsight(bridge, run, input_ids: torch.Tensor, names: list[str], rec):
-    """Run `run(input_ids)` under an nnsight trace of `bridge`, feeding hook outputs to `rec` per step."""
-    paths = {id(m): p for p, m in bridge.named_modules()}
-    points = {n: bridge.hook_dict[n] for n in names}
-    model = NNsight(bridge)
-    envoys = {n: _envoy(model, paths[id(p)]) for n, p in points.items()}
-    unique = list({id(e): e for e in envoys.values()}.values())
+def run_with_nnsight(bridged, run, input_ids: torch.Tensor, names: list[str], rec):
+    """Run `run(input_ids)` under an nnsight trace of the hook points of `names` on `bridged` (a twin
+    of its own: `bridge_for(model, level, "nnsight")`), feeding their outputs to `rec` per step."""
+    if not names:  # nothing for nnsight to read
+        sequences = run(input_ids)
+        for s in range(rec.records()["cur_step"].shape[0]):
+            rec.flush(s)
+        return sequences
+    wrapped, index = _wrapped(bridged, names)
     result = {}
 
     def fn(input_ids):
         result["sequences"] = run(input_ids)
         return result["sequences"]
 
-    with model.trace(input_ids, fn=fn) as tracer:
-        cache = tracer.cache(modules=unique)
+    with wrapped.trace(input_ids, fn=fn) as tracer:
+        cache = tracer.cache(modules=[wrapped[i] for i in sorted(set(index.values()))])
     records = rec.records()
     n_steps = records["cur_step"].shape[0]
     with_sc = records["has_self_cond"].any(-1).tolist() if n_steps else []
     per_name = {}
-    for n, e in envoys.items():
-        outs = cache[paths[id(points[n])]].output if envoys else []
+    for n in names:
+        outs = cache[f"model.{index[n]}"].output
+        if isinstance(outs, torch.Tensor):  # nnsight returns one call's output bare, not as a list of one
+            outs = [outs]
         if n.endswith("self_cond.hook_logits_in"):
             steps = [s for s in range(n_steps) if with_sc[s]]
         else:

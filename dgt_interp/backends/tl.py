@@ -36,8 +36,10 @@ TL versions are pinned (pyproject): `_reprefix_components` and `sources._bridge_
 from __future__ import annotations
 
 import copy
+import threading
 import warnings
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -47,8 +49,9 @@ from transformer_lens.model_bridge.generalized_components import LinearBridge
 from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
 from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
 from transformer_lens.model_bridge.supported_architectures.gemma4 import Gemma4ArchitectureAdapter
-from transformers import DiffusionGemmaForBlockDiffusion, Gemma4ForCausalLM
+from transformers import DiffusionGemmaForBlockDiffusion, Gemma4ForCausalLM, PretrainedConfig
 
+from dgt_interp.backends.devices import shared_hooks
 from dgt_interp.errors import DgtInterpError
 
 DIFFUSION_ARCH = "DiffusionGemmaForBlockDiffusion"
@@ -152,8 +155,11 @@ def structural_twin(model):
     """A deep copy of `model`'s module tree that shares every parameter and buffer tensor with it.
 
     Hooks the user registered on `model`'s modules are not carried over (a deep copy would copy
-    them): the twin runs only the hooks `capture` puts on it."""
+    them): the twin runs only the hooks `capture` puts on it. accelerate's hooks (a model loaded with
+    `device_map=`, or offloaded) are shared, not copied: the twin places and offloads exactly as the
+    model does, and offloaded weights are not copied."""
     memo = {id(t): t for t in _tensors(model)}
+    memo.update(shared_hooks(model))
     twin = copy.deepcopy(model, memo)
     for module in twin.modules():
         for attr in _HOOK_DICTS:
@@ -170,21 +176,71 @@ class Bridged:
     level: str
     fingerprint: tuple
     arch: str
-    info: dict = field(default_factory=dict)  # name -> (shape at batch 1, fires) from `probe_names`
+    hook_points: dict = field(default_factory=dict)  # TL's `bridge.hook_dict` (aliases included), built once
+    extras: dict = field(default_factory=dict)  # built once per twin by a backend (e.g. its nnsight wrapper)
 
 
-_BRIDGES: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, Bridged]]" = weakref.WeakKeyDictionary()
+_BRIDGES: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[str, str], Bridged]]" = weakref.WeakKeyDictionary()
 
 
 _PLAIN = (int, float, str, bool, type(None))
+_PLAIN_TYPES = frozenset(_PLAIN)
 
 
-def _fingerprint(model) -> tuple:
-    """What the twin must agree with: the tensors (by identity), and every module's plain settings
-    (e.g. `final_logit_softcapping`, `training`) and the config: a change rebuilds the twin."""
-    settings = tuple(tuple((k, v) for k, v in vars(m).items() if isinstance(v, _PLAIN) and not k.startswith("_"))
-                     for m in model.modules())
-    return tuple(id(t) for t in _tensors(model)) + (hash(settings), model.config.to_json_string())
+def config_state(value):
+    """A comparable snapshot of a config: every attribute of it and its sub-configs, lists and dicts
+    as nested tuples (other values by `repr`). Equal snapshots mean equal `to_json_string()`s, at a
+    fraction of the cost (no defaults diff, no JSON)."""
+    if type(value) in _PLAIN_TYPES:
+        return value
+    if isinstance(value, PretrainedConfig):
+        return (type(value).__name__,) + tuple((k, config_state(v)) for k, v in vars(value).items())
+    if isinstance(value, dict):
+        return tuple((k, config_state(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return (type(value).__name__,) + tuple(config_state(v) for v in value)
+    return repr(value)
+
+
+def _scan(model) -> tuple:
+    """What the twin must agree with: the tensors (by identity), every module's plain settings
+    (e.g. `final_logit_softcapping`, `training`) and the config (`config_state`); one pass over the
+    module tree (~1 ms on a zoo model)."""
+    out = []
+    for m in model.modules():
+        d = m.__dict__
+        out.append(tuple(map(id, d["_parameters"].values())))
+        out.append(tuple(map(id, d["_buffers"].values())))
+        out.append(tuple([(k, v) for k, v in d.items() if type(v) in _PLAIN_TYPES and k[0] != "_"]))
+    return tuple(out), config_state(model.config)
+
+
+_PINS = threading.local()  # id(model) -> [model, fingerprint, depth] inside `pinned(model)`, per thread
+
+
+@contextmanager
+def pinned(model):
+    """Within this block `model` is taken as unchanged: its fingerprint is computed once, not at every
+    `bridge_for` / name lookup (one capture makes dozens). Re-entrant; per thread."""
+    pins = _PINS.__dict__.setdefault("pins", {})
+    entry = pins.get(id(model))
+    if entry is not None and entry[0] is model:
+        entry[2] += 1
+    else:
+        entry = pins[id(model)] = [model, _scan(model), 1]
+    try:
+        yield
+    finally:
+        entry[2] -= 1
+        if entry[2] == 0:
+            pins.pop(id(model), None)
+
+
+def fingerprint(model) -> tuple:
+    """What a twin of `model` must agree with (`_scan`): the one computed when the enclosing
+    `pinned(model)` began, else computed now. Equal fingerprints: same tensors, settings, config."""
+    entry = _PINS.__dict__.get("pins", {}).get(id(model))
+    return entry[1] if entry is not None and entry[0] is model else _scan(model)
 
 
 def _install_logits_in_hook(twin, bridge) -> None:
@@ -218,6 +274,79 @@ def _float_mask_dummy(twin) -> None:
     decoder.create_diffusion_decoder_attention_mask = create_diffusion_decoder_attention_mask
 
 
+def _idle(point: HookPoint) -> bool:
+    """No TL hook on `point` and no nnsight controller in its forward: calling it would change nothing."""
+    return not point._forward_hooks and not point._forward_pre_hooks and "forward" not in point.__dict__
+
+
+_LEAN_BLOCKS: dict[type, type] = {}
+
+
+def _lean_block_class(base: type) -> type:
+    """`base` (TL's `BlockBridge` class) with `forward` cut to what it does for a block with no
+    bridged submodules (level "blocks") outside TL's start/stop-at-layer runs: `hook_in` on the
+    hidden states, the wrapped layer, `hook_out` on its output, each through TL's own method. The
+    steps skipped (attention-capture wiring and clearing, start/stop-at-layer checks, accelerate's
+    device alignment of a layer that is not offloaded) do nothing in that case; anything else takes
+    TL's full `forward` / `__call__`."""
+    if base not in _LEAN_BLOCKS:
+
+        class LeanBlock(base):
+            def __call__(self, *args, **kwargs):
+                # TL's __call__ wraps every call in accelerate's `align_module_device`, which does
+                # something only for a layer accelerate offloads (one with an `_hf_hook`)
+                original = self._modules.get("_original_component")
+                if original is not None and "_hf_hook" in original.__dict__:
+                    return super().__call__(*args, **kwargs)
+                return torch.nn.Module.__call__(self, *args, **kwargs)
+
+            def forward(self, *args, **kwargs):
+                if self.submodules or self._stop_at_layer_idx is not None or self._start_at_layer_idx is not None \
+                        or self.original_component is None:
+                    return super().forward(*args, **kwargs)
+                args, kwargs = self._hook_input_hidden_states(args, kwargs)
+                kwargs = self._filter_kwargs_for_forward(kwargs, len(args))
+                output = self.original_component(*args, **kwargs)
+                return self._apply_output_hook(
+                    output, force_tuple_for_bare_tensor=self._is_standalone_hidden_state_call(args, kwargs))
+
+        LeanBlock.__name__ = LeanBlock.__qualname__ = f"Lean{base.__name__}"
+        _LEAN_BLOCKS[base] = LeanBlock
+    return _LEAN_BLOCKS[base]
+
+
+def _lighten_blocks(bridge) -> None:
+    """Take per-call costs out of TL's `BlockBridge.forward` without changing what it does.
+
+    - TL decides which kwargs the wrapped layer accepts from `inspect.signature` at every block call
+      (tens of microseconds, a few % of a zoo model's denoising step); the decision depends only on
+      the kwarg names and the positional count, so TL's own answer is computed once and reused.
+    - The start/stop-at-layer attributes TL reads at every call exist only once a TL run with
+      `start_at_layer` / `stop_at_layer` set them (and reset them to None); until then each read
+      misses and walks TL's `__getattr__` fallback. They start as None here, TL's own idle value.
+    - A block with no bridged submodules (level "blocks") runs `_lean_block_class`'s forward.
+    """
+    for block in bridge.blocks:
+        if not block.submodules:
+            block.__class__ = _lean_block_class(type(block))
+        for attr in ("_stop_at_layer_idx", "_start_at_layer_idx", "_start_residual"):
+            if attr not in block.__dict__:
+                setattr(block, attr, None)
+        original = block._filter_kwargs_for_forward
+        kept: dict = {}
+
+        def filtered(kwargs, num_positional_args=0, original=original, kept=kept):
+            key = (tuple(kwargs), num_positional_args)
+            if key not in kept:
+                out = original(kwargs, num_positional_args)
+                kept[key] = None if out is kwargs else tuple(out)  # None: TL passes them all through
+                return out
+            names = kept[key]
+            return kwargs if names is None else {k: kwargs[k] for k in names}
+
+        block._filter_kwargs_for_forward = filtered
+
+
 def _install_cache_hooks(twin, bridge) -> None:
     """Fire `blocks.{l}.hook_cache_k` / `hook_cache_v` on the encoder KV cache decoder layer l reads.
 
@@ -234,6 +363,8 @@ def _install_cache_hooks(twin, bridge) -> None:
 
         def hooked(cache, key_states, value_states, append=append, idx=attn.layer_idx, k=block.hook_cache_k,
                    v=block.hook_cache_v):
+            if _idle(k) and _idle(v):  # nothing reads or edits the cache at this pass: skip the transposes
+                return append(cache, key_states, value_states)
             entry = cache.layers[idx]
             keys, values = entry.keys, entry.values
             entry.keys = k(keys.transpose(1, 2)).transpose(1, 2)
@@ -247,19 +378,25 @@ def _install_cache_hooks(twin, bridge) -> None:
     bridge._scan_existing_hooks(bridge, "")  # register the new names (TL re-scans the same way)
 
 
-def bridge_for(model, level: str = "full") -> Bridged:
+def bridge_for(model, level: str = "full", backend: str = "tl") -> Bridged:
     """The cached bridged twin of `model` at `level` ("blocks", "resid" or "full"); built on first use.
 
     Rebuilt when the model changed in a way a twin would not see: its tensors were replaced (e.g.
-    after `.to(device)`), a module's plain setting or the config changed (`_fingerprint`).
+    after `.to(device)`), a module's plain setting or the config changed (`fingerprint`).
+    `backend="nnsight"` gets a twin of its own: nnsight installs a permanent wrapper as the forward
+    of every module it wraps (inert outside a trace, but a few Python calls per module call), which
+    would slow every later TL capture on a shared twin.
     """
     if level not in LEVELS:
         raise UnsupportedModelError(f"unknown bridge level {level!r}; use one of {LEVELS}")
     arch = architecture_of(model)
     per_model = _BRIDGES.setdefault(model, {})
-    fp = _fingerprint(model)
-    cached = per_model.get(level)
+    fp = fingerprint(model)
+    cached = per_model.get((level, backend))
+    if cached is not None and cached.fingerprint is fp:
+        return cached
     if cached is not None and cached.fingerprint == fp:
+        cached.fingerprint = fp  # the same state: the next lookup under this `pinned` is one `is`
         return cached
     twin = structural_twin(model)
     with warnings.catch_warnings():  # "alias did not resolve" for components pruned at level "resid"
@@ -271,15 +408,36 @@ def bridge_for(model, level: str = "full") -> Bridged:
             model_name=f"dgt_interp:{type(model).__name__}",
             post_adapter_hook=_keep_attention_and_level(level),
         )
+    _lighten_blocks(bridge)
     if arch == DIFFUSION_ARCH:
         if hasattr(bridge, "self_cond"):
             _install_logits_in_hook(twin, bridge)
         _install_cache_hooks(twin, bridge)
         if level == "attention":
             _float_mask_dummy(twin)
-    bridged = Bridged(twin, bridge, level, fp, arch)
-    per_model[level] = bridged
+    bridged = Bridged(twin, bridge, level, fp, arch, hook_points=bridge.hook_dict)
+    per_model[(level, backend)] = bridged
     return bridged
+
+
+@contextmanager
+def hooks(bridged: Bridged, fwd_hooks):
+    """TL's `bridge.hooks(fwd_hooks=...)` for concrete hook names (`names.resolve_names`): each fn is
+    checked (`check_hooks_to_add`) and added to its hook point (`HookPoint.add_hook`) as TL does, and
+    exactly those hooks are removed at exit. TL's own context rebuilds its name -> hook point table
+    and alias map at every entry (~0.3 ms, a few % of a zoo model's generate); the table is fixed
+    once the twin is built (`Bridged.hook_points`)."""
+    bridge, added = bridged.bridge, []
+    try:
+        for name, fn in fwd_hooks:
+            point = bridged.hook_points[name]
+            bridge.check_hooks_to_add(point, name, fn, dir="fwd")
+            added.append((point, point.add_hook(fn, dir="fwd")))
+        yield
+    finally:
+        for point, handle in added:
+            handle.hook.remove()
+            point.fwd_hooks[:] = [h for h in point.fwd_hooks if h is not handle]
 
 
 def sync_generation_config(model, twin) -> None:

@@ -11,56 +11,25 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
-from transformers import (
-    DiffusionGemmaConfig,
-    DiffusionGemmaForBlockDiffusion,
-    DiffusionGemmaTextConfig,
-    Gemma4ForCausalLM,
-    Gemma4TextConfig,
-)
+from transformers import DiffusionGemmaForBlockDiffusion, Gemma4ForCausalLM
 
 from dgt_interp.depth.tracer import DepthError
-from dgt_interp.models.build import ar_config, diffusion_config, tiny_vision_config
+from dgt_interp.models.build import ar_config, diffusion_config
+from dgt_interp.models.released import released_config
 
 from .compose import ar_generation_depth, ar_pass_depth, diffusion_generation_depth, diffusion_step_maps
 
 PAPER_NAIVE_RATIO = 28.6  # Engels et al., arXiv 2606.20560, abstract
 PAPER_BOTTLENECKED_RATIO = 1.1
 
-# The 26B-A4B backbone shared by google/diffusiongemma-26B-A4B-it and google/gemma-4-26B-A4B-it.
-# transformers' `DiffusionGemmaTextConfig()` / `Gemma4TextConfig()` defaults already match the released
-# depth and vocabulary (num_hidden_layers=30, vocab_size=262_144, 5 sliding : 1 full layer types, rope
-# parameters, final_logit_softcapping=30 for DiffusionGemma) but leave the MoE fields unset and describe a
-# narrower model. The values below are the released checkpoint's text_config, quoted verbatim from its
-# config.json in lablup/mlxcel src/models/diffusion_gemma/tests.rs (REAL_CONFIG_SNIPPET):
-BACKBONE_26B_A4B = dict(
-    hidden_size=2816,  # default 2304
-    intermediate_size=2112,  # width of the always-on dense MLP (the "1 shared" expert); default 9216
-    num_attention_heads=16,  # default 8
-    num_key_value_heads=8,  # default 4 (sliding layers)
-    num_global_key_value_heads=2,  # full layers; also in transformers' EP-plan comment for gemma-4-26B-A4B-it
-    head_dim=256,  # = default
-    global_head_dim=512,  # = default (full-attention layers)
-    num_experts=128,  # default None (REFERENCES: 128 experts)
-    top_k_experts=8,  # default None (REFERENCES: 8 active + 1 shared)
-    moe_intermediate_size=704,  # default None
-    sliding_window=1024,  # default 512
-    max_position_embeddings=262_144,  # default 131_072
-    final_logit_softcapping=30.0,
-)
 
-
+# The released 26B-A4B pair (the backbone and its provenance: dgt_interp.models.released).
 def _diffusiongemma_26b_a4b():
-    # The vision tower is never used on text; a tiny one keeps the meta model small to build.
-    return DiffusionGemmaConfig(text_config=DiffusionGemmaTextConfig(**BACKBONE_26B_A4B),
-                                vision_config=tiny_vision_config())
+    return released_config("diffusion")
 
 
 def _gemma4_26b_a4b():
-    # attention_k_eq_v: full layers reuse K as V (the checkpoint has no v_proj there); no per-layer input
-    # embeddings in the 26B-A4B model (hidden_size_per_layer_input=0); the MoE block is on.
-    return Gemma4TextConfig(**BACKBONE_26B_A4B, enable_moe_block=True, attention_k_eq_v=True,
-                            hidden_size_per_layer_input=0)
+    return released_config("ar")
 
 
 def _diffusiongemma_tiny():

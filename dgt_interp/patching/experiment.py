@@ -172,13 +172,15 @@ class Patching:
             self._references[(which, step)] = self.capture(which, record=record, steps=steps)
         return self._references[(which, step)]
 
-    def clean_metric(self, metric) -> float:
-        """The metric on the clean run, averaged over the prompt batch."""
-        return float(metric_values(self.reference("clean", metric), metric).mean())
+    def clean_metric(self, metric, *, per_prompt: bool = False) -> float | torch.Tensor:
+        """The metric on the clean run, averaged over the prompt batch (`per_prompt=True`: `[batch]`)."""
+        values = metric_values(self.reference("clean", metric), metric)
+        return values if per_prompt else float(values.mean())
 
-    def corrupted_metric(self, metric) -> float:
-        """The metric on the (unpatched) corrupted run, averaged over the prompt batch."""
-        return float(metric_values(self.reference("corrupted", metric), metric).mean())
+    def corrupted_metric(self, metric, *, per_prompt: bool = False) -> float | torch.Tensor:
+        """The metric on the (unpatched) corrupted run, averaged over the prompt batch (`per_prompt=True`: `[batch]`)."""
+        values = metric_values(self.reference("corrupted", metric), metric)
+        return values if per_prompt else float(values.mean())
 
     def position_counts(self, names: list[str]) -> dict[tuple[str, int], int]:
         """`{(name, step): positions}` where each hook fires in the clean run, from one clean run that keeps
@@ -341,19 +343,23 @@ class Patching:
                 bar.close()
 
     def iter_patches(self, patches: Sequence[Site | Sequence[Site]], metric, *, batch_size: int | None = 64,
-                     max_bytes: int | None = None, progress: bool = False) -> Iterator[tuple[int, torch.Tensor]]:
+                     max_bytes: int | None = None, progress: bool = False, per_prompt: bool = False,
+                     desc: str = "patched runs") -> Iterator[tuple[int, torch.Tensor]]:
         """Metric of many patched runs, streamed: yields `(start, values)` per chunk, `values[i]`
-        (averaged over the prompt batch) belonging to `patches[start + i]` (see `iter_runs`)."""
+        (averaged over the prompt batch; `per_prompt=True`: `[batch]` per patch, prompt order) belonging to
+        `patches[start + i]` (see `iter_runs`; `desc` labels the progress bar, which counts patched runs)."""
         for start, n, traj in self.iter_runs(patches, metric=metric, batch_size=batch_size, max_bytes=max_bytes,
-                                             progress=progress, desc="patching"):
-            yield start, metric_values(traj, metric).view(n, self.batch).mean(-1)
+                                             progress=progress, desc=desc):
+            values = metric_values(traj, metric).view(n, self.batch)
+            yield start, values if per_prompt else values.mean(-1)
 
     def run_patches(self, patches, metric, *, batch_size: int | None = 64, max_bytes: int | None = None,
-                    progress: bool = False) -> torch.Tensor:
-        """`[n_patches]` metric values (see `iter_patches`); batch_size=1 = one generate per patch."""
-        out = torch.full((len(patches),), float("nan"))
+                    progress: bool = False, per_prompt: bool = False) -> torch.Tensor:
+        """`[n_patches]` metric values (`per_prompt=True`: `[n_patches, batch]`; see `iter_patches`);
+        batch_size=1 = one generate per patch."""
+        out = torch.full((len(patches), self.batch) if per_prompt else (len(patches),), float("nan"))
         for start, values in self.iter_patches(patches, metric, batch_size=batch_size, max_bytes=max_bytes,
-                                               progress=progress):
+                                               progress=progress, per_prompt=per_prompt):
             out[start:start + len(values)] = values
         return out
 

@@ -10,6 +10,13 @@ of each canvas; `tokens` are the emitted tokens (the argmax canvas). A one-argum
 - `LogitDiff(pos, correct, wrong)`: logit[correct] - logit[wrong] summed over positions;
 - `AnswerProb(pos, tokens)`: the probability that every position holds its answer token;
 - `ExactMatch(pos, tokens)`: 1.0 where the emitted tokens equal the answer.
+
+Targets (`correct`, `wrong`, `tokens`) are one id (every row, every position), a flat list of one id
+per position, or per prompt: a `[batch, n_pos]` nested list / 2-D tensor (`[batch, 1]`: one id per
+prompt at every position), e.g. `LogitDiff(pos=5, correct=[[3], [7]], wrong=[[4], [2]])` or
+`LogitDiff.per_prompt(5, correct=[3, 7], wrong=[4, 2])`. Row layout: a patched run stacks K copies
+of the prompt batch along the batch axis (copy k = rows `k * batch .. (k + 1) * batch - 1`), so row r
+is prompt `r % batch`; per-prompt targets follow it (any multiple of the batch is accepted).
 """
 
 from __future__ import annotations
@@ -43,6 +50,28 @@ def _broadcast(tok, pos: list[int]) -> list[int]:
     return toks
 
 
+def _per_prompt(tok) -> bool:
+    if isinstance(tok, torch.Tensor):
+        return tok.dim() == 2
+    return not isinstance(tok, int) and len(tok) > 0 and not isinstance(tok[0], int) and \
+        not (isinstance(tok[0], torch.Tensor) and tok[0].dim() == 0)
+
+
+def targets(tok, pos: list[int], rows: int, device=None) -> torch.Tensor:
+    """`[rows, n_pos]` token ids: one id, one per position, or per prompt (`[batch, n_pos]` / `[batch, 1]`,
+    repeated over the K copies of the batch a patched run stacks: row r is prompt r % batch)."""
+    if not _per_prompt(tok):
+        return torch.tensor(_broadcast(tok, pos), device=device).expand(rows, len(pos))
+    t = torch.as_tensor(tok if isinstance(tok, torch.Tensor) else [[int(i) for i in row] for row in tok],
+                        dtype=torch.long, device=device)
+    if t.shape[1] not in (1, len(pos)):
+        raise PatchingError(f"per-prompt targets of shape {tuple(t.shape)} for {len(pos)} positions; give "
+                            f"[batch, {len(pos)}] or [batch, 1]")
+    if t.shape[0] == 0 or rows % t.shape[0]:
+        raise PatchingError(f"{t.shape[0]} per-prompt targets for {rows} rows; give one row of targets per prompt")
+    return t.expand(t.shape[0], len(pos)).repeat(rows // t.shape[0], 1)
+
+
 @dataclass
 class LogitDiff:
     """logit[correct] - logit[wrong] at output position(s) `pos`, summed over positions. `[batch]`.
@@ -56,12 +85,18 @@ class LogitDiff:
     wrong: int | Sequence[int]
     step: int | None = None
 
+    @classmethod
+    def per_prompt(cls, pos, correct, wrong, step: int | None = None) -> "LogitDiff":
+        """One `correct` and one `wrong` id per prompt (`[batch]` each), at every position in `pos`."""
+        return cls(pos, [[int(c)] for c in correct], [[int(w)] for w in wrong], step)
+
     def __call__(self, logits: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
         pos = _as_list(self.pos)
-        c, w = _broadcast(self.correct, pos), _broadcast(self.wrong, pos)
+        rows = logits.shape[0]
+        c = targets(self.correct, pos, rows, logits.device)
+        w = targets(self.wrong, pos, rows, logits.device)
         lp = logits[:, pos].float()
-        idx = torch.arange(len(pos))
-        return (lp[:, idx, c] - lp[:, idx, w]).sum(-1)
+        return (lp.gather(-1, c[..., None]) - lp.gather(-1, w[..., None]))[..., 0].sum(-1)
 
 
 @dataclass
@@ -75,9 +110,9 @@ class AnswerProb:
 
     def __call__(self, logits: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
         pos = _as_list(self.pos)
-        t = _broadcast(self.tokens, pos)
+        t = targets(self.tokens, pos, logits.shape[0], logits.device)
         lp = torch.log_softmax(logits[:, pos].float(), -1)
-        return lp[:, torch.arange(len(pos)), t].sum(-1).exp()
+        return lp.gather(-1, t[..., None])[..., 0].sum(-1).exp()
 
 
 @dataclass
@@ -94,7 +129,7 @@ class ExactMatch:
     def __call__(self, logits: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
         pos = _as_list(self.pos)
         emitted = tokens[:, pos] if tokens is not None else logits[:, pos].argmax(-1)
-        want = torch.tensor(_broadcast(self.tokens, pos), device=emitted.device)
+        want = targets(self.tokens, pos, emitted.shape[0], emitted.device)
         return (emitted == want).all(-1).float()
 
 
@@ -115,9 +150,9 @@ def call_metric(metric, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Ten
 
 
 def metric_values(traj, metric) -> torch.Tensor:
-    """`[batch]` metric values of a recorded run (at `metric.step` if the metric has one, else final)."""
+    """`[rows]` metric values of a recorded run (at `metric.step` if the metric has one, else final)."""
     logits, tokens = traj.outputs(getattr(metric, "step", None))
     return call_metric(metric, logits, tokens)
 
 
-__all__ = ["Metric", "LogitDiff", "AnswerProb", "ExactMatch", "normalise", "call_metric", "metric_values"]
+__all__ = ["Metric", "LogitDiff", "AnswerProb", "ExactMatch", "normalise", "call_metric", "metric_values", "targets"]

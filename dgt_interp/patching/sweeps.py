@@ -1,7 +1,8 @@
 """Sweeps with a step axis: patch every (step, layer[, pos][, head]) cell of a hook alone.
 
 The TransformerLens `patching.get_act_patch_*` family with a denoising-step axis first:
-`get_act_patch_resid_pre(p, metric)` -> `[step, layer, pos]`, averaged over the prompt batch, NaN
+`get_act_patch_resid_pre(p, metric)` -> `[step, layer, pos]`, averaged over the prompt batch
+(`per_prompt=True`: a trailing batch axis, `[step, layer, pos, batch]`, whose mean is the default), NaN
 where the hook does not fire (self-conditioning at a canvas's first step, AR positions past the one
 a step processes). Cells run batched along the batch axis (`Patching.iter_patches`).
 
@@ -21,7 +22,7 @@ from dgt_interp.patching.sites import Index, PatchingError, Site, indices
 
 def get_act_patch(p: Patching, pattern: str, metric, *, by: str = "pos", steps: Index = None, layers: Index = None,
                   positions: Index = None, batch_size: int | None = 64, max_bytes: int | None = None,
-                  progress: bool = False) -> torch.Tensor:
+                  progress: bool = False, per_prompt: bool = False) -> torch.Tensor:
     """Generic sweep: patch each (step, layer[, pos][, head]) cell of hook `pattern` alone.
 
     `pattern`: one hook name or a glob with `*` for the layer (`"blocks.*.hook_resid_pre"`).
@@ -30,6 +31,7 @@ def get_act_patch(p: Patching, pattern: str, metric, *, by: str = "pos", steps: 
     layer gives a layer axis of length 1. NaN marks cells where the hook does not fire. Memory: the clean
     activations are kept at the swept steps only; patched copies run in chunks of at most `batch_size`
     that fit `max_bytes` (`Patching.iter_runs`, `budget.plan_patching`), keeping only what the metric reads.
+    `per_prompt=True` adds a trailing batch axis (each prompt's value; `.mean(-1)` is the default result).
     """
     if by not in ("pos", "head", "layer"):
         raise PatchingError(f"by={by!r}: use 'pos', 'head' or 'layer'")
@@ -68,8 +70,10 @@ def get_act_patch(p: Patching, pattern: str, metric, *, by: str = "pos", steps: 
                         patches.append(Site(name, s, q, h))
     shape = {"layer": (len(step_idx), len(names)), "pos": (len(step_idx), len(names), max_pos),
              "head": (len(step_idx), len(names), max_pos, n_heads)}[by]
-    out = torch.full(shape, float("nan"))
-    for start, values in p.iter_patches(patches, metric, batch_size=batch_size, max_bytes=max_bytes, progress=progress):
+    out = torch.full(shape + ((p.batch,) if per_prompt else ()), float("nan"))
+    desc = f"patched runs, {pattern} by {by}"  # what the progress bar counts
+    for start, values in p.iter_patches(patches, metric, batch_size=batch_size, max_bytes=max_bytes, progress=progress,
+                                        per_prompt=per_prompt, desc=desc):
         for c, v in zip(cells[start:start + len(values)], values):
             out[c] = v
     if by != "layer" and positions is not None:

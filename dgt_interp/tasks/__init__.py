@@ -2,9 +2,9 @@
 
 from .base import Problem, Split, Task, TaskError
 from .library import ADDITION, COUNT, SORT, SUDOKU, TASKS, get_task
-from .tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB, build_tokenizer, decode_answer, encode
+from .tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB, build_tokenizer, decode_answer, encode, is_task_tokenizer
 
 __all__ = [
     "Problem", "Split", "Task", "TaskError", "ADDITION", "COUNT", "SORT", "SUDOKU", "TASKS", "get_task",
-    "BOS_ID", "EOS_ID", "PAD_ID", "VOCAB", "build_tokenizer", "decode_answer", "encode",
+    "BOS_ID", "EOS_ID", "PAD_ID", "VOCAB", "build_tokenizer", "decode_answer", "encode", "is_task_tokenizer",
 ]

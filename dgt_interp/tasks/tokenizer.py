@@ -46,6 +46,11 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return tok
 
 
+def is_task_tokenizer(tokenizer) -> bool:
+    """Whether `tokenizer` is this character tokenizer (same vocabulary, e.g. a zoo dir's saved copy)."""
+    return len(tokenizer) == len(VOCAB) and tokenizer.convert_ids_to_tokens(list(range(len(VOCAB)))) == list(VOCAB)
+
+
 def encode(text: str) -> list[int]:
     """Ids of `text` with the leading `<bos>`, no padding. Raises on characters outside the vocabulary."""
     unknown = sorted({c for c in text if c not in CHARS})

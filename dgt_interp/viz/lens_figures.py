@@ -22,6 +22,7 @@ from matplotlib.patches import Patch, Rectangle
 
 from dgt_interp.lens import LensError, LensResult
 from dgt_interp.trajectory import TrajectoryError
+from dgt_interp.tokenizer import to_str_tokens
 
 METRICS = {  # name -> (LensResult field, colour bar label, colormap, fixed range)
     "target": ("target_probs", "P(target)", "viridis", (0.0, 1.0)),
@@ -38,8 +39,8 @@ def token_labeler(tokenizer=None):
     def label(i: int) -> str:
         if tokenizer is None:
             return str(int(i))
-        tok = tokenizer.convert_ids_to_tokens(int(i))
-        tok = SHORT.get(tok, tok) if tok is not None else str(int(i))
+        tok = to_str_tokens(tokenizer, [i])[0]  # the text of the token (' foo', not BPE's 'Ġfoo')
+        tok = SHORT.get(tok, tok) if not tok.startswith("<id ") else str(int(i))
         if len(tok) > 2 and tok.startswith("<") and tok.endswith(">"):
             tok = tok[1:-1]
         tok = tok.replace("▁", " ").strip() or "␣"

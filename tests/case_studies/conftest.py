@@ -28,15 +28,18 @@ def quick_study(tmp_path_factory):
 def assert_rerenders(name: str, out, tmp_path) -> None:
     """The study's renderer on the numbers read back from `out/report.json` gives `out/report.md`'s body,
     and `studies.rerender` rewrites report.md to the same bytes (in a copy of `out`)."""
-    from dgt_interp.studies import get_study, rerender
+    from dgt_interp.studies import QUICK_BANNER, get_study, report_text, rerender
 
     study = get_study(name)
     assert study.render is not None and study.title
     md = (out / "report.md").read_text()
-    head = f"# {study.title}\n\n"
-    assert md.startswith(head)
     numbers = json.loads((out / "report.json").read_text())  # NaN -> None, tuples -> lists, keys -> str
-    assert study.render(numbers).strip() + "\n" == md[len(head):]
+    head = f"# {study.title}\n\n" + (f"{QUICK_BANNER}\n\n" if numbers.get("quick") else "")
+    assert md.startswith(head)
+    body = study.render(numbers).strip() + "\n"
+    # the body, then the one line linking the viewer page of an example run (written beside report.md)
+    assert md[len(head):].startswith(body) and md == report_text(study.title, study.render(numbers), numbers)
+    assert "[viewer.html](viewer.html)" in md[len(head) + len(body):] and (out / "viewer.html").is_file()
     copy = tmp_path / "rerendered"
     shutil.copytree(out, copy)
     (copy / "report.md").write_text("stale")

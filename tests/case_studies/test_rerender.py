@@ -54,3 +54,17 @@ def test_iia_table_reads_results_and_their_json_alike():
     assert "| random (mean of 3 draws) | diffusion | 0.500 | min 0.000 – max 1.000 | 2 | 0.250 | 4 |" in want
     assert iia_table([(label, x.to_dict()) for label, x in rows]) == want  # live dicts (NaN, tuples)
     assert iia_table(as_json([(label, x.to_dict()) for label, x in rows])) == want  # as read from report.json
+
+
+def test_quick_runs_say_so_at_the_top_and_rerender_keeps_it(tmp_path):
+    """A --quick report opens with the quick-run banner (its small n carries no conclusions); a full one has none."""
+    from dgt_interp.studies import QUICK_BANNER
+
+    numbers = {"x": 0.5, "n": 3, "quick": True}
+    Report("Toy report", _render(numbers), {}, numbers).write(tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert text.splitlines()[2] == QUICK_BANNER and "do not draw conclusions" in text
+    rerender(_study(), tmp_path)
+    assert (tmp_path / "report.md").read_text() == text
+    Report("Toy report", _render(numbers), {}, dict(numbers, quick=False)).write(tmp_path / "full")
+    assert "Quick run" not in (tmp_path / "full" / "report.md").read_text()

@@ -64,3 +64,17 @@ def _skip_without_zoo():
 
     if "sudoku-diffusion" not in zoo.names():
         pytest.skip("zoo model sudoku-diffusion not shipped")
+
+
+def test_mean_correlations_carry_a_bootstrap_interval():
+    """The interval brackets the mean, is a point for identical puzzles, and is rendered beside the mean."""
+    from case_studies.sudoku.report import _ci
+
+    rounds = torch.tensor([float(r) for r in propagation_rounds(PUZZLE.prompt)])
+    noisy = torch.stack([rounds, rounds.flip(0), rounds, torch.arange(float(len(rounds)))])
+    o = order_vs_rounds(noisy, [PUZZLE] * 4)
+    lo, hi = o["ci95_rho_round"]
+    assert lo <= o["mean_rho_round"] <= hi and lo < hi
+    same = order_vs_rounds(rounds.repeat(3, 1), [PUZZLE] * 3)
+    assert same["ci95_rho_round"] == [pytest.approx(1.0), pytest.approx(1.0)]
+    assert _ci(o, "ci95_rho_round") == f" [{lo:.3f}, {hi:.3f}]" and _ci({}, "ci95_rho_round") == ""
