@@ -23,6 +23,7 @@ model). Targets (issue #12): no row's peak above generate's peak + the bytes of 
 
     .venv/bin/python bench/real_shapes.py [--layers 2] [--steps 48] [--positions 32] [--sweep-steps 4]
                                           [--rows generate,capture,...] [--threads 2]
+    .venv/bin/python bench/real_shapes.py --plan      # the planner's table for the full 30-layer model
 
 On 2 CPU cores one 48-step generate at these shapes takes minutes (the two vocabulary-sized matmuls
 of every step dominate); `--steps`, `--positions` and `--rows` cut a run to what the machine allows,
@@ -104,6 +105,42 @@ def measure(name, fn, note=""):
     return out, row
 
 
+def plan_table(model, tok, steps: int, k: int = 5) -> None:
+    """What the planners say the full 30-layer model needs at `steps` steps, for 1, 8 and 32 prompts.
+
+    The planners run on `model` (the released shapes, fewer layers: every vocabulary-sized term is the
+    real one) and the per-layer terms are scaled to the released 30 layers: the resid_post bytes of
+    `plan_capture`, and the forward + KV-cache part of `estimate_patching_bytes`. Lens outputs are
+    what `LensResult` keeps per (step, layer, batch, position): top-k ids (int64) and probabilities,
+    entropy and KL (float32)."""
+    from types import SimpleNamespace
+
+    from dgt_interp import prompt_batch
+    from dgt_interp.capturing import fmt_bytes, plan_capture
+    from dgt_interp.models.released import RELEASED_LAYERS
+    from dgt_interp.patching import estimate_patching_bytes
+
+    layers = model.config.get_text_config().num_hidden_layers
+    scale = RELEASED_LAYERS / layers
+    canvas = model.config.canvas_length
+    print(f"\nplanner, full model ({RELEASED_LAYERS} layers, bf16 weights ~{fmt_bytes(25.2e9 * 2)}), {steps} steps, "
+          f"one canvas of {canvas} (per-layer terms scaled from {layers} built layers)")
+    print("| prompts | capture resid_post, every layer and step | lens outputs (top-5) | one patched copy "
+          "(sweep) | of which step working set |")
+    print("|---|---|---|---|---|")
+    for batch in (1, 8, 32):
+        ids = prompt_batch(["def add(a, b): return a + b"] * batch, tok)["input_ids"]
+        plan = plan_capture(model, ids, names="blocks.*.hook_resid_post", max_denoising_steps=steps)
+        capture_bytes = plan.activation_bytes * scale + plan.record_bytes
+        lens_bytes = steps * RELEASED_LAYERS * batch * canvas * (k * (8 + 4) + 4 + 4)
+        stand_in = SimpleNamespace(model=model, ids={"corrupted": ids}, generation_kwargs={"max_denoising_steps": steps})
+        est = estimate_patching_bytes(stand_in, record=("final_logits",), hooked=[f"blocks.{layers - 1}.hook_resid_post"])
+        parts = dict(est.parts)
+        parts["forward + KV cache"] = int(parts["forward + KV cache"] * scale)
+        print(f"| {batch} | {fmt_bytes(capture_bytes)} | {fmt_bytes(lens_bytes)} | {fmt_bytes(sum(parts.values()))} | "
+              f"{fmt_bytes(parts['step working set'])} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=2)
@@ -115,6 +152,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--plan", action="store_true", help="print the planners' memory table for the full model and stop")
     args = ap.parse_args()
     rows_wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [r for r in rows_wanted if r not in ROWS]
@@ -142,6 +180,9 @@ def main() -> None:
           f"{n_params / 1e9:.2f}B parameters in {model.dtype}, built in {time.perf_counter() - t0:.0f} s; "
           f"RSS {_status('VmRSS') / GiB:.2f} GiB; {args.threads} threads; max_denoising_steps {args.steps}", flush=True)
     tok = load_tokenizer(model)
+    if args.plan:
+        plan_table(model, tok, args.steps)
+        return
     clean_text, corrupted_text = "def add(a, b): return a + b", "def sub(a, b): return a - b"
     batch = prompt_batch([clean_text], tok)
     corrupted = prompt_batch([corrupted_text], tok)["input_ids"].to(model.device)

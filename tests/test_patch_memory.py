@@ -213,3 +213,32 @@ def test_sampler_and_records_keep_no_autograd_graph(which, request):
                 fwd_hooks=[("blocks.0.hook_resid_pre", start_graph)], **kw)
     assert saved_in  # the graph was recorded (the decoder's own ops)
     assert not {"accept_canvas", "on_accept", "on_ar_scores"} & set(saved_in)
+
+
+def test_planner_reads_per_layer_attention_shapes_of_heterogeneous_configs():
+    """Regression: at the released shapes full-attention layers have other KV heads and head dims than
+    sliding ones, transformers refuses a global `head_dim` there, and the planner crashed on it. The
+    KV width is read per layer; reference: each layer's own k_proj width."""
+    from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion, DiffusionGemmaTextConfig
+
+    from dgt_interp.models.build import diffusion_generation_config, tiny_vision_config
+    from dgt_interp.models.released import random_model
+    from dgt_interp.patching import Patching, estimate_patching_bytes
+    from dgt_interp.patching.budget import kv_width
+
+    text = DiffusionGemmaTextConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                    num_attention_heads=2, num_key_value_heads=2, num_global_key_value_heads=1,
+                                    head_dim=8, global_head_dim=16, num_experts=2, top_k_experts=1,
+                                    moe_intermediate_size=16, layer_types=["sliding_attention", "full_attention"])
+    config = DiffusionGemmaConfig(text_config=text, vision_config=tiny_vision_config(), canvas_length=4,
+                                  image_token_id=61, boi_token_id=62, eoi_token_id=63)
+    model = random_model(DiffusionGemmaForBlockDiffusion, config, dtype=torch.float32).eval()
+    model.generation_config = diffusion_generation_config(max_new_tokens=4, max_denoising_steps=2)
+    with pytest.raises(Exception, match="per-layer"):
+        model.config.text_config.head_dim  # what the planner used to read
+    widths = [layer.self_attn.k_proj.out_features for layer in model.model.decoder.layers]
+    assert kv_width(model.config.text_config) == sum(widths) == 2 * 8 + 1 * 16
+    ids = torch.tensor([[2, 10, 11, 12]])
+    p = Patching(model, ids, torch.tensor([[2, 10, 13, 12]]), seed=0)
+    est = estimate_patching_bytes(p, hooked=["blocks.1.hook_resid_post"])
+    assert est.parts["forward + KV cache"] > 2 * (4 + 4) * sum(widths) * 4  # the KV cache alone, float32

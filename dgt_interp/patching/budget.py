@@ -127,6 +127,16 @@ def metric_record(metric, record=None) -> tuple[tuple[str, ...], slice | None]:
     return ("logits",), slice(0, step + 1)
 
 
+def kv_width(text) -> int:
+    """Key (or value) values cached per position, summed over layers: KV heads x head dim of each layer,
+    read per layer where the config is heterogeneous (the released 26B-A4B: full-attention layers have
+    2 KV heads of 512, sliding ones 8 of 256, and transformers refuses a global `head_dim` there)."""
+    per_layer = getattr(text, "per_layer_config", None)
+    layers = per_layer if per_layer else [text] * text.num_hidden_layers
+    return sum(int(c.num_key_value_heads) * int(getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
+               for c in layers)
+
+
 def estimate_patching_bytes(p, *, record=("final_logits",), steps=None, hooked=()) -> Estimate:
     """The bytes one patched copy of `p`'s corrupted prompts holds at its peak, part by part.
 
@@ -140,8 +150,7 @@ def estimate_patching_bytes(p, *, record=("final_logits",), steps=None, hooked=(
     vocab, canvas = int(text.vocab_size), cap.canvas_length
     positions = ids.shape[1] + cap.n_canvases * canvas
     float_size = torch.empty((), dtype=model.dtype).element_size()
-    head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads)
-    kv = 2 * text.num_hidden_layers * rows * positions * int(text.num_key_value_heads) * head_dim * float_size
+    kv = 2 * rows * positions * kv_width(text) * float_size
     widths = 4 * text.hidden_size + int(getattr(text, "intermediate_size", 0) or 0) + \
         int(getattr(text, "moe_intermediate_size", 0) or 0) * int(getattr(text, "top_k_experts", 1) or 1)
     forward = rows * positions * widths * float_size
