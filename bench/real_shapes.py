@@ -117,13 +117,15 @@ def plan_table(model, tok, steps: int, k: int = 5) -> None:
 
     from dgt_interp import prompt_batch
     from dgt_interp.capturing import fmt_bytes, plan_capture
-    from dgt_interp.models.released import RELEASED_LAYERS
+    from dgt_interp.models.released import RELEASED_LAYERS, random_model, released_config
     from dgt_interp.patching import estimate_patching_bytes
 
     layers = model.config.get_text_config().num_hidden_layers
     scale = RELEASED_LAYERS / layers
     canvas = model.config.canvas_length
-    print(f"\nplanner, full model ({RELEASED_LAYERS} layers, bf16 weights ~{fmt_bytes(25.2e9 * 2)}), {steps} steps, "
+    full = random_model(type(model), released_config("diffusion"), device="meta")  # shapes only
+    weights = sum(p.numel() for p in full.parameters()) * 2
+    print(f"\nplanner, full model ({RELEASED_LAYERS} layers, bf16 weights {fmt_bytes(weights)}), {steps} steps, "
           f"one canvas of {canvas} (per-layer terms scaled from {layers} built layers)")
     print("| prompts | capture resid_post, every layer and step | lens outputs (top-5) | one patched copy "
           "(sweep) | of which step working set |")
@@ -152,6 +154,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--all-steps", action="store_true",
+                    help="turn the adaptive stop off (confidence_threshold=None) so every run takes all --steps steps "
+                         "(the random-init model is confident at once and would stop after a few)")
     ap.add_argument("--plan", action="store_true", help="print the planners' memory table for the full model and stop")
     args = ap.parse_args()
     rows_wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
@@ -189,7 +194,7 @@ def main() -> None:
     if corrupted.shape != batch["input_ids"].shape:
         raise SystemExit("clean and corrupted prompts tokenize to different lengths; pick another pair")
     ids = batch["input_ids"].to(model.device)
-    gen = dict(max_denoising_steps=args.steps)
+    gen = dict(max_denoising_steps=args.steps, **({"confidence_threshold": None} if args.all_steps else {}))
     results: dict[str, Row] = {}
 
     def generate():
@@ -197,9 +202,14 @@ def main() -> None:
         return model.generate(input_ids=ids, **gen)
 
     _, results["generate"] = measure("generate", generate)
-    # Once per model, not per run: the hook-name probe (a 2-step generate at batch 2) and the bridged twin.
-    _, probe = measure("name_probe", lambda: list_names(model, "blocks.*.hook_resid_post"),
-                       note="(once per model: not a row of the table)")
+    # Once per model, not per run: the hook-name probe (a 2-step generate at batch 2) and the bridged
+    # twins a capture and a patched run use, warmed by one-step runs.
+    def warm_up():
+        list_names(model, "blocks.*.hook_resid_post")
+        capture(model, ids, names="blocks.*.hook_resid_post", seed=args.seed, max_denoising_steps=1)
+        return Patching(model, ids, corrupted, seed=args.seed, max_denoising_steps=1)
+
+    measure("warm_up", warm_up, note="(once per model: the name probe and the bridged twins; not a row of the table)")
     traj = None
     if "capture" in rows_wanted or "lens" in rows_wanted:
         traj, results["capture"] = measure("capture", lambda: capture(model, ids, names="blocks.*.hook_resid_post",
@@ -232,7 +242,7 @@ def main() -> None:
                 note=f"(1 layer x {len(positions)} positions x {len(sweep_steps)} steps = {n_patches} patched runs)")
     if "patch_sweep_8" in rows_wanted and args.steps != 8:
         def sweep8():
-            p8 = Patching(model, ids, corrupted, seed=args.seed, max_denoising_steps=8)
+            p8 = Patching(model, ids, corrupted, seed=args.seed, **{**gen, "max_denoising_steps": 8})
             s8 = list(range(max(0, p8.n_steps - args.sweep_steps), p8.n_steps))
             return get_act_patch(p8, f"blocks.{args.layers - 1}.hook_resid_post", metric, steps=s8,
                                  positions=list(range(min(args.positions, model.config.canvas_length))))
@@ -255,7 +265,7 @@ def main() -> None:
         print(f"{name:16}{r.seconds:>9.1f}{r.seconds / g.seconds:>12.2f}{r.peak / GiB:>10.2f}{r.peak / g.peak:>12.2f}"
               f"{r.outputs / GiB:>13.3f}{excess[name]:>12.2f}")
     print("(excess: peak - generate's peak - the row's own outputs; target <= 2 GiB)")
-    print(f"settings: layers {args.layers}, steps {args.steps}, sweep {args.positions} positions x {args.sweep_steps} "
+    print(f"settings: layers {args.layers}, steps {args.steps}{' (adaptive stop off)' if args.all_steps else ''}, sweep {args.positions} positions x {args.sweep_steps} "
           f"steps, threads {args.threads}")
     for name, r in results.items():
         print(f"{name}_seconds: {r.seconds:.1f}")
