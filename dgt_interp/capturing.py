@@ -305,7 +305,6 @@ class _Recorder:
         self.finished_before = torch.zeros(plan.batch, dtype=torch.bool)  # EOS in an earlier canvas
         self.canvas_start = False
         self.specs: dict[str, dict] = {}
-        self.done_steps: list[int] = []
         self.ar_state: dict[str, torch.Tensor] = {}
 
     @property
@@ -362,7 +361,6 @@ class _Recorder:
         else:
             for name, t in self.buf.items():
                 self.acts[name][step] = t
-        self.done_steps.append(step)
         self.buf = {}
 
     def store_logits(self, t: torch.Tensor, step: int) -> None:
