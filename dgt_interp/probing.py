@@ -60,34 +60,58 @@ def control_labels(types, labels: torch.Tensor, seed: int = 0) -> torch.Tensor:
     return torch.tensor([table[t] for t in types], dtype=torch.long)
 
 
-def fit_probe(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, test: torch.Tensor, *, kind: str = "logistic",
-              l2: float = 1e-2, iters: int = 100) -> tuple[float, float]:
-    """(train accuracy, held-out accuracy) of a linear probe `x [n, d] -> y [n]` (class ids)."""
+@dataclass
+class LinearFit:
+    """A fitted linear classifier on standardised features: `scores(x) -> [n, classes]` (logits for
+    "logistic", one-hot regression outputs for "ridge"); `predict(x)` their argmax."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    weight: torch.Tensor  # [d + 1, classes], bias last
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        z = (x.double() - self.mean) / self.std
+        return torch.cat([z, torch.ones(len(z), 1, dtype=z.dtype)], 1) @ self.weight
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scores(x).argmax(-1)
+
+
+def fit_linear(x: torch.Tensor, y: torch.Tensor, *, kind: str = "logistic", l2: float = 1e-2, iters: int = 100,
+               n_classes: int | None = None) -> LinearFit:
+    """Fit a linear classifier `x [n, d] -> y [n]` (class ids): multinomial logistic regression (L2,
+    L-BFGS) or ridge regression onto one-hot labels, on features standardised with `x`'s statistics."""
     if kind not in KINDS:
         raise ProbeError(f"unknown probe kind {kind!r}; choose from {', '.join(KINDS)}")
     x, y = x.double(), y.long()
-    mean, std = x[train].mean(0), x[train].std(0).clamp_min(1e-8)
-    z = (x - mean) / std
-    z = torch.cat([z, torch.ones(len(z), 1, dtype=z.dtype)], 1)  # bias column
-    n_cls = int(y.max()) + 1
+    mean, std = x.mean(0), x.std(0).nan_to_num(1.0).clamp_min(1e-8)
+    z = torch.cat([(x - mean) / std, torch.ones(len(x), 1, dtype=x.dtype)], 1)  # bias column
+    n_cls = n_classes or int(y.max()) + 1
     if kind == "ridge":
-        onehot = torch.nn.functional.one_hot(y[train], n_cls).double()
-        a = z[train]
-        w = torch.linalg.solve(a.T @ a + l2 * len(train) * torch.eye(a.shape[1], dtype=a.dtype), a.T @ onehot)
+        onehot = torch.nn.functional.one_hot(y, n_cls).double()
+        w = torch.linalg.solve(z.T @ z + l2 * len(z) * torch.eye(z.shape[1], dtype=z.dtype), z.T @ onehot)
     else:
         w = torch.zeros(z.shape[1], n_cls, dtype=z.dtype, requires_grad=True)
         opt = torch.optim.LBFGS([w], max_iter=iters, line_search_fn="strong_wolfe")
 
         def closure():
             opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(z[train] @ w, y[train]) + l2 * (w[:-1] ** 2).sum()
+            loss = torch.nn.functional.cross_entropy(z @ w, y) + l2 * (w[:-1] ** 2).sum()
             loss.backward()
             return loss
 
         with torch.enable_grad():
             opt.step(closure)
         w = w.detach()
-    pred = (z @ w).argmax(-1)
+    return LinearFit(mean, std, w)
+
+
+def fit_probe(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, test: torch.Tensor, *, kind: str = "logistic",
+              l2: float = 1e-2, iters: int = 100) -> tuple[float, float]:
+    """(train accuracy, held-out accuracy) of a linear probe `x [n, d] -> y [n]` (class ids)."""
+    y = y.long()
+    fit = fit_linear(x[train], y[train], kind=kind, l2=l2, iters=iters, n_classes=int(y.max()) + 1)
+    pred = fit.predict(x)
     return float((pred[train] == y[train]).double().mean()), float((pred[test] == y[test]).double().mean())
 
 
@@ -175,4 +199,4 @@ def linear_probe(traj, labels, *, position, name: str = "blocks.*.hook_resid_pos
     return ProbeResult(list(traj.recorded_steps), n_l, acc, tr, ctl, majority, len(train), len(test), kind, name)
 
 
-__all__ = ["linear_probe", "fit_probe", "control_labels", "split", "ProbeResult", "ProbeError", "KINDS"]
+__all__ = ["linear_probe", "fit_probe", "fit_linear", "LinearFit", "control_labels", "split", "ProbeResult", "ProbeError", "KINDS"]

@@ -45,6 +45,10 @@ class Task:
     test_every: int = 20
     train_sample: Callable[[random.Random], Problem] | None = None
     train_mixes: dict[str, Callable[[random.Random], Problem]] = field(default_factory=dict)
+    # What the split hashes (default: the whole prompt). A task whose prompts come in variants of
+    # one problem (with and without a hint) hashes the problem, so no variant of a held-out
+    # problem is ever trained on.
+    split_key: Callable[[str], str] | None = None
 
     def train_sampler(self, mix: str | None = None) -> Callable[[random.Random], Problem]:
         """The training distribution: `mix` from `train_mixes`, else `train_sample`, else `sample`."""
@@ -56,7 +60,8 @@ class Task:
         return self.train_sample or self.sample
 
     def is_test(self, prompt: str) -> bool:
-        digest = hashlib.sha256(f"{self.name}:{prompt}".encode()).digest()
+        key = self.split_key(prompt) if self.split_key else prompt
+        digest = hashlib.sha256(f"{self.name}:{key}".encode()).digest()
         return int.from_bytes(digest[:8], "little") % self.test_every == 0
 
     def problems(self, split: Split, n: int, seed: int = 0, mix: str | None = None) -> list[Problem]:
