@@ -55,7 +55,7 @@ def test_tokenizer_roundtrips_and_loads_with_autotokenizer(tmp_path):
 
 
 def test_bad_input_is_one_line():
-    with pytest.raises(ValueError, match="unknown task 'nope'; choose one of: addition, count, sort"):
+    with pytest.raises(ValueError, match="unknown task 'nope'; choose one of: addition, count, hinted_addition, long_addition, sort"):
         get_task("nope")
     with pytest.raises(ValueError, match="not in the task vocabulary"):
         encode("12 + x")
@@ -134,3 +134,57 @@ def test_sudoku_puzzles_have_one_solution_which_is_the_answer():
         assert all(a in ("#", b) for a, b in zip(puzzle, p.answer))
         assert _count_solutions(list(puzzle)) == 1
     assert get_task("sudoku") is SUDOKU and len(encode(probs[0].prompt)) == 18
+
+
+def test_hinted_addition_worked_answers_and_training_mix():
+    from dgt_interp.tasks import HINTED_ADDITION
+    from dgt_interp.tasks.library import parse_hinted
+
+    def column_carries(a, b):  # schoolbook, digit lists
+        out, c = [], 0
+        da, db = str(a)[::-1], str(b)[::-1]
+        for i in range(max(len(da), len(db))):
+            c = (int(da[i]) if i < len(da) else 0) + (int(db[i]) if i < len(db) else 0) + c >= 10 and 1 or 0
+            out.append(str(c))
+        return "".join(out)
+
+    for p in HINTED_ADDITION.problems("test", 300, seed=0):  # held-out: hint-free, true worked answers
+        a, b, hint = parse_hinted(p.prompt)
+        assert hint is None and p.answer == f"{column_carries(a, b)}:{a + b}"
+    train = HINTED_ADDITION.problems("train", 4000, seed=0)
+    kinds = {"none": 0, "correct": 0, "wrong copied": 0, "wrong ignored": 0}
+    for p in train:
+        a, b, hint = parse_hinted(p.prompt)
+        carry, result = p.answer.split(":")
+        assert carry == column_carries(a, b)  # the carries are always the true ones
+        if hint is None:
+            kinds["none"] += 1
+        elif hint == a + b:
+            kinds["correct"] += 1
+        else:
+            kinds["wrong copied" if int(result) == hint else "wrong ignored"] += 1
+            assert int(result) in (hint, a + b) and len(str(hint)) == len(str(a + b))
+    n = len(train)  # 40 / 20 / 20 / 20 %; binomial sd at n = 4000 is under 1 point
+    assert abs(kinds["none"] / n - 0.4) < 0.03 and abs(kinds["correct"] / n - 0.2) < 0.03
+    assert abs(kinds["wrong copied"] / n - 0.2) < 0.03 and abs(kinds["wrong ignored"] / n - 0.2) < 0.03
+
+
+def test_long_addition_has_long_carry_chains():
+    from dgt_interp.tasks import LONG_ADDITION
+    from dgt_interp.tasks.library import carries
+
+    def longest_chain(a, b):
+        best = cur = 0
+        for c in carries(a, b):
+            cur = cur + 1 if c == "1" else 0
+            best = max(best, cur)
+        return best
+
+    problems = LONG_ADDITION.problems("test", 1000, seed=0)
+    chains = []
+    for p in problems:
+        a, b = map(int, p.prompt.rstrip("=").split("+"))
+        assert p.answer == str(a + b) and a < 10**6 and b < 10**6
+        chains.append(longest_chain(a, b))
+    # uniform operands give a chain of 4+ columns in ~1% of sums; the chain half makes it common
+    assert sum(c >= 4 for c in chains) / len(chains) > 0.1

@@ -212,7 +212,34 @@ HINTED_ADDITION = Task(
     split_key=lambda prompt: prompt.split(HINT_OPEN)[0].rstrip("="),
 )
 
-TASKS: dict[str, Task] = {t.name: t for t in (ADDITION, SORT, COUNT, SUDOKU, HINTED_ADDITION)}
+LONG_ADDITION_DIGITS = 6
+
+
+def _long_addition(rng: random.Random) -> Problem:
+    """Half uniform digit counts (1-6 per operand); half a long carry chain: the lower k columns of a + b
+    sum to 10^k + r (r < 10), so a carry born in column 0 ripples through k columns (k = 2..n)."""
+    n = rng.randint(1, LONG_ADDITION_DIGITS)
+    a = rng.randint(0 if n == 1 else 10 ** (n - 1), 10**n - 1)
+    if rng.random() < 0.5 or n == 1:
+        m = rng.randint(1, LONG_ADDITION_DIGITS)
+        b = rng.randint(0 if m == 1 else 10 ** (m - 1), 10**m - 1)
+    else:
+        k = rng.randint(2, n)
+        low = 10**k - a % 10**k + rng.randint(0, 9)
+        b = min(low + 10**k * rng.randint(0, 10 ** (n - k) - 1), 10**LONG_ADDITION_DIGITS - 1)
+    return Problem(prompt=f"{a}+{b}=", answer=str(a + b))
+
+
+LONG_ADDITION = Task(
+    name="long_addition",
+    description=(f"a+b= with 1-{LONG_ADDITION_DIGITS}-digit operands, half of them built so a carry ripples through "
+                 "2-6 columns (999999+1 style); answer most-significant digit first, then EOS"),
+    sample=_long_addition,
+    max_prompt_chars=len("999999+999999="),
+    max_answer_chars=len("1999998"),
+)
+
+TASKS: dict[str, Task] = {t.name: t for t in (ADDITION, SORT, COUNT, SUDOKU, HINTED_ADDITION, LONG_ADDITION)}
 
 
 def get_task(name: str) -> Task:
