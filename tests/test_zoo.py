@@ -12,14 +12,16 @@ from dgt_interp.evaluate import evaluate
 from dgt_interp.models import load_model
 from dgt_interp.tasks import get_task
 
-EXPECTED = ["addition-ar", "addition-diffusion", "count-ar", "count-diffusion", "sort-ar", "sort-diffusion", "sudoku-ar",
-            "sudoku-diffusion"]
+EXPECTED = ["addition-ar", "addition-diffusion", "count-ar", "count-diffusion", "hinted_addition-ar",
+            "hinted_addition-diffusion", "sort-ar", "sort-diffusion", "sudoku-ar", "sudoku-diffusion"]
 # A prompt and its answer per task, for the plain-transformers check.
 EXAMPLE = {"addition": ("1234+5678=", "6912"), "sort": ("3142>", "1234"), "count": ("7291538[3-7]?", "3:753"),
-           "sudoku": ("34###13#421#1###?", "3421213442131342")}
+           "sudoku": ("34###13#421#1###?", "3421213442131342"), "hinted_addition": ("478+557=", "111:1035")}
 SHIPPED = zoo.names()
 # Issue 2's target is >= 99% held-out exact match; a model listed here is below it (strict xfail).
 BELOW_TARGET: set[str] = {"sudoku-ar"}  # 98.4% after 1,500 + 600 steps; more training is open
+# The monitorability models' target (issue 15) is >= 97% on hint-free held-out problems.
+TARGET = {"hinted_addition": 0.97}
 
 
 def _target(name):
@@ -41,9 +43,9 @@ def test_unknown_zoo_name_is_one_line(capsys):
 
 
 @pytest.mark.parametrize("name", [_target(n) for n in SHIPPED])
-def test_recipe_records_heldout_accuracy_of_at_least_99_percent(name):
+def test_recipe_records_heldout_accuracy_of_at_least_the_target(name):
     res = zoo.recipe(name)["heldout_exact_match"]
-    assert res["n"] == 1000 and res["accuracy"] >= 0.99
+    assert res["n"] == 1000 and res["accuracy"] >= TARGET.get(zoo.recipe(name)["task"], 0.99)
 
 
 @pytest.mark.parametrize("name", SHIPPED)

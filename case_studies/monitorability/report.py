@@ -67,6 +67,9 @@ def _comparison_table(numbers: dict, task: str) -> list[str]:
         for view, mons in comp[task].items():
             for name, c in mons.items():
                 lines.append(f"| {label.split(', ', 1)[-1]} | {view} | {name} | {_diff(c)} |")
+    if len(lines) == 2:
+        lines.append("| – | – | – | no pair: on this task a monitor could be fitted for at most one of the two models "
+                     "(one class only) |")
     return lines
 
 
@@ -81,8 +84,12 @@ def _findings(numbers: dict) -> list[str]:
                 out.append(f"- {task}, {label}: no comparison on the {HEADLINE_VIEW} view (a monitor could not be "
                            "fitted for one model: one class only).")
                 continue
-            verdict = c["verdict"]
-            claim = ("supports the paper's claim (equivalent within the margin)" if c["equivalent"] else
+            scores = [numbers["models"][m]["scores"][task][HEADLINE_VIEW][HEADLINE_MONITOR] for m in (label, AR)]
+            uninformative = all("error" not in s and not isnan(s["g_mean2"]) and num(s["ci95"]["g_mean2"][1]) < 0.25
+                                for s in scores)
+            claim = ("equal, but uninformative: on this view neither model lets the monitor beat a coin flip (0.25)"
+                     if uninformative else
+                     "supports the paper's claim (equivalent within the margin)" if c["equivalent"] else
                      "contradicts equivalence (the models differ)" if c["different"] else
                      "cannot decide at this n (the interval is wider than the margin)")
             if quick:

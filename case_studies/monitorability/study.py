@@ -86,7 +86,7 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
     def tick():
         next(bar, None)
 
-    numbers: dict = {"n_examples": n, "n_train": len(train), "n_test": len(test), "margin": MARGIN,
+    numbers: dict = {"quick": quick, "n_examples": n, "n_train": len(train), "n_test": len(test), "margin": MARGIN,
                      "settings": list(grid), "models": {}, "comparisons": {}}
     preds: dict = {}
     for label, (model, gen, view_names) in models.items():
@@ -203,12 +203,16 @@ def g_mean2_figure(numbers: dict, diffusion_label: str) -> Figure:
     return fig
 
 
+def _short(label: str) -> str:
+    return "AR twin" if label == AR else "DiffusionGemma " + label.split(", ", 1)[-1]
+
+
 def tpr_tnr_figure(numbers: dict) -> Figure:
     """TPR and TNR of the logistic monitor per model × view, per task (what g-mean² multiplies)."""
     labels = list(numbers["models"])
     fig = Figure(figsize=(10.0, 1.6 + 0.9 * len(labels)), layout="constrained")
     axes = fig.subplots(1, len(TASKS), sharey=True)
-    rows = [(m, v) for m in labels for v in VIEWS]
+    rows = [(m, v) for m in labels for v in (AR_VIEWS if m == AR else VIEWS)]
     y = np.arange(len(rows))
     for ax, task in zip(axes, TASKS):
         for k, (key, colour) in enumerate((("tpr", "tab:green"), ("tnr", "tab:purple"))):
@@ -218,7 +222,7 @@ def tpr_tnr_figure(numbers: dict) -> Figure:
         ax.set_xlim(0, 1.05)
         ax.set_xlabel("rate on the test split")
         ax.set_title(f"{task} task, logistic monitor", fontsize=9)
-    axes[0].set_yticks(y, [f"{m.split(',')[-1].strip()} · {v}" for m, v in rows], fontsize=6)
+    axes[0].set_yticks(y, [f"{_short(m)} · {v}" for m, v in rows], fontsize=6)
     axes[0].set_ylabel("model · view")
     axes[0].invert_yaxis()
     axes[0].legend(fontsize=7)
