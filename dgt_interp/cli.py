@@ -17,7 +17,7 @@ from dgt_interp.depth.presets import PRESETS, compare, get_preset, preset_summar
 from dgt_interp.lens_report import generation_kwargs, lens_report
 from dgt_interp.models import TinySize, load_model
 from dgt_interp.patch_report import METRICS, SWEEPS, run_patch
-from dgt_interp.studies import get_study, list_studies, rerender, run_study
+from dgt_interp.studies import get_study, list_studies, publish, rerender, run_study
 from dgt_interp.tasks import get_task
 from dgt_interp.train import TrainConfig, train
 from dgt_interp.trajectory import Trajectory
@@ -194,6 +194,9 @@ def _cmd_case_study_render(args) -> None:
     study = get_study(args.name)
     path = rerender(study, args.dir)
     print(f"wrote {path} from {args.dir}/report.json (no model was run)")
+    if args.docs:
+        page = publish(study, args.dir, args.docs)
+        print(f"wrote {page} and {Path(args.docs) / 'img' / ('study_' + study.name)}/ (report.json, figures)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -338,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     csd = cssub.add_parser("render", **fmt, help="rewrite report.md of a finished run from its report.json (no model runs)")
     csd.add_argument("name", help="the study that wrote the report")
     csd.add_argument("dir", help="the report dir (holds report.json)")
+    csd.add_argument("--docs", default=None, metavar="DOCS_DIR",
+                     help="also publish the run as DOCS_DIR/study_<name>.md (the report, unedited) with its figures "
+                          "and report.json in DOCS_DIR/img/study_<name>/")
     csd.set_defaults(func=_cmd_case_study_render)
     return p
 
