@@ -92,6 +92,7 @@ def iia_figure(rows, title: str) -> Figure:
     ax.invert_yaxis()
     ax.set_xlim(0, 1.05)
     ax.set_xlabel("IIA (informative pairs)")
+    ax.set_ylabel("hypothesis / baseline [setting]")
     ax.set_title(title, fontsize=9)
     return fig
 
