@@ -129,15 +129,15 @@ def rate(k: int, n: int) -> dict:
     return {"rate": k / n if n else float("nan"), "ci95": list(wilson_interval(k, n)), "k": k, "n": n}
 
 
-def verdict(ci95, null: float, *, above: str, below: str, n, what: str = "n") -> str:
+def verdict(ci95, null: float, *, above: str, below: str, n, what: str = "n", numbers: dict | None = None) -> str:
     """A claim conditioned on its interval: `above` if the 95% interval lies above `null`, `below` if below,
-    else "inconclusive at this n" (with n and what the interval spans)."""
+    else "inconclusive at this n" (with n and what the interval spans). With `numbers`, a claim names the n
+    it rests on and in a quick run is marked as an indication only (`qualify`)."""
     where = side(ci95, null)
-    if where == "above":
-        return above
-    if where == "below":
-        return below
-    return f"inconclusive at this n ({what} = {n}: the 95% interval includes {null:g})"
+    if where == "spans":
+        return f"inconclusive at this n ({what} = {n}: the 95% interval includes {null:g})"
+    claim = above if where == "above" else below
+    return claim if numbers is None else qualify(numbers, f"{n} {what}", claim)
 
 
 def qualify(numbers: dict, n, text: str) -> str:

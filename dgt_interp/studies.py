@@ -291,6 +291,8 @@ def run_study(study: str | CaseStudy, *, models: dict[str, str] | None = None, o
     report.numbers.setdefault("models", chosen)
     report.numbers.setdefault("seed", seed)
     report.numbers.setdefault("quick", quick)
+    if study.render is not None:  # the text from the numbers as stored (with "quick"): what `rerender` writes
+        report.markdown = study.render(report.numbers)
     if out and study.viewer and VIEWER_PAGE not in report.pages:
         report.pages[VIEWER_PAGE], report.numbers["viewer"] = example_page(study, ctx)
     report.numbers["seconds"] = round(time.time() - t0, 1)

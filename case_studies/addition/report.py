@@ -8,7 +8,7 @@ report.md from a report.json with it, without rerunning the models.
 from __future__ import annotations
 
 from case_studies.common_report import (as_json, f3, figure_links, interpretation_head, interval, num, probe_section,
-                                        rate, slug, verdict)
+                                        qualify, rate, slug, verdict)
 from dgt_interp.studies import iia_table
 
 TITLE = "Case study: addition — carries and commit order"
@@ -115,12 +115,17 @@ def _attention_lines(att) -> list[str]:
     return out
 
 
-def _best(results: list[dict], skip_last: bool) -> dict:
-    """The layer site with the highest held-out IIA (informative pairs); the last layer left out if asked
-    (its residual fixes the digit's logits, so it scores for any digit-determining variable)."""
-    layers = [r for r in results if ":L" not in r["name"] and "selfcond" not in r["name"]]
-    if skip_last:
-        layers = layers[:-1]
+def _best(results: list[dict], n_layers: int) -> dict | None:
+    """The layer site before the last layer with the highest held-out IIA (informative pairs); None if no such
+    layer was scored (a quick run scores one layer). The last layer is left out: its residual fixes the
+    digit's logits, so it scores for any digit-determining variable."""
+    def layer(r):
+        site = r["name"].split("@")[1].split("/")[0].split(":")[0]
+        return int(site[1:]) if site.startswith("L") and site[1:].isdigit() else None
+
+    layers = [r for r in results if layer(r) is not None and layer(r) < n_layers - 1]
+    if not layers:
+        return None
     return max(layers, key=lambda r: num(r["iia_informative"]) if r["iia_informative"] is not None else -1)
 
 
@@ -147,7 +152,7 @@ def interpretation(numbers: dict) -> list[str]:
         + "; ".join(f"{k}: {v['commit_sampler']['rows_with_order']}/{rows}, "
                     f"{interval(v['commit_sampler']['mean_rho'], v['commit_sampler'].get('ci95_rho'))}, "
                     + verdict(v["commit_sampler"].get("ci95_rho"), 0.0, n=v["commit_sampler"]["rows_with_order"],
-                              what="rows", above="left to right", below="right to left")
+                              numbers=numbers, what="rows", above="left to right", below="right to left")
                     for k, v in ph.items() if k in numbers["settings"] and v["commit_sampler"]["rows_with_order"])
         + (". With no order in the argmax canvas, that order is which positions the sampler accepts first, not the "
            "model's answer." if argmax_rows <= 0.1 * rows else "."),
@@ -166,12 +171,16 @@ def interpretation(numbers: dict) -> list[str]:
     for setting, per_carry in numbers["iia"].items():
         parts = []
         for var, e in per_carry.items():
-            own, below = _best(e["held_out_digit"], True), _best(e["held_out_below_digit"], True)
+            n_layers = len(numbers["attention"]["own"][0])  # [digit][layer][head]
+            own, below = _best(e["held_out_digit"], n_layers), _best(e["held_out_below_digit"], n_layers)
+            if own is None or below is None:
+                parts.append(f"{var}: no layer before the last was scored in this run")
+                continue
             lo_b, hi_o = below["ci95_informative"][0], own["ci95_informative"][1]
             if lo_b is not None and hi_o is not None and lo_b > hi_o:
-                where = "held more at the lower digit's position"
+                where = qualify(numbers, f"{below['n_informative']} pairs", "held more at the lower digit's position")
             elif below["ci95_informative"][0] is not None and below["ci95_informative"][0] > 0.5:
-                where = "held at the lower digit's position"
+                where = qualify(numbers, f"{below['n_informative']} pairs", "held at the lower digit's position")
             else:
                 where = f"the two positions are not separated at this n (n = {below['n_informative']})"
             parts.append(f"{var}: own position, best layer before the last {_site(own)}; digit j-1's position "

@@ -83,7 +83,7 @@ def _presence(numbers: dict) -> list[str]:
         + ", ".join(f"{k}: {v}/{rows}" for k, v in argmax_rows.items())
         + "). What the *sampler* holds does show an order where the bound is tight: "
         + ", ".join(f"{k}: {n}/{rows} rows"
-                    + (f", mean rho {interval(r, c)}, " + verdict(c, 0.0, n=n, what="rows", above="left to right",
+                    + (f", mean rho {interval(r, c)}, " + verdict(c, 0.0, n=n, numbers=numbers, what="rows", above="left to right",
                                                                  below="right to left") if n else "")
                     for k, (n, r, c) in samp.items())
         + " (mean Spearman rho with its bootstrap 95% interval over rows). That order follows the entropy ranking at step 0, not a sequence of computations: the model's argmax "

@@ -6,8 +6,8 @@ the per-round dicts are keyed by str); `render` gives the same text for both.
 
 from __future__ import annotations
 
-from case_studies.common_report import (as_json, f3, interpretation_head, interval, num, probe_section, rate, side,
-                                        verdict)
+from case_studies.common_report import (as_json, f3, interpretation_head, interval, num, probe_section, qualify, rate,
+                                        side, verdict)
 
 TITLE = "Case study: sudoku — does the model fill cells in constraint-propagation order?"
 AR_TWIN = "AR twin (greedy)"
@@ -55,7 +55,7 @@ def interpretation(numbers: dict) -> list[str]:
     pos = interval(first["mean_rho_position"], first.get("ci95_rho_position"))
     conc, conc_ar = first.get("ci95_concordance"), ar.get("ci95_concordance")
     if side(conc, 0.5) == "above" and conc_ar and conc[0] > num(conc_ar[1]):
-        conc_text = "more often than position order alone gives"
+        conc_text = qualify(numbers, f"{first['pairs']} pairs", "more often than position order alone gives")
     elif side(conc, 0.5) == "spans":
         conc_text = "inconclusive at this n (the interval includes 0.5)"
     else:
@@ -63,12 +63,12 @@ def interpretation(numbers: dict) -> list[str]:
     lines = [
         f"- **Commit order against propagation order (default sampler).** Mean rho of the commit step with the "
         f"propagation round: {rho} over the {n_rho} puzzles whose cells commit at different steps; "
-        + verdict(first.get("ci95_rho_round"), 0.0, n=n_rho, what="puzzles with an order",
+        + verdict(first.get("ci95_rho_round"), 0.0, n=n_rho, numbers=numbers, what="puzzles with an order",
                   above="cells commit roughly in constraint-propagation order (non-chronological reasoning, predicted "
                         "cell by cell)",
                   below="cells commit against the propagation order")
         + f". With the cell's position: {pos}; "
-        + verdict(first.get("ci95_rho_position"), 0.0, n=first["rows_with_rho_position"], what="puzzles with an order",
+        + verdict(first.get("ci95_rho_position"), 0.0, n=first["rows_with_rho_position"], numbers=numbers, what="puzzles with an order",
                   above="the grid fills left to right", below="the grid fills right to left")
         + f". A harder cell commits after an easier one of the same puzzle in "
         f"{interval(first['concordance'], conc)} of {first['pairs']} pairs (ties count half): {conc_text}; the AR "
@@ -87,6 +87,8 @@ def interpretation(numbers: dict) -> list[str]:
                     "study does not separate the two)")
         else:
             what = "inconclusive at this n"
+        if not what.startswith("inconclusive"):
+            what = qualify(numbers, f"{eh['n']} + {he['n']} patches", what)
         lines.append(f"- **Does the canvas carry intermediate results? ({name})** Patching one cell at the first "
                      f"steps flips another cell's final digit: easy → hard {interval(eh['rate'], eh['ci95'], 3)} "
                      f"({eh['k']}/{eh['n']}), hard → easy {interval(he['rate'], he['ci95'], 3)} "

@@ -70,6 +70,9 @@ def test_sudoku_claims_follow_the_intervals():
     assert "0.52 [0.30, 0.70] over the 14 puzzles" in text
     assert "more often than position order alone gives" in text
     assert "| 0.520 [0.300, 0.700] (14) |" in text  # the table prints the interval of every mean correlation
+    assert "at n = 14 puzzles with an order: cells commit roughly" in text
+    assert ("indication only (quick run, n = 14 puzzles with an order): cells commit roughly"
+            in study.render({**tight, "quick": True}))
     for o in wide["order"].values():
         o.update(ci95_rho_round=[-0.1, 0.9], ci95_concordance=[0.45, 0.8])
     text = study.render(wide)

@@ -94,3 +94,20 @@ def test_publish_writes_the_report_as_the_docs_page(tmp_path):
     assert sorted(p.name for p in (tmp_path / "docs" / "img" / "study_toy").iterdir()) == ["fig.png", "report.json"]
     with pytest.raises(CaseStudyError, match="no report.json"):
         publish(study, tmp_path / "nothing", tmp_path / "docs")
+
+
+def test_run_study_renders_from_the_numbers_as_stored(tmp_path):
+    """Regression: a study rendered its text inside `run`, before `run_study` added `quick` to the numbers, so a
+    quick run's interpretation did not know it was quick (and differed from what `rerender` writes)."""
+    from dgt_interp.studies import run_study
+
+    def render(numbers):
+        return "quick" if numbers.get("quick") else "full"
+
+    study = CaseStudy("toy", ADDITION, "a toy", run=lambda ctx: Report("Toy report", render({}), {}, {"x": 1}),
+                      render=render, title="Toy report")
+    rep = run_study(study, out=tmp_path, quick=True, progress=False)
+    assert rep.markdown == "quick" and (tmp_path / "report.md").read_text().endswith("\n\nquick\n")
+    (tmp_path / "report.md").write_text("stale")
+    rerender(study, tmp_path)
+    assert (tmp_path / "report.md").read_text().endswith("\n\nquick\n")
