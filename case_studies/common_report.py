@@ -14,6 +14,7 @@ import math
 from matplotlib.figure import Figure
 
 from dgt_interp.phenomena import extra_probe_results, extra_probe_table
+from dgt_interp.stats import wilson_interval
 from dgt_interp.studies import jsonable
 
 
@@ -91,6 +92,7 @@ def iia_figure(rows, title: str) -> Figure:
     ax.invert_yaxis()
     ax.set_xlim(0, 1.05)
     ax.set_xlabel("IIA (informative pairs)")
+    ax.set_ylabel("hypothesis / baseline [setting]")
     ax.set_title(title, fontsize=9)
     return fig
 
@@ -109,5 +111,52 @@ def probe_section(numbers: dict) -> list[str]:
     return ["", "Other registered probes (`dgt_interp.phenomena.register_probe`):", "", table] if table else []
 
 
-__all__ = ["as_json", "num", "isnan", "nz", "f3", "sci", "slug", "ci", "figure_links", "is_baseline", "iia_figure",
+def interval(est, ci95, nd: int = 2) -> str:
+    """`est [lo, hi]`: an estimate with its 95% interval (n/a parts for None/NaN)."""
+    lo, hi = ci95 if ci95 else (None, None)
+    return f"{f3(est, nd)} [{f3(lo, nd)}, {f3(hi, nd)}]"
+
+
+def side(ci95, null: float) -> str:
+    """Where a 95% interval lies against `null`: "above", "below" or "spans" (also for a missing interval)."""
+    if not ci95 or isnan(ci95[0]) or isnan(ci95[1]):
+        return "spans"
+    return "above" if ci95[0] > null else "below" if ci95[1] < null else "spans"
+
+
+def rate(k: int, n: int) -> dict:
+    """A count as `{rate, ci95 (Wilson), k, n}`."""
+    return {"rate": k / n if n else float("nan"), "ci95": list(wilson_interval(k, n)), "k": k, "n": n}
+
+
+def verdict(ci95, null: float, *, above: str, below: str, n, what: str = "n", numbers: dict | None = None) -> str:
+    """A claim conditioned on its interval: `above` if the 95% interval lies above `null`, `below` if below,
+    else "inconclusive at this n" (with n and what the interval spans). With `numbers`, a claim names the n
+    it rests on and in a quick run is marked as an indication only (`qualify`)."""
+    where = side(ci95, null)
+    if where == "spans":
+        return f"inconclusive at this n ({what} = {n}: the 95% interval includes {null:g})"
+    claim = above if where == "above" else below
+    return claim if numbers is None else qualify(numbers, f"{n} {what}", claim)
+
+
+def qualify(numbers: dict, n, text: str) -> str:
+    """A conclusion with the n it rests on; in a quick run marked as an indication only."""
+    return (f"indication only (quick run, n = {n}): {text}" if numbers.get("quick") else f"at n = {n}: {text}")
+
+
+def interpretation_head(numbers: dict) -> list[str]:
+    """The opening of a report's "What this run shows" section: every claim is conditioned on its 95%
+    interval (bootstrap for correlations, Wilson for rates); a quick run adds that its n supports none."""
+    lines = ["## What this run shows", "",
+             "Written from this run's numbers: each claim holds only if its 95% interval (bootstrap for mean "
+             "correlations, Wilson for rates) lies on one side of the null; otherwise it says \"inconclusive at "
+             "this n\"."]
+    if numbers.get("quick"):
+        lines += ["", "*Quick run: the n below are smoke-test sizes; read every statement as an indication "
+                      "of what the full run tests, not as a result.*"]
+    return lines + [""]
+
+
+__all__ = ["interval", "side", "rate", "verdict", "qualify", "interpretation_head", "as_json", "num", "isnan", "nz", "f3", "sci", "slug", "ci", "figure_links", "is_baseline", "iia_figure",
            "collect_probes", "probe_section"]

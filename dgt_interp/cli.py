@@ -17,7 +17,7 @@ from dgt_interp.depth.presets import PRESETS, compare, get_preset, preset_summar
 from dgt_interp.lens_report import generation_kwargs, lens_report
 from dgt_interp.models import TinySize, load_model
 from dgt_interp.patch_report import METRICS, SWEEPS, run_patch
-from dgt_interp.studies import get_study, list_studies, rerender, run_study
+from dgt_interp.studies import get_study, list_studies, publish, rerender, run_study
 from dgt_interp.tasks import get_task
 from dgt_interp.train import TrainConfig, train
 from dgt_interp.trajectory import Trajectory
@@ -26,6 +26,33 @@ from dgt_interp.viz.viewer import PAGE_K, check_out_path, load_patching, view_ca
 
 THREADS_HELP = "CPU threads for torch (torch.set_num_threads); default: torch's own choice"
 CHAT_HELP = "wrap each prompt in the model tokenizer's chat template (a user turn, then the model's turn)"
+
+
+def _no_default(action) -> bool:
+    """Nothing to show: None, a flag's False, or suppressed (identity, not ==: a default of 0 is shown)."""
+    return action.default is None or action.default is False or action.default is argparse.SUPPRESS
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` shows each option's default once: appended as "(default: X)" unless the help text already
+    says what the default is, or there is none to show (a required option, None, a flag's False)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text.lower() or action.required or _no_default(action):
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Give every option without help text one, so its default appears in `--help` (the formatter skips
+    options without help)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _show_defaults(sub)
+        elif action.option_strings and action.help is None and not _no_default(action):
+            action.help = "(default: %(default)s)"
 
 
 class CLIError(DgtInterpError, ValueError):
@@ -194,12 +221,15 @@ def _cmd_case_study_render(args) -> None:
     study = get_study(args.name)
     path = rerender(study, args.dir)
     print(f"wrote {path} from {args.dir}/report.json (no model was run)")
+    if args.docs:
+        page = publish(study, args.dir, args.docs)
+        print(f"wrote {page} and {Path(args.docs) / 'img' / ('study_' + study.name)}/ (report.json, figures)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dgt-interp", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
-    fmt = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}  # --help shows every default
+    fmt = {"formatter_class": HelpFormatter}  # --help shows every default, once
 
     t = sub.add_parser("train", **fmt, help="train a tiny diffusion or AR model on a task and save it as an HF dir")
     t.add_argument("--task", required=True)
@@ -338,7 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
     csd = cssub.add_parser("render", **fmt, help="rewrite report.md of a finished run from its report.json (no model runs)")
     csd.add_argument("name", help="the study that wrote the report")
     csd.add_argument("dir", help="the report dir (holds report.json)")
+    csd.add_argument("--docs", default=None, metavar="DOCS_DIR",
+                     help="also publish the run as DOCS_DIR/study_<name>.md (the report, unedited) with its figures "
+                          "and report.json in DOCS_DIR/img/study_<name>/")
     csd.set_defaults(func=_cmd_case_study_render)
+    _show_defaults(p)
     return p
 
 

@@ -168,3 +168,22 @@ def test_nnsight_one_step_run_equals_tl(tiny_diffusion):
     assert tl.n_steps == ns.n_steps == 1
     for n in tl.names:
         assert torch.equal(tl[n], ns[n]), n
+
+
+@pytest.mark.parametrize("which", ["diffusion", "ar"])
+def test_nnsight_head_split_hooks_equal_tl(which, tiny_diffusion, tiny_ar):
+    """Regression: `attn.hook_q/k/z` carry a TL hook conversion (split into heads) that TL hooks see and nnsight,
+    reading the module's raw output, did not: nnsight gave `[.., n_heads * d_head]` against TL's
+    `[.., head, d_head]`. Both now give the same tensor, and per-head patching works from either."""
+    model = tiny_diffusion if which == "diffusion" else tiny_ar
+    b = prompt_batch(["12+34=", "5+6="])
+    names = ["blocks.0.attn.hook_z", "blocks.1.attn.hook_q", "blocks.1.attn.hook_k"]
+    kw = dict(attention_mask=b["attention_mask"], names=names, max_new_tokens=8)
+    if which == "diffusion":
+        kw["max_denoising_steps"] = 2
+    tl = capture(model, b["input_ids"], backend="tl", **kw)
+    ns = capture(model, b["input_ids"], backend="nnsight", **kw)
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    assert tl["blocks.0.attn.hook_z"].shape[-2:] == (cfg.num_attention_heads, cfg.head_dim)
+    for n in names:
+        assert ns[n].shape == tl[n].shape and torch.equal(ns[n], tl[n]), n

@@ -66,3 +66,25 @@ def test_doc_blocks_run(path, tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def test_study_pages_are_their_generated_reports():
+    """Each docs/study_<name>.md is exactly its published run's report (`studies.docs_page_text` of
+    docs/img/study_<name>/report.json): no second, hand-written interpretation can drift from the numbers;
+    every figure it links is there. Republish with `dgt-interp case-study render NAME DIR --docs docs`."""
+    import json
+
+    from dgt_interp.studies import docs_page_text, get_study
+
+    pages = sorted((ROOT / "docs").glob("study_*.md"))
+    assert len(pages) >= 5
+    for page in pages:
+        name = page.stem.removeprefix("study_")
+        img = ROOT / "docs" / "img" / page.stem
+        numbers = json.loads((img / "report.json").read_text())
+        assert not numbers.get("quick"), f"{page.name} was published from a --quick run"
+        text = page.read_text()
+        assert text == docs_page_text(get_study(name), numbers), f"{page.name} is not its report: republish it"
+        assert "## What this run shows" in text
+        for link in re.findall(r"\]\((img/[^)]+)\)", text):
+            assert (ROOT / "docs" / link).is_file(), f"{page.name} links a missing {link}"

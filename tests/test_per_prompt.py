@@ -66,3 +66,28 @@ def test_attribution_per_prompt_columns_are_each_prompt_alone(both):
         torch.testing.assert_close(est[..., b], attribution_patch(single, one), **TOL)
     by_layer = attribution_patch(p, metric, by="layer", per_prompt=True)      # [step, layer, batch]
     torch.testing.assert_close(by_layer, est.nansum(2), rtol=0, atol=1e-5)
+
+
+def test_patching_labels_its_position_axis(both, tiny_ar):
+    """`Patching.position_labels`: one label per position of a sweep's axis, the run's own tokens as
+    `Trajectory.to_str_tokens` names them (canvas `c{j}` on DiffusionGemma, prompt `p{i}` on the AR twin)."""
+    from dgt_interp.tokenizer import load_tokenizer, to_str_tokens
+
+    p, _ = both
+    tok = load_tokenizer(p.model)
+    grid = get_act_patch_resid_pre(p, LogitDiff(pos=0, correct=5, wrong=6), layers=[0], steps=[0])
+    labels = p.position_labels(batch=1)
+    n = p.ids["clean"].shape[1]
+    assert len(labels) == grid.shape[-1]
+    assert labels == [f"c{j}:{t!r}" for j, t in enumerate(to_str_tokens(tok, p.clean.sequences[1, n:]))][:len(labels)]
+    assert labels == [x for x in p.clean.to_str_tokens(None, 1, tok) if x.startswith("c")][:len(labels)]
+    assert p.position_labels(which="corrupted")[0].startswith("c0:")
+    ar = Patching(tiny_ar, prompt_batch(CLEAN)["input_ids"], prompt_batch(CORRUPTED)["input_ids"], seed=0,
+                  max_new_tokens=1)
+    ar_grid = get_act_patch_resid_pre(ar, LogitDiff(pos=0, correct=5, wrong=6), layers=[0], steps=[0])
+    ar_labels = ar.position_labels()
+    assert len(ar_labels) == ar_grid.shape[-1] and ar_labels[0].startswith("p0:")
+    with pytest.raises(PatchingError, match="which='base'"):
+        p.position_labels(which="base")
+    with pytest.raises(PatchingError, match="batch=2 is out of range"):
+        p.position_labels(batch=2)

@@ -135,3 +135,59 @@ def test_attention_figure_plots_the_recorded_pattern_with_token_labels():
         attention_figure(traj, 0, 0)
     with pytest.raises(LensError, match="out of range: layer 1 has 2 heads"):
         attention_figure(traj, 0, 1, heads=[5])
+
+
+def _unlabelled(fig: Figure) -> list[str]:
+    """Axes of `fig` without an x or y label (colour bars: without a label); [] when every axis is labelled.
+    Panels stacked on a shared x axis may leave the x label to the bottom one, and panels side by side the
+    y label to the first (`sharex`/`sharey`-style grids): those count as labelled."""
+    missing = []
+    plots = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    any_x = any(ax.get_xlabel() for ax in plots)
+    any_y = any(ax.get_ylabel() for ax in plots)
+    for i, ax in enumerate(fig.axes):
+        if ax.get_label() == "<colorbar>":
+            if not (ax.get_ylabel() or ax.get_xlabel()):
+                missing.append(f"axes {i}: colour bar without a label")
+            continue
+        if not (ax.get_xlabel() or (any_x and len(plots) > 1)):
+            missing.append(f"axes {i} ({ax.get_title()!r}): no x label")
+        if not (ax.get_ylabel() or (any_y and len(plots) > 1)):
+            missing.append(f"axes {i} ({ax.get_title()!r}): no y label")
+    return missing
+
+
+def test_every_figure_the_toolkit_makes_has_labelled_axes():
+    """Issue 14, item 2: labelled axes in every figure (library figures, probe and case-study figures)."""
+    from case_studies.addition.study import _attention_figure
+    from case_studies.common_report import iia_figure
+    from case_studies.sudoku.study import _round_figure
+    from dgt_interp.phenomena import commit_order, find_drafts, sequence_smearing, token_smearing
+    from dgt_interp.phenomena.flips import CanvasFlips
+    from dgt_interp.probing import ProbeResult
+    from dgt_interp.viz import step_layer_pos_figure
+
+    traj = _traj()
+    nan = torch.full((2, 2), float("nan"))
+    iia = {"name": "h", "kind": "diffusion", "iia": 0.5, "iia_informative": 0.5, "ci95_informative": [0.2, 0.8],
+           "n": 4, "n_informative": 4}
+    att = {k: [[[0.1, 0.2]] * 2] * (4 if k == "own" else 3) for k in ("own", "below", "canvas_below")}
+    figures = {
+        "commit_order": commit_order(traj).figure(),
+        "token_smearing": token_smearing(traj).figure(),
+        "sequence_smearing": sequence_smearing(traj).figure(),
+        "drafts": find_drafts(traj).figure(),
+        "canvas_flips": CanvasFlips(torch.zeros(2, 3, 2, 3, dtype=torch.bool), torch.ones(2, 3, 2, dtype=torch.bool),
+                                    torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.bool), [0, 1],
+                                    [0, 1, 2], ("token",)).figure(),
+        "canvas_figure": canvas_figure(traj),
+        "commit_heatmap": commit_heatmap(traj),
+        "layer_step_heatmap": layer_step_heatmap(_result(), position=0),
+        "step_layer_pos_figure": step_layer_pos_figure(torch.rand(2, 3, 4)),
+        "probe": ProbeResult([0, 1], 2, torch.rand(2, 2), torch.rand(2, 2), nan, 0.5, 4, 4, "ridge", "x").figure(),
+        "iia_figure": iia_figure([("h", iia)], "t"),
+        "sudoku rounds": _round_figure({"s": {"mean_commit_step_by_round": {0: 0.0, 1: 1.0}}}),
+        "addition attention": _attention_figure({**att, "uniform": 0.1}),
+    }
+    bad = {name: m for name, fig in figures.items() if (m := _unlabelled(fig))}
+    assert not bad, bad

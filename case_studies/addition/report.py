@@ -7,7 +7,8 @@ report.md from a report.json with it, without rerunning the models.
 
 from __future__ import annotations
 
-from case_studies.common_report import as_json, f3, figure_links, num, probe_section, slug
+from case_studies.common_report import (as_json, f3, figure_links, interpretation_head, interval, num, probe_section,
+                                        qualify, rate, slug, verdict)
 from dgt_interp.studies import iia_table
 
 TITLE = "Case study: addition — carries and commit order"
@@ -19,13 +20,19 @@ def _signed(x) -> str:
     return "n/a" if x is None or x != x else f"{x:+.2f}"
 
 
+def _ci(order: dict) -> str:
+    """` [lo, hi]`: the bootstrap 95% interval of a mean rho (absent in reports of older runs, and with < 2 rows)."""
+    c = order.get("ci95_rho")
+    return f" [{_signed(c[0])}, {_signed(c[1])}]" if c and c[0] is not None else ""
+
+
 def _row(name, kind, r) -> str:
     ca, cs, ts, ss, dr = (r[k] for k in ("commit_argmax", "commit_sampler", "token_smearing", "sequence_smearing",
                                          "drafts"))
     pk = ts["peak"]
     return (f"| {name} | {kind} | {num(r['accuracy']):.2f} | {num(ca['mean_steps']):.1f} | "
-            f"{ca['rows_with_order']}/{ca['rows']} | {_signed(ca['mean_rho'])} | {cs['rows_with_order']}/{cs['rows']} | "
-            f"{_signed(cs['mean_rho'])} | {num(pk['mass']):.3f} (step {pk['step']}, d={pk['offset']:+d}) | "
+            f"{ca['rows_with_order']}/{ca['rows']} | {_signed(ca['mean_rho'])}{_ci(ca)} | "
+            f"{cs['rows_with_order']}/{cs['rows']} | {_signed(cs['mean_rho'])}{_ci(cs)} | {num(pk['mass']):.3f} (step {pk['step']}, d={pk['offset']:+d}) | "
             f"{num(ss['fraction_steps_smeared']):.3f} | {dr['n_drafts']} ({dr['n_in_canvas']} kept) |")
 
 
@@ -79,18 +86,6 @@ def iia_rows(numbers) -> list[tuple[str, dict]]:
     return rows
 
 
-def _order_sentence(t: dict) -> str:
-    """Plain statement of whether a commit order appears (argmax and sampler), with the row counts."""
-    a, sm = t["commit_argmax"], t["commit_sampler"]
-    arg = (f"The model's own proposals (argmax canvas) show an order in {a['rows_with_order']}/{a['rows']} rows: "
-           + ("essentially none; non-chronological order is absent from what the model proposes."
-              if a["rows_with_order"] <= 0.1 * a["rows"] else "an order is present."))
-    samp = (f" What the sampler keeps shows an order in {sm['rows_with_order']}/{sm['rows']} rows"
-            + (", driven by which positions it accepts first (lowest entropy), not by the model's answer." if
-               sm["rows_with_order"] > a["rows_with_order"] else "."))
-    return arg + samp
-
-
 def _layer_table(numbers, keys=("held_out_digit", "held_out_answer")) -> list[str]:
     """Held-out IIA (informative pairs) of every candidate site, the `keys` entries joined by " / "."""
     out = []
@@ -120,14 +115,91 @@ def _attention_lines(att) -> list[str]:
     return out
 
 
+def _best(results: list[dict], n_layers: int) -> dict | None:
+    """The layer site before the last layer with the highest held-out IIA (informative pairs); None if no such
+    layer was scored (a quick run scores one layer). The last layer is left out: its residual fixes the
+    digit's logits, so it scores for any digit-determining variable."""
+    def layer(r):
+        site = r["name"].split("@")[1].split("/")[0].split(":")[0]
+        return int(site[1:]) if site.startswith("L") and site[1:].isdigit() else None
+
+    layers = [r for r in results if layer(r) is not None and layer(r) < n_layers - 1]
+    if not layers:
+        return None
+    return max(layers, key=lambda r: num(r["iia_informative"]) if r["iia_informative"] is not None else -1)
+
+
+def _site(r: dict) -> str:
+    return (f"{r['name'].split('@')[1].split('/')[0]} {interval(r['iia_informative'], r['ci95_informative'])} "
+            f"(n = {r['n_informative']})")
+
+
+def interpretation(numbers: dict) -> list[str]:
+    """"What this run shows": the study's claims in words, each conditioned on its interval."""
+    ph = numbers["phenomena"]
+    diff = [ph[k] for k in numbers["settings"]]
+    rows = diff[0]["commit_argmax"]["rows"]
+    step0 = min(num(v["commit_argmax"]["fraction_committed_at_step0"]) for v in diff)
+    argmax_rows = max(v["commit_argmax"]["rows_with_order"] for v in diff)
+    lines = [
+        f"- **Commit order in the model's proposals:** in every diffusion setting the argmax canvas holds the final "
+        f"token at step 0 for at least {f3(step0)} of answer positions; at most {argmax_rows}/{rows} rows show any "
+        "argmax order. "
+        + ("The model writes the whole answer in its first forward pass: no non-chronological order to explain."
+           if argmax_rows <= 0.1 * rows else "Some rows do show an order in the model's own proposals."),
+        "- **What the sampler keeps** (rows with an order, mean Spearman rho of commit step with position [95% "
+        "bootstrap CI over rows]; rho < 0 = right to left): "
+        + "; ".join(f"{k}: {v['commit_sampler']['rows_with_order']}/{rows}, "
+                    f"{interval(v['commit_sampler']['mean_rho'], v['commit_sampler'].get('ci95_rho'))}, "
+                    + verdict(v["commit_sampler"].get("ci95_rho"), 0.0, n=v["commit_sampler"]["rows_with_order"],
+                              numbers=numbers, what="rows", above="left to right", below="right to left")
+                    for k, v in ph.items() if k in numbers["settings"] and v["commit_sampler"]["rows_with_order"])
+        + (". With no order in the argmax canvas, that order is which positions the sampler accepts first, not the "
+           "model's answer." if argmax_rows <= 0.1 * rows else "."),
+    ]
+    peak = max(num(v["token_smearing"]["peak"]["mass"]) for v in diff)
+    seq = max(num(v["sequence_smearing"]["fraction_steps_smeared"]) for v in diff)
+    ar = ph[AR_PHENOMENA]
+    lines.append(f"- **Token / sequence smearing: {'absent' if peak < 0.05 and seq == 0 else 'present'}** on the "
+                 f"diffusion model (peak off-centre token mass {peak:.4f}, fraction of sequence-smeared steps "
+                 f"{seq:.3f}, the largest over settings); the AR twin, scored the same way: "
+                 f"{num(ar['token_smearing']['peak']['mass']):.3f} and "
+                 f"{num(ar['sequence_smearing']['fraction_steps_smeared']):.3f}.")
+    drafts = sum(v["drafts"]["n_drafts"] for v in diff)
+    lines.append(f"- **Intermediate-context reasoning: {'absent' if drafts == 0 else 'drafts occur'}** "
+                 f"({drafts} overwritten drafts over all settings).")
+    for setting, per_carry in numbers["iia"].items():
+        parts = []
+        for var, e in per_carry.items():
+            n_layers = len(numbers["attention"]["own"][0])  # [digit][layer][head]
+            own, below = _best(e["held_out_digit"], n_layers), _best(e["held_out_below_digit"], n_layers)
+            if own is None or below is None:
+                parts.append(f"{var}: no layer before the last was scored in this run")
+                continue
+            lo_b, hi_o = below["ci95_informative"][0], own["ci95_informative"][1]
+            if lo_b is not None and hi_o is not None and lo_b > hi_o:
+                where = qualify(numbers, f"{below['n_informative']} pairs", "held more at the lower digit's position")
+            elif below["ci95_informative"][0] is not None and below["ci95_informative"][0] > 0.5:
+                where = qualify(numbers, f"{below['n_informative']} pairs", "held at the lower digit's position")
+            else:
+                where = f"the two positions are not separated at this n (n = {below['n_informative']})"
+            parts.append(f"{var}: own position, best layer before the last {_site(own)}; digit j-1's position "
+                         f"{_site(below)}; random sites {f3(e['random_sites_digit']['mean_iia_informative'], 2)}: "
+                         f"{where}")
+        lines.append(f"- **Where the carry into column j is held ({setting}; held-out IIA [95% Wilson CI]):** "
+                     + "; ".join(parts) + ". At the last layer digit j's own position scores for any variable "
+                     "that fixes the digit, so it is left out here (tables below).")
+    n = numbers["n_phenomena_prompts"]
+    acc = {k: rate(round(num(v["accuracy"]) * n), n) for k, v in ((numbers["settings"][0], diff[0]), ("AR", ar))}
+    lines.append(f"- **Accuracy on the phenomena prompts:** DiffusionGemma (default) "
+                 f"{interval(acc[numbers['settings'][0]]['rate'], acc[numbers['settings'][0]]['ci95'])}, the AR twin "
+                 f"{interval(acc['AR']['rate'], acc['AR']['ci95'])} (n = {n}).")
+    return lines
+
+
 def render(numbers: dict) -> str:
     """The report's markdown body from `numbers` (live or read back from report.json)."""
     numbers = as_json(numbers)
-    ph = numbers["phenomena"]
-    default = ph[numbers["settings"][0]]
-    tight = TIGHT
-    t = ph[tight]
-    smear_peak = num(t["token_smearing"]["peak"]["mass"])
     att = numbers["attention"]
     lines = [
         "Model: the zoo's `addition-diffusion` (DiffusionGemma) and its AR twin `addition-ar`, on 4-digit + 4-digit "
@@ -135,21 +207,8 @@ def render(numbers: dict) -> str:
         f"{numbers['n_causal_prompts']} for the causal sweeps, {numbers['n_pairs']} (base, source) pairs per carry "
         "variable for IIA). Definitions: docs/case_studies.md.",
         "",
-        "## Findings in one paragraph",
-        "",
-        f"With the default sampler (entropy bound 0.1) the canvas settles in "
-        f"{num(default['commit_argmax']['mean_steps']):.1f} "
-        f"steps on average, and the argmax canvas already holds the final token at step 0 for "
-        f"{f3(default['commit_argmax']['fraction_committed_at_step0'])} of answer positions. Under the tightest "
-        f"setting ({tight}) runs take {num(t['commit_argmax']['mean_steps']):.1f} steps; "
-        f"{t['commit_argmax']['rows_with_order']}/{t['commit_argmax']['rows']} rows show any argmax commit order "
-        f"(mean Spearman rho {f3(t['commit_argmax']['mean_rho'])}) and "
-        f"{t['commit_sampler']['rows_with_order']}/{t['commit_sampler']['rows']} a sampler commit order "
-        f"(mean rho {f3(t['commit_sampler']['mean_rho'])}; rho < 0 = right to left). "
-        + _order_sentence(t)
-        + f" Peak off-centre token-smearing mass: {smear_peak:.3f}; fraction of sequence-smeared steps: "
-        f"{f3(t['sequence_smearing']['fraction_steps_smeared'])}; overwritten drafts: {t['drafts']['n_drafts']} "
-        f"({t['drafts']['n_in_canvas']} kept in the canvas).",
+        *interpretation_head(numbers),
+        *interpretation(numbers),
         "",
         "## Phenomena by sampler setting",
         "",
@@ -220,4 +279,4 @@ def render(numbers: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["TITLE", "TIGHT", "render", "phenomena_table", "causal_lines", "canvas_flip_figures", "iia_rows"]
+__all__ = ["TITLE", "TIGHT", "render", "interpretation", "phenomena_table", "causal_lines", "canvas_flip_figures", "iia_rows"]

@@ -200,8 +200,10 @@ def _attention_figure(att) -> Figure:
         for k in range(grid.shape[1]):
             ax.text(k, i, f"{grid[i, k]:.2f}", ha="center", va="center", fontsize=6,
                     color="white" if grid[i, k] > 0.6 else "black")
+    ax.set_xlabel("layer.head")
+    ax.set_ylabel("from answer digit j, to")
     ax.set_title(f"attention from answer digit j to the prompt (uniform = {att['uniform']:.2f})")
-    fig.colorbar(im, ax=ax, fraction=0.02)
+    fig.colorbar(im, ax=ax, fraction=0.02, label="attention weight")
     fig.tight_layout()
     return fig
 

@@ -6,7 +6,8 @@ tuples are lists); `render` gives the same text for both.
 
 from __future__ import annotations
 
-from case_studies.common_report import as_json, f3, figure_links, num, probe_section, slug
+from case_studies.common_report import (as_json, f3, figure_links, interpretation_head, num, probe_section, qualify,
+                                        slug)
 from dgt_interp.studies import iia_table
 
 from .hypothesis import list_at
@@ -63,7 +64,8 @@ def _verdict(numbers, default, slow, headline) -> list[str]:
             h = numbers["iia"][name]["hypotheses"][headline]
             rnd = numbers["iia"][name]["random_sites"]["mean_iia_informative"]
             lines.append(f"  IIA of {headline}: {f3(h['iia_informative'])} (95% CI {f3(h['ci95_informative'][0])}–"
-                         f"{f3(h['ci95_informative'][1])}, n={h['n_informative']}); random sites {f3(rnd)}.")
+                         f"{f3(h['ci95_informative'][1])}, n={h['n_informative']}); random sites {f3(rnd)}: "
+                         + _read_off(numbers, h) + ".")
     a = numbers["iia"].get("AR twin (greedy)", {})
     if "hypotheses" in a:
         h = a["hypotheses"][headline]
@@ -71,6 +73,17 @@ def _verdict(numbers, default, slow, headline) -> list[str]:
                      f"IIA of the same hypothesis {f3(h['iia_informative'])} (n={h['n_informative']}): the list is "
                      "written after the count, so it cannot change it.")
     return lines
+
+
+def _read_off(numbers: dict, h: dict) -> str:
+    """Whether the emitted count is read off the drafted list, from the 95% interval of its IIA (vs 0.5)."""
+    lo, hi = (num(x) for x in h["ci95_informative"])
+    n = f"{h['n_informative']} pairs"
+    if lo > 0.5:
+        return qualify(numbers, n, "the count is read off the drafted list (intermediate-context reasoning)")
+    if hi < 0.5:
+        return qualify(numbers, n, "the count is not read off the drafted list (the 95% interval lies below 0.5)")
+    return f"inconclusive at this n ({n}: the 95% interval includes 0.5)"
 
 
 def render(numbers: dict) -> str:
@@ -84,8 +97,7 @@ def render(numbers: dict) -> str:
         f"the canvas-patching sweeps, {numbers['n_pairs']} (base, source) pairs with different counts for IIA). "
         "Definitions: docs/case_studies.md; the hypothesis: case_studies/intermediate_context/hypothesis.py.",
         "",
-        "## Findings",
-        "",
+        *interpretation_head(numbers),
         *_verdict(numbers, default, slow, headline),
         "",
         "## Drafts and corrections by sampler setting",

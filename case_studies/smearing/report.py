@@ -6,7 +6,8 @@ tuples are lists, site keys are str); `render` gives the same text for both.
 
 from __future__ import annotations
 
-from case_studies.common_report import as_json, f3, figure_links, num, probe_section, slug
+from case_studies.common_report import (as_json, f3, figure_links, interpretation_head, num, probe_section, qualify,
+                                        slug)
 from dgt_interp.studies import iia_table
 
 TITLE = "Case study: smearing — does the count place the list?"
@@ -98,8 +99,28 @@ def _verdict(numbers) -> list[str]:
                      f"{f3(g('left', 'list')['iia_informative'])}, right-anchored "
                      f"{f3(g('right', 'list')['iia_informative'])}, independent (only the count changes) "
                      f"{f3(g('independent', 'answer')['iia_informative'])}; random sites (length) "
-                     f"{f3(e['random_sites_left_length']['mean_iia_informative'])}.")
+                     f"{f3(e['random_sites_left_length']['mean_iia_informative'])}: "
+                     + _placement(numbers, g("left", "length"), "the count at this site") + ".")
+        ar = e.get("ar_twin", {})
+        if "held_out" in ar and ar.get("selected_site") is not None:
+            r = ar["held_out"].get(f"{ar['selected_site']}|left|length")
+            if r:
+                lines.append(f"- **IIA, AR twin [{name}]**, site {_site_label(ar['selected_site'])}: EOS follows the "
+                             f"patched count in {f3(r['iia_informative'])} (CI {f3(r['ci95_informative'][0])}–"
+                             f"{f3(r['ci95_informative'][1])}, n={r['n_informative']}): "
+                             + _placement(numbers, r, "the count the AR twin reads") + ".")
     return lines
+
+
+def _placement(numbers: dict, r: dict, what: str) -> str:
+    """Whether `what` decides where the list ends, from the 95% interval of "EOS at 2 + n" (vs 0.5)."""
+    lo, hi = (num(x) for x in r["ci95_informative"])
+    n = f"{r['n_informative']} pairs"
+    if lo > 0.5:
+        return qualify(numbers, n, f"{what} decides where the list lands")
+    if hi < 0.5:
+        return qualify(numbers, n, f"{what} does not decide where the list lands (the 95% interval lies below 0.5)")
+    return f"inconclusive at this n ({n}: the 95% interval includes 0.5)"
 
 
 def phenomena_figures(numbers) -> list[str]:
@@ -119,8 +140,7 @@ def render(numbers: dict) -> str:
         f"{numbers['n_pairs']} (base, source) pairs with different counts for IIA, half to choose the site, half "
         "to score it). Definitions: docs/case_studies.md; the hypotheses: case_studies/smearing/hypothesis.py.",
         "",
-        "## Findings",
-        "",
+        *interpretation_head(numbers),
         *_verdict(numbers),
         "",
         "## Phenomena by sampler setting",

@@ -7,13 +7,20 @@ names below are shared with `study.py` (which imports them from here).
 
 from __future__ import annotations
 
-from case_studies.common_report import as_json, ci, f3, figure_links, num, nz, probe_section, sci, slug
+from case_studies.common_report import (as_json, ci, f3, figure_links, interpretation_head, interval, num, nz,
+                                        probe_section, qualify, sci, slug, verdict)
 
 TITLE = "Case study: sort — rank or successor, where, and in what order"
 DEFAULT, TIGHT, MANY, HOT, GENTLE = ("default (eb=0.1)", "eb=1e-4", "eb=1e-4, no early stop",
                                      "eb=1e-4, T=1.6->1.2", "gentle (eb=0.02, T=1.0->0.5)")
 POSITION_KINDS = ("unique digit", "repeated digit", "EOS")
 RANK_CLASSES = ("smallest digit", "interior digit", "largest digit")
+
+
+def _rho_ci(order: dict, fmt) -> str:
+    """` [lo, hi]`: the bootstrap 95% interval of a mean rho (absent in older reports and with < 2 rows)."""
+    c = order.get("ci95_rho")
+    return f" [{fmt(c[0])}, {fmt(c[1])}]" if c and c[0] is not None else ""
 
 
 def _pheno_row(name, kind, r, conf) -> str:
@@ -25,7 +32,7 @@ def _pheno_row(name, kind, r, conf) -> str:
            + sci(conf["step0_entropy_by_kind"]["EOS"]["mean"]) if conf else "–")
     return (f"| {name} | {kind} | {num(r['accuracy']):.2f} | {num(ca['mean_steps']):.1f} | "
             f"{f3(ca['fraction_committed_at_step0'], 2)} | {ca['rows_with_order']}/{ca['rows']} | "
-            f"{cs['rows_with_order']}/{cs['rows']} | {fmt(cs['mean_rho'])} | {sci(pk['mass'])} (step {pk['step']}, "
+            f"{cs['rows_with_order']}/{cs['rows']} | {fmt(cs['mean_rho'])}{_rho_ci(cs, fmt)} | {sci(pk['mass'])} (step {pk['step']}, "
             f"d={pk['offset']:+d}) | {f3(ss['fraction_steps_smeared'])} | {dr['n_drafts']} ({dr['n_in_canvas']} kept) "
             f"| {ent} |")
 
@@ -64,7 +71,8 @@ def _presence(numbers: dict) -> list[str]:
     ph = {k: v for k, v in numbers["phenomena"].items() if k != "AR twin (greedy)"}
     lines = []
     argmax_rows = {k: v["commit_argmax"]["rows_with_order"] for k, v in ph.items()}
-    samp = {k: (v["commit_sampler"]["rows_with_order"], v["commit_sampler"]["mean_rho"]) for k, v in ph.items()}
+    samp = {k: (v["commit_sampler"]["rows_with_order"], v["commit_sampler"]["mean_rho"],
+                v["commit_sampler"].get("ci95_rho")) for k, v in ph.items()}
     rows = next(iter(ph.values()))["commit_argmax"]["rows"]
     step0 = min(num(v["commit_argmax"]["fraction_committed_at_step0"]) for v in ph.values())
     lines.append(
@@ -74,8 +82,11 @@ def _presence(numbers: dict) -> list[str]:
         f"positions final at step 0 ≥ {f3(step0, 3)}; rows with any argmax order: "
         + ", ".join(f"{k}: {v}/{rows}" for k, v in argmax_rows.items())
         + "). What the *sampler* holds does show an order where the bound is tight: "
-        + ", ".join(f"{k}: {n}/{rows} rows, mean rho {f3(r, 2)}" for k, (n, r) in samp.items())
-        + ". That order follows the entropy ranking at step 0, not a sequence of computations: the model's argmax "
+        + ", ".join(f"{k}: {n}/{rows} rows"
+                    + (f", mean rho {interval(r, c)}, " + verdict(c, 0.0, n=n, numbers=numbers, what="rows", above="left to right",
+                                                                 below="right to left") if n else "")
+                    for k, (n, r, c) in samp.items())
+        + " (mean Spearman rho with its bootstrap 95% interval over rows). That order follows the entropy ranking at step 0, not a sequence of computations: the model's argmax "
         "never changes." + _extremes_sentence(numbers))
     causal = numbers["causal"]
     loe = [c["positions"]["later_on_earlier"] for c in causal.values()]
@@ -176,16 +187,18 @@ def _findings(numbers: dict) -> list[str]:
     pt = s["previous_token"]
     if "AR twin" in pt and DEFAULT in pt:
         ar_p, d_p = pt["AR twin"], pt[DEFAULT]
-        verdict = []
+        verdicts = []
         if num(d_p["rank_digit"]["ci95"][0]) >= 0.5 and num(d_p["successor_digit"]["ci95"][1]) < 0.5:
-            verdict.append("DiffusionGemma behaves as the rank model: digit i ignores the token before it")
+            verdicts.append(qualify(numbers, f"{d_p['rank_digit']['n']} pairs",
+                                    "DiffusionGemma behaves as the rank model: digit i ignores the token before it"))
         if num(ar_p["successor_digit"]["ci95"][0]) >= 0.5 and num(ar_p["rank_digit"]["ci95"][1]) < 0.5:
-            verdict.append("the AR twin reads the digit it just wrote and emits its successor")
+            verdicts.append(qualify(numbers, f"{ar_p['rank_digit']['n']} pairs",
+                                    "the AR twin reads the digit it just wrote and emits its successor"))
         out.append(
             f"- **Rank or successor.** Patching the token read before digit i: AR twin, digit i is the successor of "
             f"the patched token in {ci(ar_p['successor_digit'])} of pairs and unchanged in {ci(ar_p['rank_digit'])}; "
             f"DiffusionGemma ({DEFAULT}): successor {ci(d_p['successor_digit'])}, unchanged "
-            f"{ci(d_p['rank_digit'])}. " + (_sentence("; ".join(verdict)) if verdict else
+            f"{ci(d_p['rank_digit'])}. " + (_sentence("; ".join(verdicts)) if verdicts else
                                               "Neither model is separated from the other at this sample size."))
     return out
 
@@ -201,7 +214,7 @@ def render(numbers: dict) -> str:
     s = numbers["summary"]
     ph, conf = numbers["phenomena"], numbers["confidence"]
     table = ["| setting | model | accuracy | mean steps | answer positions final at step 0 (argmax) | rows with an "
-             "argmax order | rows with a sampler order | mean rho (sampler) | peak token-smear mass | fraction of "
+             "argmax order | rows with a sampler order | mean rho (sampler) [95% CI] | peak token-smear mass | fraction of "
              "steps sequence-smeared | overwritten drafts | step-0 entropy: smallest / interior / largest digit / EOS |",
              "|" + "---|" * 12]
     for name in numbers["settings"]:
@@ -263,8 +276,7 @@ def render(numbers: dict) -> str:
         f"half score it), digits i = {numbers['digits']} for the rank model, {numbers['previous_token_digits']} for "
         "the previous-token test. Definitions: docs/case_studies.md; the hypotheses: case_studies/sort/hypothesis.py.",
         "",
-        "## Findings",
-        "",
+        *interpretation_head(numbers),
         *_findings(numbers),
         "",
         *_presence(numbers),

@@ -140,6 +140,7 @@ def _confidence_figure(conf: dict, title: str) -> Figure:
           color=["tab:green"] * sum(k in RANK_CLASSES for k, _ in groups)
           + ["tab:blue"] * sum(k not in RANK_CLASSES for k, _ in groups))
     b.set_xticks(range(len(groups)), [f"{k.replace(' ', chr(10))}\n(n={v['n']})" for k, v in groups], fontsize=7)
+    b.set_xlabel("kind of answer digit (order statistic / position kind)")
     b.set_ylabel("mean step-0 entropy")
     fig.suptitle(title, fontsize=10)
     return fig
@@ -293,6 +294,7 @@ def _grid_figure(iia: dict, title: str) -> Figure:
             ax.legend(fontsize=7, loc="upper left")
         ax.set_xticks(range(len(labels)), labels, rotation=70, fontsize=7)
         ax.set_ylim(0, 1.05)
+        ax.set_xlabel("alignment (site : steps patched)")
         ax.set_ylabel("held-out IIA, digit i (pooled)")
         ax.set_title(name, fontsize=9)
     fig.suptitle(title, fontsize=10)
@@ -319,6 +321,7 @@ def _prev_figure(prev: dict) -> Figure:
            label="digit i unchanged (rank model)")
     ax.set_xticks(x.tolist(), labels, fontsize=7)
     ax.set_ylim(0, 1.05)
+    ax.set_xlabel("model / setting, digit i")
     ax.set_ylabel("fraction of pairs")
     ax.legend(fontsize=7)
     ax.set_title("patch the token read before digit i (previous-token test; 95% Wilson CI)", fontsize=9)

@@ -6,7 +6,8 @@ the per-round dicts are keyed by str); `render` gives the same text for both.
 
 from __future__ import annotations
 
-from case_studies.common_report import as_json, f3, num, probe_section
+from case_studies.common_report import (as_json, f3, interpretation_head, interval, num, probe_section, qualify, rate,
+                                        side, verdict)
 
 TITLE = "Case study: sudoku — does the model fill cells in constraint-propagation order?"
 AR_TWIN = "AR twin (greedy)"
@@ -23,7 +24,7 @@ def _order_row(name, ph, order) -> str:
     return (f"| {name} | {num(ph['accuracy']):.2f} | {num(ph['commit_argmax']['mean_steps']):.1f} | "
             f"{f3(order['mean_rho_round'])}{_ci(order, 'ci95_rho_round')} ({order['rows_with_rho_round']}) | "
             f"{f3(order['mean_rho_position'])}{_ci(order, 'ci95_rho_position')} ({order['rows_with_rho_position']}) | "
-            f"{f3(order['concordance'])} ({order['pairs']}) | "
+            f"{f3(order['concordance'])}{_ci(order, 'ci95_concordance')} ({order['pairs']}) | "
             + " / ".join(f"{num(by[r]):.2f}" for r in sorted(by, key=int)) + " |")
 
 
@@ -39,32 +40,82 @@ def causal_rows(numbers) -> list[str]:
             f"{f3(e['easy_on_easy']['rate'])} ({e['easy_on_easy']['n']}) |" for name, e in numbers["causal"].items()]
 
 
+def _count(r: dict) -> dict:
+    """A stored `{rate, n}` as a rate with its Wilson interval."""
+    n = r["n"]
+    return rate(round(num(r["rate"]) * n) if n else 0, n)
+
+
+def interpretation(numbers: dict) -> list[str]:
+    """"What this run shows": the study's claims in words, each conditioned on its interval."""
+    settings = numbers["settings"]
+    first, ar = numbers["order"][settings[0]], numbers["order"][AR_TWIN]
+    n_rho = first["rows_with_rho_round"]
+    rho = interval(first["mean_rho_round"], first.get("ci95_rho_round"))
+    pos = interval(first["mean_rho_position"], first.get("ci95_rho_position"))
+    conc, conc_ar = first.get("ci95_concordance"), ar.get("ci95_concordance")
+    if side(conc, 0.5) == "above" and conc_ar and conc[0] > num(conc_ar[1]):
+        conc_text = qualify(numbers, f"{first['pairs']} pairs", "more often than position order alone gives")
+    elif side(conc, 0.5) == "spans":
+        conc_text = "inconclusive at this n (the interval includes 0.5)"
+    else:
+        conc_text = "not separated from what position order alone gives at this n"
+    lines = [
+        f"- **Commit order against propagation order (default sampler).** Mean rho of the commit step with the "
+        f"propagation round: {rho} over the {n_rho} puzzles whose cells commit at different steps; "
+        + verdict(first.get("ci95_rho_round"), 0.0, n=n_rho, numbers=numbers, what="puzzles with an order",
+                  above="cells commit roughly in constraint-propagation order (non-chronological reasoning, predicted "
+                        "cell by cell)",
+                  below="cells commit against the propagation order")
+        + f". With the cell's position: {pos}; "
+        + verdict(first.get("ci95_rho_position"), 0.0, n=first["rows_with_rho_position"], numbers=numbers, what="puzzles with an order",
+                  above="the grid fills left to right", below="the grid fills right to left")
+        + f". A harder cell commits after an easier one of the same puzzle in "
+        f"{interval(first['concordance'], conc)} of {first['pairs']} pairs (ties count half): {conc_text}; the AR "
+        f"twin, which writes left to right, gives {interval(ar['concordance'], conc_ar)}.",
+        "- **Under every sampler setting** (mean rho with the round [95% CI]): "
+        + "; ".join(f"{name} {interval(numbers['order'][name]['mean_rho_round'], numbers['order'][name].get('ci95_rho_round'))}"
+                    for name in settings) + ".",
+    ]
+    for name, e in numbers["causal"].items():
+        eh, he = _count(e["easy_on_hard"]), _count(e["hard_on_easy"])
+        if eh["n"] and he["n"] and eh["ci95"][0] > he["ci95"][1]:
+            what = "easy cells' early results feed the harder ones (intermediate-context reasoning)"
+        elif eh["n"] and he["n"] and max(eh["ci95"][1], he["ci95"][1]) < 0.05:
+            what = ("no single intermediate cell causes the later ones: the harder cells are fixed without depending "
+                    "on any one earlier result (recomputed from the prompt, or redundant across easy cells; this "
+                    "study does not separate the two)")
+        else:
+            what = "inconclusive at this n"
+        if not what.startswith("inconclusive"):
+            what = qualify(numbers, f"{eh['n']} + {he['n']} patches", what)
+        lines.append(f"- **Does the canvas carry intermediate results? ({name})** Patching one cell at the first "
+                     f"steps flips another cell's final digit: easy → hard {interval(eh['rate'], eh['ci95'], 3)} "
+                     f"({eh['k']}/{eh['n']}), hard → easy {interval(he['rate'], he['ci95'], 3)} "
+                     f"({he['k']}/{he['n']}): {what}.")
+    n = numbers["n_puzzles"]
+    acc = {k: rate(round(num(numbers["phenomena"][k]["accuracy"]) * n), n) for k in (settings[0], AR_TWIN)}
+    lines.append(f"- **Accuracy on these multi-round puzzles:** DiffusionGemma {interval(acc[settings[0]]['rate'], acc[settings[0]]['ci95'])}, "
+                 f"the AR twin {interval(acc[AR_TWIN]['rate'], acc[AR_TWIN]['ci95'])} (n = {n}, Wilson intervals).")
+    return lines
+
+
 def render(numbers: dict) -> str:
     """The report's markdown body from `numbers` (live or read back from report.json)."""
     numbers = as_json(numbers)
-    first, last = numbers["order"][numbers["settings"][0]], numbers["order"][numbers["settings"][-1]]
-    ar = numbers["order"][AR_TWIN]
     return "\n".join([
         f"Model: the zoo's `sudoku-diffusion` and its AR twin `sudoku-ar` on {numbers['n_puzzles']} held-out 4x4 puzzles whose propagation "
         "needs at least two rounds (the other puzzles predict no order). Round of a cell: when constraint "
         "propagation by naked and hidden singles fills it (0 = given); definitions: docs/case_studies.md and "
         "`case_studies/sudoku/hypothesis.py`.",
         "",
-        "## Findings in one paragraph",
-        "",
-        f"Under the default sampler, the commit step's rank correlation with the propagation round is "
-        f"{f3(first['mean_rho_round'])}{_ci(first, 'ci95_rho_round')} (mean over the {first['rows_with_rho_round']} puzzles where cells commit at "
-        f"different steps), against {f3(first['mean_rho_position'])}{_ci(first, 'ci95_rho_position')} with the cell's position; a harder cell "
-        f"commits after an easier one of the same puzzle in {f3(first['concordance'])} of {first['pairs']} pairs "
-        f"(ties count half; 0.5 = no order). Under the tightest setting these are {f3(last['mean_rho_round'])}, "
-        f"{f3(last['mean_rho_position'])} and {f3(last['concordance'])}. The AR twin, which writes left to right, "
-        f"gives {f3(ar['mean_rho_round'])}, {f3(ar['mean_rho_position'])} and {f3(ar['concordance'])}: what "
-        "position order alone yields on these puzzles.",
+        *interpretation_head(numbers),
+        *interpretation(numbers),
         "",
         "## Commit order against propagation order",
         "",
         "| setting | accuracy | mean steps | rho(commit, round) [95% CI] (puzzles) | rho(commit, position) [95% CI] (puzzles) | "
-        "harder after easier (pairs) | mean commit step, round 0 / 1 / 2 / ... |",
+        "harder after easier [95% CI] (pairs) | mean commit step, round 0 / 1 / 2 / ... |",
         "|---|---|---|---|---|---|---|",
         *order_rows(numbers),
         *probe_section(numbers),
@@ -89,4 +140,4 @@ def render(numbers: dict) -> str:
     ])
 
 
-__all__ = ["TITLE", "render", "order_rows", "causal_rows"]
+__all__ = ["TITLE", "render", "interpretation", "order_rows", "causal_rows"]

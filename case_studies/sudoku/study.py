@@ -59,10 +59,11 @@ def order_vs_rounds(commit_step: torch.Tensor, problems) -> dict:
 
     Per puzzle, over its blank cells: rho_round = Spearman(commit step, round), rho_position =
     Spearman(commit step, cell index), each mean with a bootstrap 95% interval over puzzles; concordance = over (round-1 cell, round-2+ cell) pairs, the
-    fraction where the harder cell commits later (ties count half). Mean commit step per round
+    fraction where the harder cell commits later (ties count half), with a bootstrap 95% interval over
+    puzzles. Mean commit step per round
     (0 = given cells, copied from the prompt).
     """
-    rho_round, rho_pos, conc_num, conc_den = [], [], 0.0, 0
+    rho_round, rho_pos, conc_num, conc_den, per_puzzle = [], [], 0.0, 0, []
     by_round: dict[int, list[float]] = {}
     for b, prob in enumerate(problems):
         rounds = propagation_rounds(prob.prompt)
@@ -75,10 +76,13 @@ def order_vs_rounds(commit_step: torch.Tensor, problems) -> dict:
         rho_pos.append(spearman(k, torch.tensor(blank, dtype=torch.float)))
         easy = [float(commit_step[b, i]) for i in blank if rounds[i] == 1]
         hard = [float(commit_step[b, i]) for i in blank if rounds[i] >= 2]
+        num0, den0 = conc_num, conc_den
         for e in easy:
             for h in hard:
                 conc_num += 1.0 if h > e else 0.5 if h == e else 0.0
                 conc_den += 1
+        if conc_den > den0:
+            per_puzzle.append((conc_num - num0, conc_den - den0))
 
     def mean(xs):
         xs = [x for x in xs if x == x]
@@ -87,11 +91,16 @@ def order_vs_rounds(commit_step: torch.Tensor, problems) -> dict:
     def ci95(xs):  # percentile bootstrap over puzzles of the mean correlation
         return list(bootstrap_interval([x for x in xs if x == x], mean, seed=0))
 
+    def pooled(pairs):  # concordance of a resample of puzzles (pairs pooled)
+        den = sum(d for _, d in pairs)
+        return sum(n for n, _ in pairs) / den if den else float("nan")
+
     return {"mean_rho_round": mean(rho_round), "rows_with_rho_round": sum(x == x for x in rho_round),
             "ci95_rho_round": ci95(rho_round), "ci95_rho_position": ci95(rho_pos),
             "fraction_rho_round_positive": mean([float(x > 0) for x in rho_round if x == x]),
             "mean_rho_position": mean(rho_pos), "rows_with_rho_position": sum(x == x for x in rho_pos),
             "concordance": conc_num / conc_den if conc_den else float("nan"), "pairs": conc_den,
+            "ci95_concordance": list(bootstrap_interval(per_puzzle, pooled, seed=0)),
             "mean_commit_step_by_round": {r: mean(v) for r, v in sorted(by_round.items())},
             "cells_by_round": {r: len(v) for r, v in sorted(by_round.items())}, "rows": len(problems)}
 

@@ -11,7 +11,9 @@ nnsight 0.8.1 notes: `NNsight(model).generate(...)` is not a tracing context for
 use `trace(..., fn=<function calling generate>)`; its per-call cache avoids `tracer.iter[:T]`, which
 needs the step count in advance (adaptive stopping makes it unknown) and silently skips code after an
 unbounded loop. `self_cond.hook_logits_in` does not fire at a canvas's first step; its calls are
-mapped to the steps that had self-conditioning logits.
+mapped to the steps that had self-conditioning logits. A hook point with a TL hook conversion (the
+attention's `hook_q/k/v/z`, split into heads) hands TL hooks the converted tensor but nnsight the module's
+raw output: the conversion is applied here, so both backends give `[batch, pos, head, d_head]`.
 """
 
 from __future__ import annotations
@@ -69,6 +71,11 @@ def run_with_nnsight(bridged, run, input_ids: torch.Tensor, names: list[str], re
             steps = list(range(n_steps))
         if len(outs) != len(steps):
             raise RuntimeError(f"nnsight recorded {len(outs)} calls of {n!r} for {len(steps)} steps; use backend='tl'")
+        # what a TL hook at this point sees: the point's hook conversion applied to the module's output (e.g.
+        # q/k/v/z split into heads, [batch, pos, head, d_head]); nnsight reads the raw, flat output
+        conversion = getattr(bridged.hook_points[n], "hook_conversion", None)
+        if conversion is not None:
+            outs = [conversion.convert(o) for o in outs]
         per_name[n] = dict(zip(steps, outs))
     for s in range(n_steps):
         for n in names:

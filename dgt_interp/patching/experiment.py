@@ -35,6 +35,7 @@ from dgt_interp.patching.interventions import NextUlp
 from dgt_interp.patching.metrics import metric_values
 from dgt_interp.patching.sites import PatchingError, Site, indices
 from dgt_interp.sampling import ReplayedNoise
+from dgt_interp.tokenizer import load_tokenizer, position_labels, to_str_tokens
 
 
 class Patching:
@@ -181,6 +182,25 @@ class Patching:
         """The metric on the (unpatched) corrupted run, averaged over the prompt batch (`per_prompt=True`: `[batch]`)."""
         values = metric_values(self.reference("corrupted", metric), metric)
         return values if per_prompt else float(values.mean())
+
+    def position_labels(self, *, which: str = "clean", batch: int = 0, tokenizer=None) -> list[str]:
+        """Labels of a sweep's position axis, in `Trajectory.to_str_tokens`' names, from the `which` run's row
+        `batch` (tokenizer: the model's own by default).
+
+        DiffusionGemma: the axis is the canvas, labelled with that run's emitted tokens, `c{j}:'tok'` (the
+        first canvas: what a sweep's positions index). AR twin: the axis is the positions of the step's
+        forward pass; at step 0 the prompt, `p{i}:'tok'` (padding included, as the hooks see it); at a later
+        step its one position is the token generated the step before."""
+        if which not in ("clean", "corrupted"):
+            raise PatchingError(f"which={which!r}: use 'clean' or 'corrupted'")
+        if not isinstance(batch, int) or not 0 <= batch < self.batch:
+            raise PatchingError(f"batch={batch!r} is out of range: the experiment has {self.batch} prompts")
+        traj = self.clean if which == "clean" else self.corrupted
+        tok = tokenizer if tokenizer is not None else load_tokenizer(self.model)
+        if self.kind == "diffusion":
+            n = traj.records["argmax_canvas"].shape[-1]  # the canvas length
+            return position_labels(traj.canvas_str_tokens(None, batch, tok)[:n], "c")
+        return position_labels(to_str_tokens(tok, self.ids[which][batch]), "p")
 
     def position_counts(self, names: list[str]) -> dict[tuple[str, int], int]:
         """`{(name, step): positions}` where each hook fires in the clean run, from one clean run that keeps

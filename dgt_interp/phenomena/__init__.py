@@ -19,7 +19,9 @@ Common ground (all probes):
 
 Modules: `commit` (non-chronological reasoning: `commit_order`), `smearing` (`token_smearing`,
 `sequence_smearing`), `drafts` (`find_drafts`, `draft_effects`), `flips` (the causal
-`canvas_flips`: patch the input canvas at (step, q) from a source run), `registry`, `detect`.
+`canvas_flips`: patch the input canvas at (step, q) from a source run), `registry`, `linear`
+(`register_linear_probe`: linear probes over (step, layer) with a control task, as registered probes),
+`detect`.
 """
 
 from dgt_interp.phenomena.base import PhenomenaError
@@ -27,14 +29,17 @@ from dgt_interp.phenomena.commit import COMMIT_BY, CommitOrder, commit_order
 from dgt_interp.phenomena.detect import detect_phenomena
 from dgt_interp.phenomena.drafts import Draft, DraftEffects, Drafts, draft_effects, find_drafts
 from dgt_interp.phenomena.flips import CHANNELS, CanvasFlips, canvas_flips
+from dgt_interp.phenomena.linear import register_linear_probe
 from dgt_interp.phenomena.registry import (Probe, ProbeResult, builtin_probe_names, extra_probe_results,
-                                           extra_probe_table, probes, register_probe, run_probes, unregister_probe)
+                                           extra_probe_table, get_probe, probes, recorded_names, register_probe,
+                                           run_probes, unregister_probe)
 from dgt_interp.phenomena.smearing import SequenceSmearing, TokenSmearing, sequence_smearing, token_smearing
 
 __all__ = [
     "PhenomenaError", "COMMIT_BY", "CHANNELS",
     "CommitOrder", "commit_order", "TokenSmearing", "token_smearing", "SequenceSmearing", "sequence_smearing",
     "Draft", "Drafts", "find_drafts", "CanvasFlips", "canvas_flips", "DraftEffects", "draft_effects",
-    "Probe", "ProbeResult", "register_probe", "unregister_probe", "probes", "builtin_probe_names", "run_probes",
+    "Probe", "ProbeResult", "register_probe", "register_linear_probe", "unregister_probe", "probes", "get_probe",
+    "recorded_names", "builtin_probe_names", "run_probes",
     "extra_probe_results", "extra_probe_table", "detect_phenomena",
 ]

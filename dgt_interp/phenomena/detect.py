@@ -5,7 +5,7 @@ from __future__ import annotations
 from dgt_interp.capturing import capture
 from dgt_interp.phenomena.commit import commit_order
 from dgt_interp.phenomena.drafts import find_drafts
-from dgt_interp.phenomena.registry import register_probe, run_probes
+from dgt_interp.phenomena.registry import recorded_names, register_probe, run_probes
 from dgt_interp.phenomena.smearing import sequence_smearing, token_smearing
 from dgt_interp.tokenizer import decode_until_eos, load_tokenizer, prompt_batch
 
@@ -35,21 +35,25 @@ def detect_phenomena(model, prompts, *, tokenizer=None, eos_id: int | None = Non
     Returns `(traj, results)`: the captured `Trajectory` (with processed logits) and a dict with
     `accuracy` (None for bare strings) and one entry per registered probe (built-ins:
     `commit_argmax` / `commit_sampler` (`CommitOrder`, EOS excluded), `token_smearing`,
-    `sequence_smearing`, `drafts`). `generation_kwargs` choose the sampler setting (e.g.
+    `sequence_smearing`, `drafts`), and registered probes that need the problems (`Probe.needs`, e.g.
+    `register_linear_probe`; run only when `prompts` are `Problem`s, on the activations they declare in
+    `Probe.records`, which are then recorded). `generation_kwargs` choose the sampler setting (e.g.
     `sampler_config=...`, or `do_sample=False` for an AR twin).
     """
     tok = tokenizer if tokenizer is not None else load_tokenizer(model)
     eos = tok.eos_token_id if eos_id is None else eos_id
     texts = [p if isinstance(p, str) else p.prompt for p in prompts]
     batch = prompt_batch(texts, tok)
+    problems = None if any(isinstance(p, str) for p in prompts) else list(prompts)
+    names = recorded_names() if problems is not None else []
     traj = capture(model, batch["input_ids"], attention_mask=batch["attention_mask"], seed=seed,
-                   record=("processed_logits",), **generation_kwargs)
+                   names=names or None, record=("processed_logits",), **generation_kwargs)
     n_prompt = batch["input_ids"].shape[1]
     accuracy = None
     if all(hasattr(p, "answer") for p in prompts):
         answers = [decode_until_eos(tok, r, eos) for r in traj.sequences[:, n_prompt:]]
         accuracy = sum(a == p.answer for a, p in zip(answers, prompts)) / len(prompts)
-    return traj, {"accuracy": accuracy, **run_probes(traj, eos_id=eos)}
+    return traj, {"accuracy": accuracy, **run_probes(traj, eos_id=eos, problems=problems)}
 
 
 __all__ = ["detect_phenomena"]

@@ -151,7 +151,7 @@ class SequenceSmearing:
         a.set_xlabel("shift d")
         a.set_ylabel("canvas step")
         a.set_title("mean alignment score", fontsize=9)
-        fig.colorbar(im, ax=a)
+        fig.colorbar(im, ax=a, label="mean alignment score")
         frac = [fraction(self.smeared[:, k], torch.isfinite(self.best_shift[:, k])) for k in range(self.score.shape[1])]
         b.bar(range(len(frac)), [0 if math.isnan(f) else f for f in frac], color="tab:red")
         b.set_ylim(0, 1)

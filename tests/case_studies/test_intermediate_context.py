@@ -83,7 +83,7 @@ def test_quick_run_writes_a_report(quick_study):
         assert a["hypotheses"]["list@both:all/count"]["correct_informative"] == 0
     for r in nums["records"].values():
         assert 0.0 <= r["accuracy"] <= r["count_accuracy"] <= 1.0
-    assert "## Findings" in rep.markdown and (tmp_path / "iia.png").is_file()
+    assert "## What this run shows" in rep.markdown and (tmp_path / "iia.png").is_file()
 
 
 @pytest.mark.slow

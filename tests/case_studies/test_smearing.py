@@ -144,7 +144,7 @@ def test_quick_run_writes_a_report(quick_study, count_diffusion, count_ar):
     for label, r in nums["iia_rows"]:
         v = r.get("iia", r.get("mean_iia"))
         assert v is None or 0.0 <= v <= 1.0, label
-    assert "## Findings" in rep.markdown and any(f.suffix == ".png" for f in tmp_path.iterdir())
+    assert "## What this run shows" in rep.markdown and any(f.suffix == ".png" for f in tmp_path.iterdir())
 
 
 @pytest.mark.slow

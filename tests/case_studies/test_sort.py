@@ -150,7 +150,7 @@ def test_quick_run_through_the_cli(cli_quick_run, capsys):
                 assert 0 <= r["iia"] <= 1 and r["ci95"][0] <= r["iia"] <= r["ci95"][1]
         assert s["alignments"]["L3:all"]["digit"]["iia"] == 1.0  # exact by construction (see above)
     md = (tmp_path / "report.md").read_text()
-    assert "## Findings" in md and "## Rank or successor" in md
+    assert "## What this run shows" in md and "## Rank or successor" in md
     for fig in ("iia_alignments", "previous_token", "commit_order_many", "confidence_default"):
         assert (tmp_path / f"{fig}.png").read_bytes()[:4] == b"\x89PNG"
 
