@@ -3,7 +3,7 @@ read back from report.json; see `case_studies.common_report`)."""
 
 from __future__ import annotations
 
-from case_studies.common_report import f3, figure_links, isnan, num
+from case_studies.common_report import f3, figure_links, interpretation_head, isnan, num, qualify
 
 TITLE = "Case study: monitorability — is DiffusionGemma as monitorable as its Gemma 4 twin?"
 AR = "Gemma 4 twin (AR, greedy)"
@@ -76,7 +76,6 @@ def _comparison_table(numbers: dict, task: str) -> list[str]:
 def _findings(numbers: dict) -> list[str]:
     """The interpretation, written from the numbers; careful where the intervals are wide."""
     out = []
-    quick = numbers.get("quick")
     for label, comp in numbers["comparisons"].items():
         for task in TASKS:
             c = comp[task].get(HEADLINE_VIEW, {}).get(HEADLINE_MONITOR)
@@ -91,9 +90,9 @@ def _findings(numbers: dict) -> list[str]:
                      if uninformative else
                      "supports the paper's claim (equivalent within the margin)" if c["equivalent"] else
                      "contradicts equivalence (the models differ)" if c["different"] else
-                     "cannot decide at this n (the interval is wider than the margin)")
-            if quick:
-                claim = "quick run: n too small for a verdict"
+                     "inconclusive at this n (the interval is wider than the margin)")
+            if c["equivalent"] or c["different"]:
+                claim = qualify(numbers, f"{c['n']} paired test examples", claim)
             out.append(f"- **{task}**, {label} vs AR twin, what the model writes ({HEADLINE_VIEW} view, "
                        f"{HEADLINE_MONITOR} monitor): {_diff(c)} — {claim}.")
     # what the intermediate view adds, per diffusion setting and task
@@ -110,11 +109,12 @@ def _findings(numbers: dict) -> list[str]:
             lo_i, hi_i = inter["ci95"]["g_mean2"]
             lo_f, hi_f = final["ci95"]["g_mean2"]
             overlap = not (num(lo_i) > num(hi_f) or num(lo_f) > num(hi_i))
+            n_test = inter.get("n", "?")
             out.append(f"- {task}, {label}: the intermediate canvases give g-mean² {_ci(inter)} against "
-                       f"{_ci(final)} from the final worked answer ({gain:+.3f}; "
-                       + ("intervals overlap: no clear gain)." if overlap else
-                          "intervals do not overlap: the intermediate canvases show something the final text does "
-                          "not)." if gain > 0 else "intervals do not overlap: the final text is better)."))
+                       f"{_ci(final)} from the final worked answer ({gain:+.3f}): "
+                       + ("inconclusive at this n (the intervals overlap)." if overlap else
+                          qualify(numbers, f"{n_test} test examples", "the intermediate canvases show something the "
+                                  "final text does not" if gain > 0 else "the final text is better") + "."))
     return out
 
 
@@ -130,7 +130,9 @@ def render(numbers: dict) -> str:
         f"is a paired bootstrap over the test examples both models label, judged against an equivalence margin of "
         f"±{num(numbers['margin']):g}.",
         "",
-        "## Findings (generated from the numbers below)",
+        *interpretation_head(numbers),
+        "Here the intervals are percentile bootstraps of g-mean² and of the paired difference diffusion − AR, "
+        f"judged against the equivalence margin ±{num(numbers['margin']):g}.",
         "",
         *_findings(numbers),
         "",

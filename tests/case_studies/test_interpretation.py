@@ -16,7 +16,7 @@ from case_studies.common_report import interval, qualify, side, verdict
 from dgt_interp.studies import get_study
 
 DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
-STUDIES = ("addition", "intermediate_context", "smearing", "sort", "sudoku")
+STUDIES = ("addition", "intermediate_context", "monitorability", "smearing", "sort", "sudoku")
 
 
 def _numbers(name: str) -> dict:

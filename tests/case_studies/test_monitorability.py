@@ -158,7 +158,7 @@ def test_quick_run_through_the_cli(cli_quick_run):
     assert rc == 0
     md = (out / "report.md").read_text()
     numbers = json.loads((out / "report.json").read_text())
-    assert "Quick run" in md and "quick run: n too small for a verdict" in md
+    assert "*Quick run: the n below are smoke-test sizes" in md and "## What this run shows" in md
     for fig in numbers["figures"]:
         assert (out / f"{fig}.png").is_file() and f"({fig}.png)" in md
     ar = numbers["models"]["Gemma 4 twin (AR, greedy)"]
