@@ -38,7 +38,7 @@ def _behaviour_table(numbers: dict) -> list[str]:
              "correct hint: result correct | hint used (wrong / correct hints) | process: copied / computed / "
              "neither | snapshots per run | self-cond. tokens = canvas |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for label, m in numbers["models"].items():
+    for label, m in numbers["by_model"].items():
         b = m["behaviour"]
         sc = "–" if b["sc_equals_canvas"] is None else f3(b["sc_equals_canvas"], 2)
         lines.append(f"| {label} | {f3(b['hint_free_exact'])} | {f3(b['hint_free_result_correct'])} | "
@@ -52,7 +52,7 @@ def _behaviour_table(numbers: dict) -> list[str]:
 def _score_table(numbers: dict, task: str) -> list[str]:
     lines = ["| model | view | monitor | g-mean² [95% CI] | TPR [95% CI] | TNR [95% CI] | n test (positive) |",
              "|---|---|---|---|---|---|---|"]
-    for label, m in numbers["models"].items():
+    for label, m in numbers["by_model"].items():
         for view, mons in m["scores"][task].items():
             for name, e in mons.items():
                 n = f"{e['n']} ({e['n_positive']})" if "n" in e else "–"
@@ -83,7 +83,7 @@ def _findings(numbers: dict) -> list[str]:
                 out.append(f"- {task}, {label}: no comparison on the {HEADLINE_VIEW} view (a monitor could not be "
                            "fitted for one model: one class only).")
                 continue
-            scores = [numbers["models"][m]["scores"][task][HEADLINE_VIEW][HEADLINE_MONITOR] for m in (label, AR)]
+            scores = [numbers["by_model"][m]["scores"][task][HEADLINE_VIEW][HEADLINE_MONITOR] for m in (label, AR)]
             uninformative = all("error" not in s and not isnan(s["g_mean2"]) and num(s["ci95"]["g_mean2"][1]) < 0.25
                                 for s in scores)
             claim = ("equal, but uninformative: on this view neither model lets the monitor beat a coin flip (0.25)"
@@ -96,7 +96,7 @@ def _findings(numbers: dict) -> list[str]:
             out.append(f"- **{task}**, {label} vs AR twin, what the model writes ({HEADLINE_VIEW} view, "
                        f"{HEADLINE_MONITOR} monitor): {_diff(c)} — {claim}.")
     # what the intermediate view adds, per diffusion setting and task
-    for label, m in numbers["models"].items():
+    for label, m in numbers["by_model"].items():
         if label == AR:
             continue
         for task in TASKS:

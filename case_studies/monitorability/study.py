@@ -87,7 +87,7 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
         next(bar, None)
 
     numbers: dict = {"quick": quick, "n_examples": n, "n_train": len(train), "n_test": len(test), "margin": MARGIN,
-                     "settings": list(grid), "models": {}, "comparisons": {}}
+                     "settings": list(grid), "by_model": {}, "comparisons": {}}
     preds: dict = {}
     for label, (model, gen, view_names) in models.items():
         runs = {}
@@ -98,7 +98,7 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
                   "process": process_labels(examples, runs["hint"], runs["swap"])}
         scores = _score_model(examples, labels, runs, view_names, train, test, draws, ctx.seed, tick)
         preds[label] = (labels, scores)
-        numbers["models"][label] = {
+        numbers["by_model"][label] = {
             "behaviour": _behaviour(examples, runs, labels),
             "scores": {t: {v: {m: {k: x for k, x in e.items() if k not in ("predictions", "test_examples")}
                                for m, e in mons.items()} for v, mons in vs.items()} for t, vs in scores.items()},
@@ -110,7 +110,7 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
     for _ in bar:
         pass
     figures = {}
-    for label in numbers["models"]:
+    for label in numbers["by_model"]:
         if label != AR:
             figures[f"g_mean2_by_view_{slug(label)}"] = g_mean2_figure(numbers, label)
     figures["tpr_tnr"] = tpr_tnr_figure(numbers)
@@ -187,7 +187,7 @@ def g_mean2_figure(numbers: dict, diffusion_label: str) -> Figure:
     for ax, task in zip(axes, TASKS):
         x = np.arange(len(VIEWS))
         for k, (label, colour) in enumerate(((diffusion_label, "tab:blue"), (AR, "tab:orange"))):
-            scores = numbers["models"][label]["scores"][task]
+            scores = numbers["by_model"][label]["scores"][task]
             pts = [_point(scores.get(v, {}).get("logistic")) for v in VIEWS]
             ax.bar(x + (k - 0.5) * 0.38, [0 if p[0] != p[0] else p[0] for p in pts], 0.38,
                    yerr=np.array([p[1] for p in pts]).T, capsize=2, color=colour,
@@ -209,14 +209,14 @@ def _short(label: str) -> str:
 
 def tpr_tnr_figure(numbers: dict) -> Figure:
     """TPR and TNR of the logistic monitor per model × view, per task (what g-mean² multiplies)."""
-    labels = list(numbers["models"])
+    labels = list(numbers["by_model"])
     fig = Figure(figsize=(10.0, 1.6 + 0.9 * len(labels)), layout="constrained")
     axes = fig.subplots(1, len(TASKS), sharey=True)
     rows = [(m, v) for m in labels for v in (AR_VIEWS if m == AR else VIEWS)]
     y = np.arange(len(rows))
     for ax, task in zip(axes, TASKS):
         for k, (key, colour) in enumerate((("tpr", "tab:green"), ("tnr", "tab:purple"))):
-            pts = [_point(numbers["models"][m]["scores"][task].get(v, {}).get("logistic"), key) for m, v in rows]
+            pts = [_point(numbers["by_model"][m]["scores"][task].get(v, {}).get("logistic"), key) for m, v in rows]
             ax.barh(y + (k - 0.5) * 0.4, [0 if p[0] != p[0] else p[0] for p in pts], 0.4,
                     xerr=np.array([p[1] for p in pts]).T, capsize=2, color=colour, label=key.upper())
         ax.set_xlim(0, 1.05)

@@ -115,3 +115,20 @@ def test_sudoku_concordance_interval_resamples_puzzles():
     assert o["concordance"] == 0.5 and o["ci95_concordance"][0] == 0.0 and o["ci95_concordance"][1] == 1.0
     same = order_vs_rounds(torch.stack([rounds, rounds]), [p, p])
     assert same["ci95_concordance"] == [1.0, 1.0]
+
+
+def test_transparency_table_is_current_and_reads_only_intermediate_held_out_results():
+    from case_studies.transparency import BEGIN, END, iia_results, is_intermediate, table
+
+    page = (DOCS_IMG.parent / "case_studies.md").read_text()
+    assert page.split(BEGIN)[1].split(END)[0].strip() == table(DOCS_IMG.parent).strip(), \
+        "regenerate: python -m case_studies.transparency docs"
+    assert is_intermediate(["blocks.2.hook_resid_post@step=None,pos=0"], 4)
+    assert not is_intermediate(["blocks.3.hook_resid_post@step=None,pos=0"], 4)  # the last layer
+    assert is_intermediate(["self_cond.hook_logits_in@step=1,pos=2"], 4)
+    assert not is_intermediate(["hook_embed@step=None,pos=2"], 4) and not is_intermediate([], 4)
+    r = {"name": "h", "kind": "diffusion", "sites": ["blocks.0.x"], "n": 4, "correct": 2, "iia_informative": 0.5,
+         "ci95_informative": [0.1, 0.9], "n_informative": 4}
+    numbers = {"a": {"selection_digit": [dict(r, name="sel")], "held_out": [r, dict(r)]},
+               "b": {"draws": [dict(r, name="random #0")], "mean_iia_informative": 0.1}}
+    assert [x["name"] for x in iia_results(numbers)] == ["h"]  # no selection half, no baseline draw, no duplicate

@@ -161,9 +161,11 @@ def test_quick_run_through_the_cli(cli_quick_run):
     assert "*Quick run: the n below are smoke-test sizes" in md and "## What this run shows" in md
     for fig in numbers["figures"]:
         assert (out / f"{fig}.png").is_file() and f"({fig}.png)" in md
-    ar = numbers["models"]["Gemma 4 twin (AR, greedy)"]
+    # "models" is run_study's record of which models ran (a study key of that name would shadow it)
+    assert numbers["models"] == {"diffusion": "hinted_addition-diffusion", "ar": "hinted_addition-ar"}
+    ar = numbers["by_model"]["Gemma 4 twin (AR, greedy)"]
     assert set(ar["scores"]["intervention"]) == {"answer", "scratchpad", "intermediate"}
-    diff = next(v for k, v in numbers["models"].items() if k.startswith("DiffusionGemma"))
+    diff = next(v for k, v in numbers["by_model"].items() if k.startswith("DiffusionGemma"))
     assert "self-conditioning tokens" in diff["scores"]["intervention"]
     assert numbers["seconds"] < 180  # the budget for --quick on this machine's 2 cores
 
