@@ -110,8 +110,18 @@ def _findings(numbers: dict) -> list[str]:
             lo_f, hi_f = final["ci95"]["g_mean2"]
             overlap = not (num(lo_i) > num(hi_f) or num(lo_f) > num(hi_i))
             n_test = inter.get("n", "?")
+            ar_inter = numbers["by_model"].get(AR, {}).get("scores", {}).get(task, {}).get("intermediate", {}).get(
+                "logistic")
+            ar_text = ""
+            if ar_inter and "error" not in ar_inter:
+                lo_a, hi_a = ar_inter["ci95"]["g_mean2"]
+                same = not (num(lo_i) > num(hi_a) or num(lo_a) > num(hi_i))
+                ar_text = (f"; the AR twin's tokens so far give {_ci(ar_inter)}, " +
+                           ("the same within the intervals: what the snapshots add is not specific to diffusion"
+                            if same else "less than DiffusionGemma's canvases" if num(inter["g_mean2"]) >
+                            num(ar_inter["g_mean2"]) else "more than DiffusionGemma's canvases"))
             out.append(f"- {task}, {label}: the intermediate canvases give g-mean² {_ci(inter)} against "
-                       f"{_ci(final)} from the final worked answer ({gain:+.3f}): "
+                       f"{_ci(final)} from the final worked answer ({gain:+.3f}{ar_text}): "
                        + ("inconclusive at this n (the intervals overlap)." if overlap else
                           qualify(numbers, f"{n_test} test examples", "the intermediate canvases show something the "
                                   "final text does not" if gain > 0 else "the final text is better") + "."))
