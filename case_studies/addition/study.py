@@ -143,6 +143,14 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
                     ar_res = interchange_accuracy(ar, hyp, runs=runs_ar, batch_size=16)
                     ar_rnd = random_site_baseline(ar, hyp, runs=runs_ar, draws=n_draws, seed=ctx.seed, batch_size=16)
                     entry["ar_twin"][hyp.name] = {"hypothesis": ar_res.to_dict(), "random_sites": ar_rnd.to_dict()}
+                # the AR twin at every layer, its layer chosen on its own selection half (the cross-study
+                # transparency table compares each model's best intermediate site: case_studies/transparency.py)
+                runs_ar_sel = PairRuns(ar, sel, seed=ctx.seed, do_sample=False)
+                (ar_sel,), (ar_held,) = scores(runs_ar_sel, [local]), scores(runs_ar, [local])
+                ar_best = max(range(len(where)), key=lambda i: (nz(ar_sel[i].iia_informative), -i))
+                entry["ar_twin_layers"] = {"selected": local[ar_best].name,
+                                           "selection_digit": [x.to_dict() for x in ar_sel],
+                                           "held_out_digit": [x.to_dict() for x in ar_held]}
             numbers["iia"][name][f"c{j}"] = entry
     figures["iia"] = iia_figure(iia_rows(numbers), "carry hypotheses: interchange-intervention accuracy (95% Wilson CI)")
 

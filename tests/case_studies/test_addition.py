@@ -103,6 +103,13 @@ def test_quick_run_writes_a_report(quick_study, addition_diffusion, addition_ar)
     assert nums["phenomena"]["AR twin (greedy)"]["commit_argmax"]["mean_rho"] == pytest.approx(1.0)
     assert (tmp_path / "iia.png").is_file() and "## Carry hypotheses" in rep.markdown
     assert (tmp_path / "column_attention.png").is_file() and "## Where the answer digits read the prompt" in rep.markdown
+    # the AR twin is scored at every layer too (its own selection half picks one), so the transparency table
+    # can compare both models at intermediate sites
+    for entry in nums["iia"][nums["settings"][0]].values():
+        ar = entry["ar_twin_layers"]
+        assert len(ar["held_out_digit"]) == len(ar["selection_digit"]) == len(entry["held_out_digit"])
+        assert {r["kind"] for r in ar["held_out_digit"]} == {"ar"}
+        assert ar["selected"] in {r["name"] for r in ar["selection_digit"]}
 
 
 @pytest.mark.slow
