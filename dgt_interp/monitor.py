@@ -290,7 +290,8 @@ class LogisticMonitor(Monitor):
         loss = 0.0
         for k in range(self.folds):
             held = order[k::self.folds]
-            keep = [i for i in order if i not in set(held)]
+            held_set = set(held)
+            keep = [i for i in order if i not in held_set]
             if len(set(y[keep].tolist())) < 2 or not held:
                 continue
             p = self._prob(fit_linear(x[keep], y[keep], kind="logistic", l2=l2, n_classes=2), x[held]).clamp(1e-9, 1 - 1e-9)

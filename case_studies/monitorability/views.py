@@ -99,15 +99,13 @@ class Run:
 
 
 @torch.no_grad()
-def run_examples(model, examples: list[Example], which: str, seed: int, progress=lambda x, **k: x,
-                 **generation_kwargs) -> Run:
+def run_examples(model, examples: list[Example], which: str, seed: int, **generation_kwargs) -> Run:
     """Run `model` on every example's `which` prompt ("hint" | "none" | "swap"), in chunks with one
     noise seed per chunk (AR: greedy, no noise)."""
     tok = task_tokenizer(model)
     diffusion = is_diffusion(model)
     texts, canvases, sc = [], [], []
-    chunks = range(0, len(examples), CHUNK)
-    for c in progress(chunks, desc=f"runs ({which} prompts)", total=len(chunks)):
+    for c in range(0, len(examples), CHUNK):
         batch = prompt_batch([e.prompt(which) for e in examples[c:c + CHUNK]], tokenizer=tok)
         prompt_len = batch["input_ids"].shape[1]
         if diffusion:
@@ -233,7 +231,6 @@ def view_features(view: View) -> list[float]:
     first snapshot, averaged over snapshots and at the last; the fraction of snapshots before the
     final result and before the final carries first appear (and stay); the number of snapshots."""
     per = torch.tensor([snapshot_features(view.prompt, s) for s in view.snapshots], dtype=torch.float64)
-    final_c, final_r = split_answer(view.final)
 
     def settle(get) -> float:
         vals = [get(split_answer(s)) for s in view.snapshots]
