@@ -72,10 +72,11 @@ def is_intermediate(sites: list[str], n_layers: int) -> bool:
 
 
 def _layers(model_name: str) -> int:
+    from transformers import AutoConfig
+
     from dgt_interp import zoo
 
-    return json.loads((zoo.path(model_name) / "config.json").read_text()).get("text_config", {}).get(
-        "num_hidden_layers") or json.loads((zoo.path(model_name) / "config.json").read_text())["num_hidden_layers"]
+    return AutoConfig.from_pretrained(zoo.resolve(model_name)).get_text_config().num_hidden_layers
 
 
 def rows(docs_dir: str | Path) -> list[dict]:

@@ -46,13 +46,13 @@ def _monitors_for(view: str):
 def _score_model(examples, labels: dict, runs: dict, view_names, train, test, draws, seed, tick) -> dict:
     """Per task × view × monitor: the test-split score and the test predictions (for pairing)."""
     out: dict = {}
+    views_by_name = {view: views_of(examples, runs["hint"], view) for view in view_names}  # shared by both tasks
     for task in TASKS:
         lab = labels[task]
         tr = [i for i in train if lab[i] is not None]
         te = [i for i in test if lab[i] is not None]
         out[task] = {}
-        for view in view_names:
-            views = views_of(examples, runs["hint"], view)
+        for view, views in views_by_name.items():
             out[task][view] = {}
             for name, mon in _monitors_for(view):
                 entry = {"test_examples": te}
