@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.overrides import TorchFunctionMode
 from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSampler
 
@@ -410,10 +411,10 @@ class _Recorder:
         self.rows["cur_step"].append(int(cur_step))                                    # tensor op per step
         self.rows["canvas"].append(self.canvas)
 
-    def on_accept(self, denoiser_canvas, logits, accepted_mask):
+    def on_accept(self, denoiser_canvas, logits, accepted_mask, entropy):
         self.rows["sampled_canvas"].append(denoiser_canvas.detach().clone())
         self.rows["accepted"].append(accepted_mask.detach().clone())
-        self.rows["entropy"].append(token_entropy(logits.detach()).float())
+        self.rows["entropy"].append(entropy.detach().float())
         if "processed_logits" in self.acts:
             self.store("processed_logits", logits, self.step)
 
@@ -463,11 +464,15 @@ class _Recorder:
 
 
 class _RecordingSampler(EntropyBoundSampler):
-    """HF's `EntropyBoundSampler`, unchanged, that also reports what `accept_canvas` saw.
+    """HF's `EntropyBoundSampler` that also reports what `accept_canvas` saw.
 
-    With `noise` (a `sampling.ReplayedNoise`), its random draws come from the noise object instead
-    of torch's global RNG: the initial canvas, the sample (`argmax(probs / exponential noise)`, what
-    `torch.multinomial` computes for one sample) and the re-noising tokens.
+    `accept_canvas` is HF's entropy-bound acceptance with the entropy computed once
+    (`sampling.token_entropy`, bit for bit HF's `Categorical(logits).entropy()`): the recorder keeps
+    it, so a recorded step costs no second vocabulary-sized entropy pass (tested against HF's own
+    method). With `noise` (a `sampling.ReplayedNoise`), the random draws come from the noise object
+    instead of torch's global RNG: the initial canvas, the re-noising tokens, and the sample, which HF
+    draws with `torch.multinomial` inside `_denoising_step` and `_ReplayedMultinomial` answers from
+    the replayed noise (one draw per step, not HF's and then ours).
     """
 
     recorder: _Recorder
@@ -483,19 +488,51 @@ class _RecordingSampler(EntropyBoundSampler):
 
     @torch.no_grad()  # discrete decisions: under attribution's autograd they must keep no graph
     def accept_canvas(self, current_canvas, denoiser_canvas, logits, cur_step):
-        if self.noise is not None:
-            probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # as HF's _denoising_step
-            noise = self.noise.exponential(self.canvas, self.max_steps - int(cur_step)).to(probs.device)
-            denoiser_canvas = (probs / noise).argmax(-1)
-        accepted = super().accept_canvas(current_canvas, denoiser_canvas, logits, cur_step)
-        self.recorder.on_accept(denoiser_canvas, logits, self.accepted_token_mask)
-        return accepted
+        entropy = token_entropy(logits)  # [batch, canvas]; HF: Categorical(logits=logits).entropy()
+        sorted_entropy, order = torch.sort(entropy, dim=-1, descending=False)
+        # HF's bound: the k lowest-entropy tokens whose summed entropy minus their largest is <= the bound
+        selected = torch.cumsum(sorted_entropy, dim=-1) - sorted_entropy <= self.entropy_bound
+        self.accepted_token_mask = torch.scatter(torch.zeros_like(selected), -1, order, selected)
+        self.recorder.on_accept(denoiser_canvas, logits, self.accepted_token_mask, entropy)
+        return torch.where(self.accepted_token_mask, denoiser_canvas, current_canvas)
 
     def renoise_canvas(self, accepted_canvas, cur_step):
         if self.noise is None:
             return super().renoise_canvas(accepted_canvas, cur_step)
         fresh = self.noise.renoise(self.canvas, self.max_steps - int(cur_step)).to(accepted_canvas.device)
         return torch.where(~self.accepted_token_mask, fresh.expand_as(accepted_canvas), accepted_canvas)
+
+    def replayed_sample(self, cur_step: int) -> "_ReplayedMultinomial | None":
+        """The function mode that answers this step's `torch.multinomial` from the replayed noise (None: no replay)."""
+        if self.noise is None:
+            return None
+        return _ReplayedMultinomial(self.noise, self.canvas, self.max_steps - int(cur_step))
+
+
+class _ReplayedMultinomial(TorchFunctionMode):
+    """Answers HF's one-sample `torch.multinomial(probs [rows * canvas, vocab], 1)` with the replayed draw.
+
+    `torch.multinomial` with one sample is `argmax(probs / exponential noise)`; here the noise is
+    `ReplayedNoise.exponential(canvas, step)` `[canvas, vocab]`, the same for every row of the batch.
+    Entered only between the decoder forward and the end of a denoising step (a thread-local torch
+    function mode), so it sees the few sampler ops of that step and nothing else.
+    """
+
+    def __init__(self, noise: ReplayedNoise, canvas: int, step: int):
+        super().__init__()
+        self.noise, self.canvas, self.step = noise, canvas, step
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.multinomial:
+            probs = args[0] if args else kwargs["input"]
+            n = args[1] if len(args) > 1 else kwargs.get("num_samples")
+            if n != 1 or probs.dim() != 2:
+                raise CaptureError("the sampler drew other than one sample per position; replayed noise cannot "
+                                   "answer it: run without noise= (report this: transformers changed its sampler)")
+            exp = self.noise.exponential(self.canvas, self.step).to(probs.device)
+            return (probs.view(-1, *exp.shape) / exp).argmax(-1).view(-1, 1)
+        return func(*args, **kwargs)
 
 
 class _ARRecordingProcessor(LogitsProcessor):
@@ -538,16 +575,26 @@ def _instrument(twin, rec: _Recorder, plan: Plan, stack: ExitStack, want_raw_log
         def denoising_step(**kw):
             rec.begin_diffusion_step(kw["current_canvas"], kw["self_conditioning_logits"], kw["finished_denoising"],
                                      kw["cur_step"], twin._dgt_max_steps)
-            if want_raw_logits:
+            replay = kw["sampler"].replayed_sample(kw["cur_step"])
+            entered = []
+            if want_raw_logits or replay is not None:
                 forward = kw["decoder_forward"]
 
                 def decoder_forward(**fkw):
                     out = forward(**fkw)
-                    rec.store_logits(out.logits, rec.step)
+                    if want_raw_logits:
+                        rec.store_logits(out.logits, rec.step)
+                    if replay is not None:  # from here to the step's end: HF's sampler ops only
+                        replay.__enter__()
+                        entered.append(replay)
                     return out
 
                 kw["decoder_forward"] = decoder_forward
-            out = orig_step(**kw)
+            try:
+                out = orig_step(**kw)
+            finally:
+                for mode in entered:
+                    mode.__exit__(None, None, None)
             rec.end_diffusion_step(out[1])
             rec.flush(rec.step)
             rec.step += 1

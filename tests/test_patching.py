@@ -367,6 +367,48 @@ def test_interventions_equal_hand_written_hooks(multi_step, tiny_diffusion):
         assert torch.allclose(got["logits"], want["logits"], atol=1e-6, rtol=0), intervention  # same float ops
 
 
+def test_replayed_run_draws_each_sample_once_and_nothing_from_the_global_generator(tiny_diffusion):
+    """Regression: HF's own `torch.multinomial` used to run too (an extra [canvas, vocab] exponential draw
+    per step, ~1.7 s at the released vocabulary) before the replayed draw replaced its result; now the
+    replayed noise answers it, so a replayed run leaves torch's global generator untouched."""
+    from dgt_interp.sampling import ReplayedNoise
+
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    capture(tiny_diffusion, ids(CLEAN), seed=None, max_denoising_steps=5, noise=ReplayedNoise(SEED))
+    assert torch.equal(torch.rand(4), expected)
+
+
+def test_recording_sampler_accepts_what_hf_sampler_accepts():
+    """The recording sampler computes the entropy once (and keeps it); its acceptance equals HF's
+    `EntropyBoundSampler.accept_canvas` bit for bit, ties and saturated rows included."""
+    from transformers.models.diffusion_gemma.generation_diffusion_gemma import (EntropyBoundSampler,
+                                                                                  EntropyBoundSamplerConfig)
+
+    from dgt_interp.capturing import _RecordingSampler
+    from dgt_interp.sampling import token_entropy
+
+    class Kept:
+        def on_accept(self, denoiser_canvas, logits, mask, entropy):
+            self.entropy = entropy
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 12, 50, generator=g) * torch.tensor([0.1, 3.0, 30.0])[:, None, None]
+    logits[0, 4] = logits[0, 5]  # equal entropies
+    logits[2, :3] = 0.0  # uniform rows
+    current, denoiser = torch.randint(50, (3, 12), generator=g), torch.randint(50, (3, 12), generator=g)
+    for bound in (1e-6, 0.1, 1.0, 100.0):
+        hf = EntropyBoundSampler(EntropyBoundSamplerConfig(entropy_bound=bound), 12, 50, 8)
+        ours = _RecordingSampler.__new__(_RecordingSampler)
+        ours.__dict__.update(EntropyBoundSampler(EntropyBoundSamplerConfig(entropy_bound=bound), 12, 50, 8).__dict__)
+        ours.recorder = Kept()
+        want = hf.accept_canvas(current, denoiser, logits, 3)
+        got = ours.accept_canvas(current, denoiser, logits, 3)
+        assert torch.equal(got, want) and torch.equal(ours.accepted_token_mask, hf.accepted_token_mask), bound
+        assert torch.equal(ours.recorder.entropy, token_entropy(logits))
+
+
 def test_capture_with_replayed_noise_equals_seeded_capture(tiny_diffusion):
     """Batch 1: `noise=ReplayedNoise(seed)` draws exactly what `generate` draws after manual_seed(seed)."""
     from dgt_interp.sampling import ReplayedNoise
