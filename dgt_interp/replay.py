@@ -125,6 +125,9 @@ def _encoder_cache(twin, traj, canvas: int, attention_mask: torch.Tensor, config
     return cache, decoder_attention_mask, decoder_position_ids
 
 
+_RECORDED = object()  # `Replayer.run`'s default: the self-conditioning input the trajectory recorded or implies
+
+
 def _wrap(fn, step: int):
     takes_step = "step" in inspect.signature(fn).parameters
     return (lambda t, hook: fn(t, hook=hook, step=step)) if takes_step else fn
@@ -146,10 +149,15 @@ class _OneStep:
         pass
 
 
-class _Replayer:
-    """Re-runs steps of one trajectory; memoises the encoder cache per canvas and processed logits per step."""
+class Replayer:
+    """Re-runs steps of one DiffusionGemma trajectory (what `run_step` uses; attribution's per-step backward
+    pass drives it directly). Memoises the encoder cache of the latest canvas and re-run processed logits.
 
-    def __init__(self, traj, model, attention_mask, backend):
+    `Replayer(traj, model, attention_mask=None, backend="tl").run(step, names, fwd_hooks)` -> `StepRun`;
+    `self_conditioning=` replaces the step's self-conditioning input, `grad=True` keeps the graph.
+    """
+
+    def __init__(self, traj, model, attention_mask=None, backend: str = "tl"):
         self.traj, self.model, self.backend = traj, model, backend
         self.config = _generation_config(model, traj)
         pad = model.generation_config.pad_token_id
@@ -163,6 +171,11 @@ class _Replayer:
         self.processor = model._prepare_logits_processor(self.config)
         self.encoded = {}
         self.processed = {}
+
+    @property
+    def self_conditioning_dtype(self) -> torch.dtype:
+        """The dtype `generate` casts processed logits to before the next step reads them (the embeddings')."""
+        return bridge_for(self.model, "blocks").twin.model.decoder.embed_tokens.weight.dtype
 
     def _processed(self, raw, step):
         cur = torch.tensor(int(self.traj.records["cur_step"][step]), dtype=torch.int32, device=raw.device)
@@ -209,7 +222,9 @@ class _Replayer:
         rows = [parts[s][b] for b, s in enumerate(last)]
         return torch.stack(rows).to(dtype), " + ".join(sorted(how))
 
-    def run(self, step: int, names, fwd_hooks) -> StepRun:
+    def run(self, step: int, names, fwd_hooks, *, self_conditioning=_RECORDED, grad: bool = False) -> StepRun:
+        """Step `step`; `self_conditioning`: the `[B, L, V]` input to use instead of the recorded one (None:
+        none); `grad`: build the autograd graph (attribution's per-step backward pass)."""
         traj, model = self.traj, self.model
         names = resolve_names(model, names) if names else []
         user = [(n, _wrap(fn, step)) for pat, fn in fwd_hooks for n in resolve_names(model, [pat])]
@@ -222,7 +237,10 @@ class _Replayer:
             self.encoded = {canvas: _encoder_cache(twin, traj, canvas, self.attention_mask, self.config)}
         cache, decoder_attention_mask, position_ids = self.encoded[canvas]
         current = traj.records["input_canvas"][step].to(twin.device)
-        sc, how = self.self_conditioning(step, twin.model.decoder.embed_tokens.weight.dtype)
+        if self_conditioning is _RECORDED:
+            sc, how = self.self_conditioning(step, twin.model.decoder.embed_tokens.weight.dtype)
+        else:
+            sc, how = self_conditioning, "given"
         mask_mapping = twin.model.decoder.create_diffusion_decoder_attention_mask(
             config=twin.config, inputs_embeds=current.unsqueeze(-1), cache=cache,
             decoder_attention_mask=decoder_attention_mask)
@@ -233,7 +251,7 @@ class _Replayer:
         def forward(_ids=None):
             return twin(**kwargs).logits
 
-        with ExitStack() as stack, torch.no_grad():
+        with ExitStack() as stack, torch.set_grad_enabled(grad):
             if self.backend == "tl":
                 hooks = user + [(n, (lambda n: lambda t, hook: store.__setitem__(n, t.detach().clone()))(n))
                                 for n in names]
@@ -271,7 +289,7 @@ def run_step(traj, model, step: int, *, fwd_hooks=(), names=None, backend: str =
     _check(traj, model, step)
     if isinstance(names, str):
         names = [names]
-    return _Replayer(traj, model, attention_mask, backend).run(step, list(names or ()), list(fwd_hooks or ()))
+    return Replayer(traj, model, attention_mask, backend).run(step, list(names or ()), list(fwd_hooks or ()))
 
 
-__all__ = ["run_step", "StepRun", "ReplayError"]
+__all__ = ["run_step", "Replayer", "StepRun", "ReplayError"]

@@ -174,8 +174,14 @@ def test_attribution_with_lean_references_and_its_budget(tiny_diffusion, real_vo
     later = estimate_attribution_bytes(p, "blocks.0.hook_resid_pre", steps=[1])
     assert est.total > later.total  # the graph spans from the first selected step
     with pytest.raises(CaptureBudgetError) as e:
-        attribution_patch(p, METRIC, "blocks.0.hook_resid_pre", max_bytes=est.total - 1)
+        attribution_patch(p, METRIC, "blocks.0.hook_resid_pre", max_bytes=est.total - 1, checkpoint=False)
     assert "\n" not in str(e.value) and est.describe() in str(e.value) and "steps=" in str(e.value)
+    # at the real vocabulary, step by step needs a fraction of the one graph (2 sqrt(steps) checkpoints)
+    by_step = estimate_attribution_bytes(p, "blocks.0.hook_resid_pre", checkpoint=True)
+    assert by_step.total < est.total
+    with pytest.raises(CaptureBudgetError) as e:
+        attribution_patch(p, METRIC, "blocks.0.hook_resid_pre", max_bytes=by_step.total - 1)
+    assert "\n" not in str(e.value) and by_step.describe() in str(e.value)
 
 
 def test_bottleneck_maps_the_real_vocabulary_in_chunks():

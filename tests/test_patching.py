@@ -419,3 +419,60 @@ def test_capture_with_replayed_noise_equals_seeded_capture(tiny_diffusion):
     assert torch.equal(plain.sequences, replayed.sequences) and torch.equal(plain["logits"], replayed["logits"])
     for key in ("input_canvas", "sampled_canvas", "accepted"):
         assert torch.equal(plain.records[key], replayed.records[key]), key
+
+
+def _close_grids(a, b):
+    """Step by step and one graph take the same derivative, summed in another order: equal to float32 rounding
+    of sums over the vocabulary and hidden size (a few 1e-6 relative), NaN where the hook does not fire."""
+    assert a.shape == b.shape and torch.equal(torch.isnan(a), torch.isnan(b))
+    scale = float(b.nan_to_num().abs().max())
+    assert scale > 0
+    assert torch.allclose(a.nan_to_num(), b.nan_to_num(), rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("pattern", ["blocks.*.hook_resid_pre", "self_cond.hook_logits_in", "blocks.*.hook_attn_out"])
+def test_attribution_step_by_step_equals_one_graph(multi_step, pattern):
+    """checkpoint=True re-runs one step at a time and carries the gradient through the self-conditioning input:
+    the same estimate as the one-graph backward pass, with the metric read at the end or after step 1."""
+    for metric in (METRIC, LogitDiff(pos=[0, 3], correct=[5, 7], wrong=[6, 9], step=1)):
+        one = attribution_patch(multi_step, metric, pattern, checkpoint=False)
+        _close_grids(attribution_patch(multi_step, metric, pattern, checkpoint=True), one)
+    later = attribution_patch(multi_step, METRIC, pattern, steps=[1, 2], checkpoint=True)
+    _close_grids(later, attribution_patch(multi_step, METRIC, pattern, steps=[1, 2], checkpoint=False))
+
+
+def test_attribution_step_by_step_with_stopped_rows_and_two_canvases(addition_diffusion, tiny_diffusion):
+    """Each row's outputs are read at its own last active step (the adaptive stop), and each canvas starts a new
+    chain (no self-conditioning at its first step): a zoo batch whose rows stop at different steps, per prompt,
+    and two canvases of a tiny model equal the one graph."""
+    b = prompt_batch(["4721+3856=", "999+1=", "9999+9999="])
+    k = prompt_batch(["4721+3356=", "991+1=", "9999+9998="])  # seed 0: corrupted rows stop after 2, 2, 3 steps
+    p = Patching(addition_diffusion, b["input_ids"], k["input_ids"], seed=0, attention_mask=b["attention_mask"],
+                 corrupted_attention_mask=k["attention_mask"])
+    stopped = ~p.corrupted.records["active"].bool()
+    assert stopped.any() and not stopped.all(-1).any()  # some rows stop before others
+    metric = LogitDiff(pos=[0, 1], correct=[5, 6], wrong=[7, 8])
+    for kw in ({}, {"per_prompt": True}):
+        _close_grids(attribution_patch(p, metric, "blocks.*.hook_resid_post", checkpoint=True, **kw),
+                     attribution_patch(p, metric, "blocks.*.hook_resid_post", checkpoint=False, **kw))
+    two = Patching(tiny_diffusion, ids(CLEAN), ids(CORRUPTED), seed=SEED, max_denoising_steps=3, max_new_tokens=16)
+    assert two.corrupted.n_canvases == 2
+    metric = LogitDiff(pos=[1, 12], correct=[5, 7], wrong=[6, 9])
+    _close_grids(attribution_patch(two, metric, "blocks.*.hook_resid_pre", checkpoint=True),
+                 attribution_patch(two, metric, "blocks.*.hook_resid_pre", checkpoint=False))
+
+
+def test_attribution_chooses_step_by_step_when_one_graph_does_not_fit(multi_step, ar_single):
+    from dgt_interp.attribution import estimate_attribution_bytes
+    from dgt_interp.capturing import CaptureBudgetError
+
+    one = estimate_attribution_bytes(multi_step, "blocks.*.hook_resid_pre")
+    steps = estimate_attribution_bytes(multi_step, "blocks.*.hook_resid_pre", checkpoint=True)
+    assert steps.total < one.total
+    auto = attribution_patch(multi_step, METRIC, "blocks.*.hook_resid_pre", max_bytes=one.total - 1)
+    _close_grids(auto, attribution_patch(multi_step, METRIC, "blocks.*.hook_resid_pre"))
+    with pytest.raises(CaptureBudgetError) as e:
+        attribution_patch(multi_step, METRIC, "blocks.*.hook_resid_pre", max_bytes=steps.total - 1)
+    assert "\n" not in str(e.value) and "step by step" in str(e.value)
+    with pytest.raises(PatchingError, match="AR twin takes one graph"):
+        attribution_patch(ar_single, METRIC, checkpoint=True)
