@@ -239,6 +239,7 @@ def _gradients_step_by_step(p: Patching, metric, names: list[str], step_idx: lis
     outputs = recorded.to(device).float().requires_grad_()
     value = call_metric(metric, outputs, tokens.to(device)).sum()
     d_outputs = torch.autograd.grad(value, [outputs], allow_unused=True)[0] if value.requires_grad else None
+    del outputs, value
     active, canvas_of = traj.records["active"].bool(), traj.records["canvas"]
     length = traj.meta["canvas_length"]
     canvases = sorted(set(canvas_of.tolist())) if step is None else [int(canvas_of[min(step, len(canvas_of) - 1)])]
@@ -284,24 +285,31 @@ def _gradients_step_by_step(p: Patching, metric, names: list[str], step_idx: lis
                 live: dict[tuple[str, int], torch.Tensor] = {}
                 hooks = [(n, _keep(live, n, wanted)) for n in names] if s in wanted else []
                 run = replayer.run(s, [], hooks, self_conditioning=leaf, grad=True)
-                terms = []
+                # the backward pass starts from this step's outputs with their gradients given (no product
+                # tensors): the logits the value reads here, and the self-conditioning input of step s + 1
+                # (rows the adaptive stop finished pass theirs on, but nothing read depends on them)
+                outs, douts, rebuilt = [], [], None
                 if s in reads:
                     rows = [b for b, _ in reads[s]]
-                    want = torch.stack([d_outputs[b, sl] for b, sl in reads[s]])
-                    got = run.logits[rows].float()
-                    _check_rebuilt(got.detach(), torch.stack([outputs.detach()[b, sl] for b, sl in reads[s]]))
-                    terms.append((want * got).sum())
+                    read = run.logits if rows == list(range(run.logits.shape[0])) else run.logits[rows]
+                    outs.append(read)
+                    douts.append(torch.stack([d_outputs[b, sl] for b, sl in reads[s]]).to(read.dtype))
+                    rebuilt = read.detach()
                 if d_next is not None:
-                    terms.append((d_next.float() * next_input(s, leaf, run.processed_logits).float()).sum())
+                    outs.append(run.processed_logits.to(sc_dtype))
+                    douts.append(d_next)
                 keys = [k for k in live if live[k].requires_grad]
                 ins = [live[k] for k in keys] + ([leaf] if leaf is not None and leaf.requires_grad else [])
-                total = sum(terms) if terms else None
-                got = (torch.autograd.grad(total, ins, allow_unused=True) if ins and total is not None
-                       and total.requires_grad else [None] * len(ins))
+                got = [None] * len(ins)
+                if ins and any(o.requires_grad for o in outs):
+                    got = torch.autograd.grad(outs, ins, grad_outputs=douts, allow_unused=True)
+                del run, outs, douts
+                if rebuilt is not None:  # after the graph is freed
+                    _check_rebuilt(rebuilt, torch.stack([recorded[b, sl] for b, sl in reads[s]]))
                 for k, g in zip(keys, got):
                     acts[k], grads[k] = live[k].detach(), g
                 d_next = got[-1] if len(ins) > len(keys) else None
-                del run, live, total, terms
+                del live, rebuilt
     for s in step_idx:  # sites no read output depends on: a zero gradient, as in the one graph
         for n in names:
             if (n, s) not in acts and p.clean_activation(n, s) is not None:
@@ -310,7 +318,7 @@ def _gradients_step_by_step(p: Patching, metric, names: list[str], step_idx: lis
 
 
 def _check_rebuilt(rebuilt: torch.Tensor, recorded: torch.Tensor) -> None:
-    if not torch.allclose(rebuilt.cpu(), recorded.cpu(), atol=1e-4, rtol=1e-4):
+    if not torch.allclose(rebuilt.float().cpu(), recorded.float().cpu(), atol=1e-4, rtol=1e-4):
         raise PatchingError("re-run step logits differ from the recorded outputs (replay broken?); report this")
 
 
