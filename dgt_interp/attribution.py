@@ -125,7 +125,7 @@ def attribution_patch(p: Patching, metric, pattern: str = "blocks.*.hook_resid_p
                             "(checkpoint=False or None)")
     names = sorted(p.resolve([pattern]), key=natural_key)
     step_idx = indices(steps, p.n_steps, "step", f"both runs reached {p.n_steps} steps")
-    budget = check_max_bytes(p.max_bytes if max_bytes is None else max_bytes)
+    budget = check_max_bytes(p.max_bytes if max_bytes is None else max_bytes, execution_device(p.model))
     estimate = estimate_attribution_bytes(p, pattern, steps=steps, checkpoint=bool(checkpoint))
     if checkpoint is None and estimate.total > budget and p.kind == "diffusion":
         checkpoint = True

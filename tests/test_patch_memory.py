@@ -248,3 +248,18 @@ def test_planner_reads_per_layer_attention_shapes_of_heterogeneous_configs():
     p = Patching(model, ids, torch.tensor([[2, 10, 13, 12]]), seed=0)
     est = estimate_patching_bytes(p, hooked=["blocks.1.hook_resid_post"])
     assert est.parts["forward + KV cache"] > 2 * (4 + 4) * sum(widths) * 4  # the KV cache alone, float32
+
+
+def test_default_budget_is_the_free_memory_of_the_models_device(monkeypatch):
+    """Regression: the default budget was always a fraction of host RAM, also for a model on a GPU, whose
+    patched copies fill GPU memory. CUDA devices now read their own free memory (faked here: no GPU needed)."""
+    import psutil
+
+    from dgt_interp.patching.budget import MEMORY_FRACTION, check_max_bytes, default_max_bytes
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (6 * 2**30, 80 * 2**30))
+    assert default_max_bytes("cuda:0") == int(6 * 2**30 * MEMORY_FRACTION)
+    assert check_max_bytes(None, torch.device("cuda", 0)) == int(6 * 2**30 * MEMORY_FRACTION)
+    ram = psutil.virtual_memory().available * MEMORY_FRACTION
+    assert abs(default_max_bytes("cpu") - ram) < 0.05 * ram  # RAM moves a little between the two reads
+    assert check_max_bytes(123, "cuda:0") == 123

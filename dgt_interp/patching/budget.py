@@ -21,7 +21,8 @@ copy)` patched copies per `generate` (an explicit `batch_size` still caps it), a
 one-line `CaptureBudgetError` naming the estimate and how to cut it when not even one copy fits.
 The budget `max_bytes` bounds what one chunk adds on top of what is already held (the model, the
 clean and corrupted runs, the clean activations patches read); its default is `MEMORY_FRACTION`
-of the memory available when the plan is made (`psutil.virtual_memory().available`).
+of the memory available when the plan is made (a CUDA model: its GPU's free memory; else
+`psutil.virtual_memory().available`).
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ from dataclasses import dataclass, field
 import psutil
 import torch
 
+from dgt_interp.backends.devices import execution_device
 from dgt_interp.capturing import CaptureBudgetError, fmt_bytes, plan_capture
 from dgt_interp.patching.sites import PatchingError
 
-MEMORY_FRACTION = 0.5  # default budget: this fraction of the RAM available when a plan is made
+MEMORY_FRACTION = 0.5  # default budget: this fraction of the memory available (GPU or RAM) when a plan is made
 # `[rows, canvas, vocab]` float32 tensors alive at once at the peak of a denoising step (logits,
 # processed logits, probabilities, the noise division, the entropy's log-probabilities and
 # probabilities, the previous step's self-conditioning logits and softmax, the recorder's copy):
@@ -45,18 +47,22 @@ MEMORY_FRACTION = 0.5  # default budget: this fraction of the RAM available when
 STEP_WORKING_LOGITS = 9
 
 
-def default_max_bytes() -> int:
-    """`MEMORY_FRACTION` of the RAM available now (`psutil.virtual_memory().available`)."""
+def default_max_bytes(device=None) -> int:
+    """`MEMORY_FRACTION` of the memory available now where the work runs: a CUDA device's free memory
+    (`torch.cuda.mem_get_info`), else the RAM available (`psutil.virtual_memory().available`)."""
+    if device is not None and torch.device(device).type == "cuda":
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return int(free * MEMORY_FRACTION)
     return int(psutil.virtual_memory().available * MEMORY_FRACTION)
 
 
-def check_max_bytes(max_bytes) -> int:
-    """`max_bytes` as given (an int >= 0), or the default budget for None; one-line error otherwise."""
+def check_max_bytes(max_bytes, device=None) -> int:
+    """`max_bytes` as given (an int >= 0), or the default budget on `device` for None; one-line error otherwise."""
     if max_bytes is None:
-        return default_max_bytes()
+        return default_max_bytes(device)
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
-        raise PatchingError(f"max_bytes={max_bytes!r} must be an int >= 0 (bytes of RAM) or None (= "
-                            f"{MEMORY_FRACTION:.0%} of the memory available)")
+        raise PatchingError(f"max_bytes={max_bytes!r} must be an int >= 0 (bytes of memory) or None (= "
+                            f"{MEMORY_FRACTION:.0%} of the memory available: the GPU's for a CUDA model, else RAM)")
     return max_bytes
 
 
@@ -167,13 +173,14 @@ def estimate_patching_bytes(p, *, record=("final_logits",), steps=None, hooked=(
 
 def plan_patching(p, n_patches: int, *, metric=None, record=None, hooked=(), max_bytes: int | None = None,
                   batch_size: int | None = 64, what: str = "patched run") -> PatchPlan:
-    """Chunk `n_patches` patched runs of `p` to `max_bytes` (None: `default_max_bytes()`), capped by `batch_size`.
+    """Chunk `n_patches` patched runs of `p` to `max_bytes` (None: `default_max_bytes` on the model's device),
+    capped by `batch_size`.
 
     Raises `CaptureBudgetError` (one line: the estimate and how to cut it) when one copy does not fit.
     """
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise PatchingError(f"batch_size must be an int >= 1 or None (the memory budget decides), got {batch_size!r}")
-    budget = check_max_bytes(max_bytes)
+    budget = check_max_bytes(max_bytes, execution_device(p.model))
     rec, steps = metric_record(metric, record)
     one = estimate_patching_bytes(p, record=rec, steps=steps, hooked=hooked)
     if one.total > budget:

@@ -51,7 +51,7 @@ class Patching:
         record: what the clean and corrupted runs keep (`capture`'s `record=`): the output logits
             ("final_logits", the default: what metrics read) or every step's ("logits").
         max_bytes: memory budget of one chunk of patched copies (and of each reference run); None =
-            `budget.MEMORY_FRACTION` of the RAM available when the chunk is planned (`budget.plan_patching`).
+            `budget.MEMORY_FRACTION` of the memory available (the GPU's for a CUDA model) when planned (`budget.plan_patching`).
         **generation_kwargs: passed to every `generate` (max_denoising_steps, sampler_config, ...).
 
     Attributes: `clean`, `corrupted` (Trajectory, with `record`), `n_steps` (steps both runs reached:
