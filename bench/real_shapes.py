@@ -82,11 +82,23 @@ class Row:
 ON_GPU = {"cuda": False}  # set by main: peaks are then GPU memory (torch.cuda), not host RSS
 
 
+def _trim_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc `malloc_trim`), so that a row's "held before" is what
+    is still referenced, not what earlier rows freed but the allocator kept (no-op elsewhere)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def measure(name, fn, note=""):
     """Run fn() once: (its result, Row with wall time, peak memory and the bytes of what it returned)."""
     import gc
 
     gc.collect()
+    _trim_heap()
     if ON_GPU["cuda"]:
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -275,13 +287,16 @@ def main() -> None:
 
     g = results["generate"]
     print(f"\n{'row':16}{'wall s':>9}{'x generate':>12}{'peak GiB':>10}{'x generate':>12}{'outputs GiB':>13}"
-          f"{'excess GiB':>12}")
-    excess = {}
+          f"{'excess GiB':>12}{'added GiB':>11}")
+    excess, added = {}, {}
     for name, r in results.items():
         excess[name] = (r.peak - g.peak - r.outputs) / GiB
+        added[name] = ((r.peak - r.base) - (g.peak - g.base) - r.outputs) / GiB
         print(f"{name:16}{r.seconds:>9.1f}{r.seconds / g.seconds:>12.2f}{r.peak / GiB:>10.2f}{r.peak / g.peak:>12.2f}"
-              f"{r.outputs / GiB:>13.3f}{excess[name]:>12.2f}")
-    print("(excess: peak - generate's peak - the row's own outputs; target <= 2 GiB)")
+              f"{r.outputs / GiB:>13.3f}{excess[name]:>12.2f}{added[name]:>11.2f}")
+    print("(excess: peak - generate's peak - the row's own outputs; target <= 2 GiB. added: what the row raised the "
+          "peak by over what it found held, minus what generate raised it by and the row's outputs: the same without "
+          "what earlier rows of this process still hold)")
     print(f"settings: layers {args.layers}, steps {args.steps}{' (adaptive stop off)' if args.all_steps else ''}, "
           f"sweep {args.positions} positions x {args.sweep_steps} steps, {args.sweep_batch} copies per generate, "
           f"threads {args.threads}")
@@ -290,6 +305,7 @@ def main() -> None:
         print(f"{name}_time_ratio: {r.seconds / g.seconds:.3f}")
         print(f"{name}_peak_gib: {r.peak / GiB:.3f}")
     print(f"max_peak_excess_gib: {max(excess.values()):.3f}")
+    print(f"max_peak_added_gib: {max(added.values()):.3f}")
     if refused is not None:
         print(f"attribution_refused_estimate_gib: {refused / GiB:.1f}")
     if "patch_sweep" in results:
