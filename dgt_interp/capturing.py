@@ -488,6 +488,9 @@ class _RecordingSampler(EntropyBoundSampler):
 
     @torch.no_grad()  # discrete decisions: under attribution's autograd they must keep no graph
     def accept_canvas(self, current_canvas, denoiser_canvas, logits, cur_step):
+        replay = self.__dict__.pop("replay", None)
+        if replay is not None:  # HF has drawn this step's sample: the rest of the step runs without the mode
+            replay.close()
         entropy = token_entropy(logits)  # [batch, canvas]; HF: Categorical(logits=logits).entropy()
         sorted_entropy, order = torch.sort(entropy, dim=-1, descending=False)
         # HF's bound: the k lowest-entropy tokens whose summed entropy minus their largest is <= the bound
@@ -506,7 +509,8 @@ class _RecordingSampler(EntropyBoundSampler):
         """The function mode that answers this step's `torch.multinomial` from the replayed noise (None: no replay)."""
         if self.noise is None:
             return None
-        return _ReplayedMultinomial(self.noise, self.canvas, self.max_steps - int(cur_step))
+        self.replay = _ReplayedMultinomial(self.noise, self.canvas, self.max_steps - int(cur_step))
+        return self.replay
 
 
 class _ReplayedMultinomial(TorchFunctionMode):
@@ -514,13 +518,24 @@ class _ReplayedMultinomial(TorchFunctionMode):
 
     `torch.multinomial` with one sample is `argmax(probs / exponential noise)`; here the noise is
     `ReplayedNoise.exponential(canvas, step)` `[canvas, vocab]`, the same for every row of the batch.
-    Entered only between the decoder forward and the end of a denoising step (a thread-local torch
-    function mode), so it sees the few sampler ops of that step and nothing else.
+    Entered (`open`) when the decoder forward returns and left (`close`) when HF hands the sample to the
+    sampler's `accept_canvas` (or at the step's end): a thread-local torch function mode that sees the
+    few ops from the logits processor to the sample and nothing else.
     """
 
     def __init__(self, noise: ReplayedNoise, canvas: int, step: int):
         super().__init__()
         self.noise, self.canvas, self.step = noise, canvas, step
+        self.entered = False
+
+    def open(self) -> None:
+        self.__enter__()
+        self.entered = True
+
+    def close(self) -> None:
+        if self.entered:
+            self.entered = False
+            self.__exit__(None, None, None)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -576,7 +591,6 @@ def _instrument(twin, rec: _Recorder, plan: Plan, stack: ExitStack, want_raw_log
             rec.begin_diffusion_step(kw["current_canvas"], kw["self_conditioning_logits"], kw["finished_denoising"],
                                      kw["cur_step"], twin._dgt_max_steps)
             replay = kw["sampler"].replayed_sample(kw["cur_step"])
-            entered = []
             if want_raw_logits or replay is not None:
                 forward = kw["decoder_forward"]
 
@@ -584,17 +598,16 @@ def _instrument(twin, rec: _Recorder, plan: Plan, stack: ExitStack, want_raw_log
                     out = forward(**fkw)
                     if want_raw_logits:
                         rec.store_logits(out.logits, rec.step)
-                    if replay is not None:  # from here to the step's end: HF's sampler ops only
-                        replay.__enter__()
-                        entered.append(replay)
+                    if replay is not None:  # from here to the sample: HF's sampler ops only
+                        replay.open()
                     return out
 
                 kw["decoder_forward"] = decoder_forward
             try:
                 out = orig_step(**kw)
             finally:
-                for mode in entered:
-                    mode.__exit__(None, None, None)
+                if replay is not None:
+                    replay.close()
             rec.end_diffusion_step(out[1])
             rec.flush(rec.step)
             rec.step += 1
