@@ -240,6 +240,7 @@ LONG_ADDITION = Task(
 )
 
 HOP_COUNT = 3  # hops in the answer
+HOP_SYMBOLS = 6  # f permutes the digits 0..HOP_SYMBOLS-1 (6, not 10: a 27-character prompt trains ~1.5x faster on CPU)
 HOP_ARROW, HOP_QUERY = ">", "?"
 
 
@@ -264,28 +265,28 @@ def hop_answer(f: dict[int, int], x: int, hops: int = HOP_COUNT) -> str:
 
 
 def _hop_chain(rng: random.Random) -> Problem:
-    values = list(range(10))
+    values = list(range(HOP_SYMBOLS))
     rng.shuffle(values)
     f = dict(enumerate(values))
-    order = list(range(10))
+    order = list(range(HOP_SYMBOLS))
     rng.shuffle(order)
-    x = rng.randint(0, 9)
+    x = rng.randrange(HOP_SYMBOLS)
     return Problem(prompt=hop_prompt(f, order, x), answer=hop_answer(f, x))
 
 
 def _hop_split_key(prompt: str) -> str:
     """The permutation alone (not the pair order or the query): no held-out map is ever trained on."""
     f, _ = parse_hop(prompt)
-    return "".join(str(f[k]) for k in range(10))
+    return "".join(str(f[k]) for k in sorted(f))
 
 
 HOP_CHAIN = Task(
     name="hop_chain",
-    description=(f"pointer chasing: a random permutation f of the 10 digits as 'k>v' pairs in random order, then "
-                 f"'?x='; the answer is {HOP_COUNT} hops written last hop first, f(f(f(x))) f(f(x)) f(x): "
-                 "'3>7,7>1,1>4,...,?3=' -> '417'. Held out by permutation"),
+    description=(f"pointer chasing: a random permutation f of the digits 0-{HOP_SYMBOLS - 1} as 'k>v' pairs in random "
+                 f"order, then '?x='; the answer is {HOP_COUNT} hops written last hop first, f(f(f(x))) f(f(x)) f(x): "
+                 "'3>5,5>1,1>4,0>2,4>0,2>3,?3=' -> '415'. Held out by permutation"),
     sample=_hop_chain,
-    max_prompt_chars=len("0>0,") * 10 + len("?0="),
+    max_prompt_chars=len("0>0,") * HOP_SYMBOLS + len("?0="),
     max_answer_chars=HOP_COUNT,
     split_key=_hop_split_key,
 )
