@@ -147,8 +147,8 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
     problems = HOP_CHAIN.problems("test", n_rec, seed=ctx.seed)
     numbers: dict = {"settings": list(settings), "settings_kwargs": {k: {a: repr(b) for a, b in v.items()}
                                                                       for k, v in settings.items()},
-                     "canvas_length": int(diff.config.canvas_length), "n_record_prompts": n_rec, "n_pairs": n_pairs, "chance": CHANCE, "records": {}, "iia": {},
-                     "step_effect": {}}
+                     "canvas_length": int(diff.config.canvas_length), "n_record_prompts": n_rec, "n_pairs": n_pairs,
+                     "chance": CHANCE, "records": {}, "iia": {}, "step_effect": {}}
     figures: dict = {}
 
     # 1. records per setting + AR twin
