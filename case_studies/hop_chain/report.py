@@ -52,9 +52,27 @@ def _step_rows(numbers) -> list[str]:
     return out
 
 
+def _training_lines(numbers) -> list[str]:
+    lines = []
+    for kind, label in (("diffusion", "DiffusionGemma"), ("ar", "AR twin")):
+        t = numbers["training"].get(kind) or {}
+        if not t:
+            continue
+        curve = ", ".join(f"{p['step']}: {f3(p['heldout_exact_match'], 3)}" for p in t["learning_curve"])
+        lines.append(f"- {label}: {t['layers']} layers, {t['steps']} steps of batch {t['batch_size']}, final loss "
+                     f"{f3(t['final_loss'])}, held-out exact match {interval(t['heldout_accuracy'], t['heldout_ci95'], 3)} "
+                     f"(n = {t['heldout_n']}); mid-training held-out exact match (n = 200) by step: {curve}.")
+    return lines
+
+
 def _verdict(numbers) -> list[str]:
     lines = []
     ar = numbers["records"].get(AR)
+    default = numbers["records"][numbers["settings"][0]]
+    if num(default["accuracy"]) < 0.5:
+        lines.append(f"- **The diffusion model has not learned the task** (accuracy {f3(default['accuracy'])} under the "
+                     "default sampler): the statements below describe a model that does not chase the pointers, so "
+                     "they neither show nor refute non-chronological or intermediate-context reasoning on this task.")
     for name in numbers["settings"]:
         r = numbers["records"][name]
         c, ro = r["commit"], r["random_order"]
@@ -122,6 +140,10 @@ def render(numbers: dict) -> str:
         "",
         *interpretation_head(numbers),
         *_verdict(numbers),
+        "",
+        "## Training (from the models' recipe.json)",
+        "",
+        *_training_lines(numbers),
         "",
         "## Commit order (non-chronological reasoning)",
         "",

@@ -20,12 +20,14 @@ Every number in the report is computed here; the text is `report.render(numbers)
 from __future__ import annotations
 
 import itertools
-import random
+import json
+from pathlib import Path
 
 import torch
 
 from case_studies.common_report import collect_probes, iia_figure, rate, slug
 from case_studies.samplers import sampler_grid
+from dgt_interp import zoo
 from dgt_interp.causal import PairRuns, expected_answers, random_site_baseline
 from dgt_interp.evaluate import generate_answers
 from dgt_interp.phenomena import detect_phenomena
@@ -135,6 +137,20 @@ def _correct_pool(model, problems, seed, **gen) -> list:
     return [p for p, a in zip(problems, answers) if a == p.answer]
 
 
+def training(model_name: str) -> dict:
+    """What the model's recipe.json records about its training (steps, final loss, held-out exact match, the
+    learning curve); {} for a model without one."""
+    f = Path(zoo.resolve(model_name)) / "recipe.json"
+    if not f.is_file():
+        return {}
+    r = json.loads(f.read_text())
+    acc = r.get("heldout_exact_match", {})
+    return {"steps": r["train_config"]["steps"], "batch_size": r["train_config"]["batch_size"],
+            "layers": r["train_config"]["size"]["num_hidden_layers"], "final_loss": r.get("final_loss"),
+            "heldout_accuracy": acc.get("accuracy"), "heldout_ci95": acc.get("ci95"), "heldout_n": acc.get("n"),
+            "learning_curve": r.get("learning_curve", [])}
+
+
 def compute(ctx: StudyContext) -> tuple[dict, dict]:
     """The study's numbers (everything `report.render` needs) and figures."""
     quick = ctx.quick
@@ -148,7 +164,8 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
     numbers: dict = {"settings": list(settings), "settings_kwargs": {k: {a: repr(b) for a, b in v.items()}
                                                                       for k, v in settings.items()},
                      "canvas_length": int(diff.config.canvas_length), "n_record_prompts": n_rec, "n_pairs": n_pairs,
-                     "chance": CHANCE, "records": {}, "iia": {}, "step_effect": {}}
+                     "chance": CHANCE, "records": {}, "iia": {}, "step_effect": {},
+                     "training": {kind: training(ctx.models[kind]) for kind in ("diffusion", "ar")}}
     figures: dict = {}
 
     # 1. records per setting + AR twin
