@@ -89,6 +89,11 @@ def _records(model, problems, seed, **gen) -> tuple[object, dict]:
         want = {name: torch.tensor([VOCAB.index(p.answer[pos]) for p in problems]) for name, pos in HOP_POSITIONS.items()}
         out["step0_argmax"] = {name: rate(int((first[:, pos] == want[name]).sum()), len(problems))
                                for name, pos in HOP_POSITIONS.items()}
+        # what writing the query x itself at every position would get: f^k(x) = x when x's cycle length divides k
+        out["query_copy"] = {name: rate(sum(p.answer[pos] == p.prompt[-2] for p in problems), len(problems))
+                             for name, pos in HOP_POSITIONS.items()}
+        out["step0_equals_query"] = {name: rate(int((first[:, pos] == torch.tensor(
+            [VOCAB.index(p.prompt[-2]) for p in problems])).sum()), len(problems)) for name, pos in HOP_POSITIONS.items()}
     return co, out
 
 
