@@ -48,6 +48,8 @@ def _step0_rows(numbers) -> list[str]:
 
 
 def _step_rows(numbers) -> list[str]:
+    if not numbers["step_effect"]:
+        return ["(not measured: the diffusion model answered too few pairs correctly unpatched, see the IIA section)"]
     out = ["| setting | patched at step 1 | argmax at position 1 after step 1 = f_base(h1_src) [95% CI] |",
            "|---|---|---|"]
     for name, e in numbers["step_effect"].items():
@@ -184,6 +186,9 @@ def render(numbers: dict) -> str:
         "and h3 are written (IIA 0 by construction), and `L0` aligns h1 to the residual after block 0 where it "
         "writes h3; its pairs are drawn from held-out problems it answers correctly "
         f"({numbers['ar_pool']['correct']}/{numbers['ar_pool']['n']}).",
+        "",
+        *[f"- {name}: {r['error']}" + (f" ({r['dropped']} of {numbers['n_pairs']} pairs dropped)" if "dropped" in r else "")
+          for name, r in numbers["iia"].items() if "error" in r],
         "",
         iia_table(iia_rows) if iia_rows else "(no IIA: the model answered no pair correctly)",
         "",
