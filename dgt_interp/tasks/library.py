@@ -240,7 +240,7 @@ LONG_ADDITION = Task(
 )
 
 HOP_COUNT = 3  # hops in the answer
-HOP_SYMBOLS = 6  # f permutes the digits 0..HOP_SYMBOLS-1 (6, not 10: a 27-character prompt trains ~1.5x faster on CPU)
+HOP_SYMBOLS = 6  # f permutes the digits 0..HOP_SYMBOLS-1 (6, not 10: a 27-character prompt; measured, it did not train faster)
 HOP_ARROW, HOP_QUERY = ">", "?"
 
 
