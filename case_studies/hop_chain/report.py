@@ -6,7 +6,8 @@ tuples are lists); `render` gives the same text for both.
 
 from __future__ import annotations
 
-from case_studies.common_report import as_json, f3, interpretation_head, interval, isnan, num, qualify, side, slug
+from case_studies.common_report import (as_json, f3, interpretation_head, interval, isnan, num, probe_section, qualify,
+                                        side, slug)
 from dgt_interp.studies import iia_table
 
 TITLE = "Case study: hop chain — non-chronological and intermediate-context reasoning"
@@ -157,6 +158,7 @@ def render(numbers: dict) -> str:
         "## Commit order (non-chronological reasoning)",
         "",
         *_record_rows(numbers),
+        *probe_section(numbers),
         "",
         "Commit step (`phenomena.commit_order`, by the argmax canvas, EOS excluded): the step after which the "
         "position no longer changes. rho: Spearman correlation of commit step with position per row (-1 = right to "

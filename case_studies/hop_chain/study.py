@@ -70,8 +70,8 @@ def random_order(commit_steps: torch.Tensor) -> dict:
             "ci95_right_to_left": list(bootstrap_interval(rtl, _mean, seed=0))}
 
 
-def _records(model, problems, seed, **gen) -> tuple[object, dict]:
-    """(the argmax `CommitOrder`, the record numbers) of one batch of problems."""
+def _records(model, problems, seed, **gen) -> tuple[object, dict, dict]:
+    """(the argmax `CommitOrder`, the record numbers, every probe's results) of one batch of problems."""
     traj, det = detect_phenomena(model, problems, seed=seed, **gen)
     co = det["commit_argmax"]
     cs = co.commit_step[:, :EOS_POS]  # [B, 3]: h3, h2, h1
@@ -94,7 +94,7 @@ def _records(model, problems, seed, **gen) -> tuple[object, dict]:
                              for name, pos in HOP_POSITIONS.items()}
         out["step0_equals_query"] = {name: rate(int((first[:, pos] == torch.tensor(
             [VOCAB.index(p.prompt[-2]) for p in problems])).sum()), len(problems)) for name, pos in HOP_POSITIONS.items()}
-    return co, out
+    return co, out, det
 
 
 def _score(runs, hyps) -> dict:
@@ -175,9 +175,11 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
 
     # 1. records per setting + AR twin
     for name in ctx.progress(list(settings), desc="records: sampler settings"):
-        co, numbers["records"][name] = _records(diff, problems, ctx.seed, **settings[name])
+        co, numbers["records"][name], det = _records(diff, problems, ctx.seed, **settings[name])
         figures[f"commit_order_{slug(name)}"] = co.figure(f"commit step per position, {name}")
-    _, numbers["records"]["AR twin (greedy)"] = _records(ar, problems, ctx.seed, do_sample=False)
+        collect_probes(numbers, name, det)
+    _, numbers["records"]["AR twin (greedy)"], det = _records(ar, problems, ctx.seed, do_sample=False)
+    collect_probes(numbers, "AR twin (greedy)", det)
 
     # 2. interchange interventions on h1's draft
     pairs = hop_pairs(n_pairs, seed=ctx.seed)
