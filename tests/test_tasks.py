@@ -55,7 +55,7 @@ def test_tokenizer_roundtrips_and_loads_with_autotokenizer(tmp_path):
 
 
 def test_bad_input_is_one_line():
-    with pytest.raises(ValueError, match="unknown task 'nope'; choose one of: addition, count, hinted_addition, long_addition, sort"):
+    with pytest.raises(ValueError, match="unknown task 'nope'; choose one of: addition, count, hinted_addition, hop_chain, long_addition, sort"):
         get_task("nope")
     with pytest.raises(ValueError, match="not in the task vocabulary"):
         encode("12 + x")
@@ -188,3 +188,41 @@ def test_long_addition_has_long_carry_chains():
         chains.append(longest_chain(a, b))
     # uniform operands give a chain of 4+ columns in ~1% of sums; the chain half makes it common
     assert sum(c >= 4 for c in chains) / len(chains) > 0.1
+
+
+def test_hop_chain_answers_chase_the_written_permutation_last_hop_first():
+    from dgt_interp.tasks import HOP_CHAIN
+
+    problems = HOP_CHAIN.problems("test", 500, seed=0)
+    for p in problems:
+        body, query = p.prompt.split("?")
+        pairs = body.rstrip(",").split(",")
+        assert len(pairs) == 6 and query[-1] == "=" and len(p.prompt) == HOP_CHAIN.max_prompt_chars
+        table = {}
+        for pair in pairs:
+            key, arrow, value = pair
+            assert arrow == ">"
+            table[key] = value
+        assert sorted(table) == sorted(table.values()) == list("012345")  # a permutation
+        x = query[0]
+        one, two, three = table[x], table[table[x]], table[table[table[x]]]
+        assert p.answer == three + two + one
+    # the pair order and the query vary, so the position of a pair says nothing
+    assert len({p.prompt[0] for p in problems}) == 6 and len({p.prompt[-2] for p in problems}) == 6
+
+
+def test_hop_chain_holds_out_whole_permutations():
+    from dgt_interp.tasks import HOP_CHAIN
+
+    def perm(prompt):
+        return "".join(sorted(prompt.split("?")[0].rstrip(",").split(",")))
+
+    train = {perm(p.prompt) for p in HOP_CHAIN.problems("train", 4000, seed=0)}
+    test = [p.prompt for p in HOP_CHAIN.problems("test", 400, seed=0)]
+    assert not train & {perm(t) for t in test}
+    # the same permutation with the pairs reordered and another query stays held out
+    t = test[0]
+    body, query = t.split("?")
+    pairs = body.rstrip(",").split(",")
+    other = ",".join(reversed(pairs)) + ",?" + str((int(query[0]) + 1) % 6) + "="
+    assert HOP_CHAIN.is_test(other)

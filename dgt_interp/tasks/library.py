@@ -239,7 +239,59 @@ LONG_ADDITION = Task(
     max_answer_chars=len("1999998"),
 )
 
-TASKS: dict[str, Task] = {t.name: t for t in (ADDITION, SORT, COUNT, SUDOKU, HINTED_ADDITION, LONG_ADDITION)}
+HOP_COUNT = 3  # hops in the answer
+HOP_SYMBOLS = 6  # f permutes the digits 0..HOP_SYMBOLS-1 (6, not 10: a 27-character prompt; measured, it did not train faster)
+HOP_ARROW, HOP_QUERY = ">", "?"
+
+
+def hop_prompt(f: dict[int, int], order: list[int], x: int) -> str:
+    """'k>v,' for each key of `order`, then '?x=': '3>7,7>1,...,?3='."""
+    return "".join(f"{k}{HOP_ARROW}{f[k]}," for k in order) + f"{HOP_QUERY}{x}="
+
+
+def parse_hop(prompt: str) -> tuple[dict[int, int], int]:
+    """The map written in a hop_chain prompt and its query."""
+    pairs, query = prompt.rstrip("=").split(HOP_QUERY)
+    f = {int(kv[0]): int(kv[2]) for kv in pairs.rstrip(",").split(",")}
+    return f, int(query)
+
+
+def hop_answer(f: dict[int, int], x: int, hops: int = HOP_COUNT) -> str:
+    """f^hops(x) ... f^2(x) f(x): the last hop first, so f(x) is the rightmost digit."""
+    chain = [x]
+    for _ in range(hops):
+        chain.append(f[chain[-1]])
+    return "".join(map(str, reversed(chain[1:])))
+
+
+def _hop_chain(rng: random.Random) -> Problem:
+    values = list(range(HOP_SYMBOLS))
+    rng.shuffle(values)
+    f = dict(enumerate(values))
+    order = list(range(HOP_SYMBOLS))
+    rng.shuffle(order)
+    x = rng.randrange(HOP_SYMBOLS)
+    return Problem(prompt=hop_prompt(f, order, x), answer=hop_answer(f, x))
+
+
+def _hop_split_key(prompt: str) -> str:
+    """The permutation alone (not the pair order or the query): no held-out map is ever trained on."""
+    f, _ = parse_hop(prompt)
+    return "".join(str(f[k]) for k in sorted(f))
+
+
+HOP_CHAIN = Task(
+    name="hop_chain",
+    description=(f"pointer chasing: a random permutation f of the digits 0-{HOP_SYMBOLS - 1} as 'k>v' pairs in random "
+                 f"order, then '?x='; the answer is {HOP_COUNT} hops written last hop first, f(f(f(x))) f(f(x)) f(x): "
+                 "'3>5,5>1,1>4,0>2,4>0,2>3,?3=' -> '415'. Held out by permutation"),
+    sample=_hop_chain,
+    max_prompt_chars=len("0>0,") * HOP_SYMBOLS + len("?0="),
+    max_answer_chars=HOP_COUNT,
+    split_key=_hop_split_key,
+)
+
+TASKS: dict[str, Task] = {t.name: t for t in (ADDITION, SORT, COUNT, SUDOKU, HINTED_ADDITION, LONG_ADDITION, HOP_CHAIN)}
 
 
 def get_task(name: str) -> Task:
