@@ -126,9 +126,9 @@ def render(numbers: dict) -> str:
         "(`phenomena.token_smearing`; 95% bootstrap over rows). Sequence smearing: a row-step whose argmax canvas "
         "matches the final answer better at a shift of ±1-2 than in place (`phenomena.sequence_smearing`); Wilson "
         "95% interval of the fraction of rows with such a step. AR twin: greedy, one token per step, always in place. "
-        f"Random-order baseline: the rows and step counts of the setting `{numbers['settings'][-1]}`, each final token "
-        "revealed in place at a random step, uniform random tokens before (a canvas that resolves without any "
-        "shifting; chance coincidences only).",
+        f"Random-order baseline: the rows and steps of the setting `{numbers['settings'][-1]}` with, at every step, "
+        "as many answer tokens in place as the model's argmax canvas holds, at random positions, and uniform random "
+        "other tokens elsewhere (same progress, no systematic shift: off-centre matches are chance coincidences).",
         "",
         *_pheno_rows(numbers),
         *probe_section(numbers),

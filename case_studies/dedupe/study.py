@@ -4,8 +4,8 @@
    off-centre mass from the softmax and from the argmax canvas) and sequence smearing
    (`phenomena.sequence_smearing`: rows with a step best aligned at a shift), with 95% intervals
    (bootstrap over rows for masses, Wilson for row fractions), next to the AR twin (greedy) and a
-   random-order baseline: the same rows and step counts, the final tokens revealed in place in a random
-   order, the rest uniform random tokens (what the sampler's noise draws from).
+   random-order baseline (`random_order`): the same rows, steps and number of tokens in place per step, at
+   random positions, the rest uniform random tokens (what the sampler's noise draws from).
 2. Causal test (`phenomena.canvas_flips`): resample-ablate the drafted token at canvas position q at
    step k from a run on another problem; how often does the final token at q + 1 (the right neighbour)
    change, against q - 1 and positions two or more away (random sites).
@@ -105,20 +105,28 @@ def _smear_numbers(traj, source: str, seq, seed: int) -> dict:
 
 
 def random_order(traj, seed: int):
-    """The random-order baseline of a diffusion trajectory: each row keeps its steps and final tokens; every
-    answer position is revealed in place at a uniformly drawn step (the last step at the latest), and holds a
-    uniformly random token of the vocabulary before that."""
+    """The random-order baseline of a diffusion trajectory: each row keeps its steps, its final tokens and, at
+    every step, the number of answer positions whose argmax already holds the final token in place; which
+    positions those are is drawn at random, and every other position holds a uniformly random token of the
+    vocabulary other than its final one. Same in-place progress, no systematic shift: off-centre matches
+    are chance coincidences."""
     g = torch.Generator().manual_seed(seed)
     steps, active = traj.active_rows()
     final = traj.final_tokens()
+    mask = traj.answer_mask(EOS_ID)
     arg = traj.records["argmax_canvas"].clone()
     b_n, length = final.shape
     for b in range(b_n):
+        pos = torch.nonzero(mask[b]).flatten()
         mine = [s for k, s in enumerate(steps) if bool(active[k, b])] or steps[:1]
-        reveal = torch.randint(0, len(mine), (length,), generator=g)
-        for i, s in enumerate(mine):
-            noise = torch.randint(0, len(VOCAB), (length,), generator=g)
-            arg[s, b] = torch.where(reveal <= i, final[b], noise)
+        for s in mine:
+            n_ok = int((arg[s, b, pos] == final[b, pos]).sum())
+            noise = torch.randint(0, len(VOCAB) - 1, (length,), generator=g)
+            noise = noise + (noise >= final[b]).long()  # uniform over the vocabulary minus the final token
+            row = noise.clone()
+            ok = pos[torch.randperm(len(pos), generator=g)[:n_ok]]
+            row[ok] = final[b, ok]
+            arg[s, b] = row
         arg[mine[-1], b] = final[b]
     t = copy.copy(traj)
     t.records = {**traj.records, "argmax_canvas": arg}
