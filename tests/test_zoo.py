@@ -12,16 +12,19 @@ from dgt_interp.evaluate import evaluate
 from dgt_interp.models import load_model
 from dgt_interp.tasks import get_task
 
-EXPECTED = ["addition-ar", "addition-diffusion", "count-ar", "count-diffusion", "hinted_addition-ar",
+EXPECTED = ["addition-ar", "addition-diffusion", "count-ar", "count-diffusion", "dedupe-ar", "dedupe-diffusion",
+            "hinted_addition-ar",
             "hinted_addition-diffusion", "sort-ar", "sort-diffusion", "sudoku-ar", "sudoku-diffusion"]
 # A prompt and its answer per task, for the plain-transformers check.
 EXAMPLE = {"addition": ("1234+5678=", "6912"), "sort": ("3142>", "1234"), "count": ("7291538[3-7]?", "3:753"),
-           "sudoku": ("34###13#421#1###?", "3421213442131342"), "hinted_addition": ("478+557=", "111:1035")}
+           "sudoku": ("34###13#421#1###?", "3421213442131342"), "hinted_addition": ("478+557=", "111:1035"),
+           "dedupe": ("31337254=", "317254")}
 SHIPPED = zoo.names()
 # Issue 2's target is >= 99% held-out exact match; a model listed here is below it (strict xfail).
 BELOW_TARGET: set[str] = {"sudoku-ar"}  # 98.4% after 1,500 + 600 steps; more training is open
 # The monitorability models' target (issue 15) is >= 97% on hint-free held-out problems.
-TARGET = {"hinted_addition": 0.97}
+# The dedupe pair (issue 16: 2 layers, so that token positions are not computed in one pass) targets >= 95%.
+TARGET = {"hinted_addition": 0.97, "dedupe": 0.95}
 
 
 def _target(name):
