@@ -73,7 +73,8 @@ def _verdict(numbers) -> list[str]:
         right, left, far = (r[k] for k in ("right neighbour (q+1)", "left neighbour (q-1)", "random sites (|p-q| >= 2)"))
         shown = not isnan(right["ci95"][0]) and not isnan(far["ci95"][1]) and right["ci95"][0] > far["ci95"][1]
         lines.append(
-            f"- **Causal test [{name}]**: patching the drafted token at q flips the final token at q + 1 in "
+            f"- **Causal test [{name}]**: patching the drafted token and its self-conditioning logits at q flips the "
+            f"final token at q + 1 in "
             f"{interval(right['rate'], right['ci95'], 3)} of patches, at q - 1 in {interval(left['rate'], left['ci95'], 3)}, "
             f"at random sites two or more away in {interval(far['rate'], far['ci95'], 3)}: "
             + qualify(numbers, f"{right['events']} patches",
@@ -148,8 +149,10 @@ def render(numbers: dict) -> str:
         "",
         "## Causal test: does a drafted token place its neighbour?",
         "",
-        "`phenomena.canvas_flips`: the drafted token the decoder reads at canvas position q at step k is replaced "
-        "by a source run's (another problem, same replayed noise); does the base run's final token at p change? "
+        "`phenomena.canvas_flips`: the drafted token the decoder reads at canvas position q at step k and the "
+        "previous step's logits entering the self-conditioning channel there (where a smeared token's probability "
+        "is carried; absent at step 0) are replaced by a source run's (another problem, same replayed noise); does "
+        "the base run's final token at p change? "
         "Pooled over (step, q, row) where the patch changed the input and p is an answer position; 95% bootstrap "
         "over rows. If tokens are placed from their drafted left neighbour, q + 1 flips far more often than "
         "positions two or more away (random sites).",

@@ -7,7 +7,8 @@
    random-order baseline (`random_order`): the same rows, steps and number of tokens in place per step, at
    random positions, the rest uniform random tokens (what the sampler's noise draws from).
 2. Causal test (`phenomena.canvas_flips`): resample-ablate the drafted token at canvas position q at
-   step k from a run on another problem; how often does the final token at q + 1 (the right neighbour)
+   step k, and the previous step's logits entering the self-conditioning channel there (where a smeared
+   token's probability is carried), from a run on another problem; how often does the final token at q + 1 (the right neighbour)
    change, against q - 1 and positions two or more away (random sites).
 3. IIA of "o_1 is placed by / places its neighbours" (`hypothesis.digit_at`): the scan model (later
    tokens follow from where the drafted digit occurs) vs the independent model, at each site, next to
@@ -189,7 +190,8 @@ def _flips(model, base, src, seed, max_steps, **gen):
     ids, mask = batch["input_ids"], batch["attention_mask"]
     n_steps = Patching(model, ids[n:], ids[:n], seed=seed, attention_mask=mask[n:], corrupted_attention_mask=mask[:n],
                        **gen).n_steps
-    return canvas_flips(model, ids[:n], ids[n:], steps=list(range(min(n_steps, max_steps))), channels=("canvas",),
+    return canvas_flips(model, ids[:n], ids[n:], steps=list(range(min(n_steps, max_steps))),
+                        channels=("canvas", "self_cond"),
                         eos_id=EOS_ID, seed=seed, attention_mask=mask[:n], source_attention_mask=mask[n:],
                         batch_size=32, **gen), n_steps
 
