@@ -55,7 +55,7 @@ def test_tokenizer_roundtrips_and_loads_with_autotokenizer(tmp_path):
 
 
 def test_bad_input_is_one_line():
-    with pytest.raises(ValueError, match="unknown task 'nope'; choose one of: addition, count, hinted_addition, hop_chain, long_addition, sort"):
+    with pytest.raises(ValueError, match="unknown task 'nope'; choose one of: addition, count, dedupe, hinted_addition, hop_chain, long_addition, sort"):
         get_task("nope")
     with pytest.raises(ValueError, match="not in the task vocabulary"):
         encode("12 + x")
@@ -226,3 +226,21 @@ def test_hop_chain_holds_out_whole_permutations():
     pairs = body.rstrip(",").split(",")
     other = ",".join(reversed(pairs)) + ",?" + str((int(query[0]) + 1) % 6) + "="
     assert HOP_CHAIN.is_test(other)
+
+
+def test_dedupe_answers_are_the_first_occurrences_and_vary_in_length():
+    from dgt_interp.tasks import DEDUPE
+
+    problems = DEDUPE.problems("test", 1000, seed=0)
+    lengths = set()
+    for p in problems:
+        digits = p.prompt.rstrip("=")
+        assert p.prompt.endswith("=") and 8 <= len(digits) <= 14 and digits.isdigit()
+        seen = []
+        for c in digits:  # reference: scan left to right, keep a digit not seen before
+            if c not in seen:
+                seen.append(c)
+        assert p.answer == "".join(seen)
+        lengths.add(len(p.answer))
+    assert lengths == set(range(2, 11))  # 2..10 distinct digits: the answer's length is uncertain
+    assert DEDUPE.check(problems[0], problems[0].answer)

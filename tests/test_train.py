@@ -63,7 +63,7 @@ def test_cli_train_smoke_and_errors(tmp_path, capsys):
     assert "saved" in capsys.readouterr().out
     rc = main(["train", "--task", "division", "--kind", "ar", "--out", str(tmp_path / "x"), "--quiet"])
     err = capsys.readouterr().err
-    assert rc == 2 and err.strip() == "error: unknown task 'division'; choose one of: addition, count, hinted_addition, hop_chain, long_addition, sort, sudoku"
+    assert rc == 2 and err.strip() == "error: unknown task 'division'; choose one of: addition, count, dedupe, hinted_addition, hop_chain, long_addition, sort, sudoku"
     assert not (tmp_path / "x").exists()
 
 

@@ -291,7 +291,38 @@ HOP_CHAIN = Task(
     split_key=_hop_split_key,
 )
 
-TASKS: dict[str, Task] = {t.name: t for t in (ADDITION, SORT, COUNT, SUDOKU, HINTED_ADDITION, LONG_ADDITION, HOP_CHAIN)}
+
+DEDUPE_MIN_LEN, DEDUPE_MAX_LEN = 8, 14
+DEDUPE_MIN_DISTINCT = 2
+
+
+def dedupe(digits: str) -> str:
+    """The distinct digits of `digits` in first-occurrence order: '3133725' -> '3172'."""
+    return "".join(dict.fromkeys(digits))
+
+
+def _dedupe(rng: random.Random) -> Problem:
+    """8-14 digits drawn from m distinct ones (m uniform in 2..min(10, n), each used at least once), shuffled:
+    the answer length m varies, and a digit's place in the answer is the number of distinct digits
+    before its first occurrence."""
+    n = rng.randint(DEDUPE_MIN_LEN, DEDUPE_MAX_LEN)
+    alphabet = rng.sample("0123456789", rng.randint(DEDUPE_MIN_DISTINCT, min(10, n)))
+    digits = alphabet + [rng.choice(alphabet) for _ in range(n - len(alphabet))]
+    rng.shuffle(digits)
+    prompt = "".join(digits)
+    return Problem(prompt=prompt + "=", answer=dedupe(prompt))
+
+
+DEDUPE = Task(
+    name="dedupe",
+    description=(f"the distinct digits of a list of {DEDUPE_MIN_LEN}-{DEDUPE_MAX_LEN} digits (2-10 distinct) in "
+                 "first-occurrence order, then EOS: '31337254=' -> '31725'; output length varies"),
+    sample=_dedupe,
+    max_prompt_chars=DEDUPE_MAX_LEN + 1,
+    max_answer_chars=10,
+)
+
+TASKS: dict[str, Task] = {t.name: t for t in (ADDITION, SORT, COUNT, SUDOKU, HINTED_ADDITION, LONG_ADDITION, HOP_CHAIN, DEDUPE)}
 
 
 def get_task(name: str) -> Task:
