@@ -57,10 +57,6 @@ UNEMBED = "unembed.hook_in"  # lm_head input: the logits are recomputed from it 
 ATTRIBUTION_GRAPH_LOGITS = 8
 
 
-def _span(p: Patching, step_idx: list[int]) -> int:
-    return p.n_steps - min(step_idx) if step_idx else 0
-
-
 def estimate_attribution_bytes(p: Patching, pattern: str = "blocks.*.hook_resid_pre", *, steps=None,
                                checkpoint: bool = False) -> Estimate:
     """The bytes `attribution_patch(p, metric, pattern, steps=steps)` holds at its peak, part by part.
@@ -75,7 +71,7 @@ def estimate_attribution_bytes(p: Patching, pattern: str = "blocks.*.hook_resid_
     text = p.model.config.get_text_config()
     plan = plan_capture(p.model, ids, names=names, **p.generation_kwargs)
     per_step = ids.shape[0] * (plan.canvas_length if p.kind == "diffusion" else 1) * int(text.vocab_size) * 4
-    spanned = _span(p, step_idx)
+    spanned = p.n_steps - min(step_idx) if step_idx else 0
     acts = {"activations, gradients, clean copies": 4 * sum(plan.bytes_per_name.values()) * len(step_idx)}
     if checkpoint:
         sc_bytes = per_step // 4 * torch.empty((), dtype=p.model.dtype).element_size()
@@ -114,7 +110,7 @@ def attribution_patch(p: Patching, metric, pattern: str = "blocks.*.hook_resid_p
       gradient (summed in another order).
     - None (default): one graph when `estimate_attribution_bytes` fits `max_bytes`, else step by step.
     Refused before running (`CaptureBudgetError`) when the chosen way does not fit `max_bytes` (None:
-    `p`'s budget, or a fraction of the free RAM). The clean activations are the ones `p` holds.
+    `p`'s budget, or a fraction of the free memory of the model's device). The clean activations are the ones `p` holds.
     """
     if by not in ("pos", "head", "layer"):
         raise PatchingError(f"by={by!r}: use 'pos', 'head' or 'layer'")
@@ -210,8 +206,7 @@ def _gradients_one_graph(p: Patching, metric, names: list[str], step_idx: list[i
     step = getattr(metric, "step", None)
     out_logits, tokens = _output_logits(p, traj, hidden_live, step)
     recorded, _ = p.reference("corrupted", metric).outputs(step)
-    if not torch.allclose(out_logits.detach().cpu(), recorded, atol=1e-4, rtol=1e-4):
-        raise PatchingError("rebuilt logits differ from the recorded ones (soft-cap changed?); report this")
+    _check_rebuilt(out_logits.detach(), recorded)
     value = call_metric(metric, out_logits, tokens.to(out_logits.device)).sum()
     keys = [k for k in live if p.clean_activation(*k) is not None]
     grads = [None] * len(keys)
@@ -318,8 +313,11 @@ def _gradients_step_by_step(p: Patching, metric, names: list[str], step_idx: lis
 
 
 def _check_rebuilt(rebuilt: torch.Tensor, recorded: torch.Tensor) -> None:
+    """The logits a gradient run rebuilt equal the corrupted run's recorded outputs (else the gradient is of
+    another run)."""
     if not torch.allclose(rebuilt.float().cpu(), recorded.float().cpu(), atol=1e-4, rtol=1e-4):
-        raise PatchingError("re-run step logits differ from the recorded outputs (replay broken?); report this")
+        raise PatchingError("rebuilt logits differ from the recorded outputs (replay or soft-cap changed?); "
+                            "report this")
 
 
 def _output_logits(p: Patching, traj, hidden_live: dict[int, torch.Tensor], step: int | None):

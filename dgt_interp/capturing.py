@@ -479,6 +479,7 @@ class _RecordingSampler(EntropyBoundSampler):
     noise: ReplayedNoise | None = None
     canvas: int = -1  # canvases started (replay only)
     max_steps: int = 0
+    replay: "_ReplayedMultinomial | None" = None  # this step's, until HF hands over the sample
 
     def initialize_canvas(self, batch_size: int, device) -> torch.Tensor:
         if self.noise is None:
@@ -488,9 +489,9 @@ class _RecordingSampler(EntropyBoundSampler):
 
     @torch.no_grad()  # discrete decisions: under attribution's autograd they must keep no graph
     def accept_canvas(self, current_canvas, denoiser_canvas, logits, cur_step):
-        replay = self.__dict__.pop("replay", None)
-        if replay is not None:  # HF has drawn this step's sample: the rest of the step runs without the mode
-            replay.close()
+        if self.replay is not None:  # HF has drawn this step's sample: the rest of the step runs without the mode
+            self.replay.close()
+            self.replay = None
         entropy = token_entropy(logits)  # [batch, canvas]; HF: Categorical(logits=logits).entropy()
         sorted_entropy, order = torch.sort(entropy, dim=-1, descending=False)
         # HF's bound: the k lowest-entropy tokens whose summed entropy minus their largest is <= the bound

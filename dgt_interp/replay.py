@@ -238,7 +238,7 @@ class Replayer:
         cache, decoder_attention_mask, position_ids = self.encoded[canvas]
         current = traj.records["input_canvas"][step].to(twin.device)
         if self_conditioning is _RECORDED:
-            sc, how = self.self_conditioning(step, twin.model.decoder.embed_tokens.weight.dtype)
+            sc, how = self.self_conditioning(step, self.self_conditioning_dtype)
         else:
             sc, how = self_conditioning, "given"
         mask_mapping = twin.model.decoder.create_diffusion_decoder_attention_mask(
