@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import random
 
+from case_studies.where import check_where, where_hook, where_tag
 from dgt_interp.causal import CaseStudyError, CausalModel, Hypothesis, SiteContext
 from dgt_interp.patching import Site
 from dgt_interp.tasks import DEDUPE, Problem
 
 J = 1  # the answer position whose digit is interchanged (the second distinct digit)
 MAX_DISTINCT = 10
-WHERE_SPECIAL = {"selfcond": "self_cond.hook_logits_in", "canvas": "hook_embed"}
 
 
 def parse(problem: Problem) -> tuple[int, ...]:
@@ -97,17 +97,12 @@ INDEPENDENT_MODEL = CausalModel(inputs=_inputs, variables={**_independent_variab
 MODELS = {"scan": SCAN_MODEL, "independent": INDEPENDENT_MODEL}
 
 
-def _tag(where) -> str:
-    return f"L{where}" if isinstance(where, int) else where
-
-
 def digit_at(where: int | str, model: str = "scan") -> Hypothesis:
     """o_J lives at canvas position J in `where` (a layer index, "selfcond" or "canvas"), all steps;
     predictions from `model` ("scan" | "independent"), compared on the whole answer."""
     if model not in MODELS:
         raise CaseStudyError(f"model must be one of {', '.join(MODELS)}, got {model!r}")
-    if not isinstance(where, int) and where not in WHERE_SPECIAL:
-        raise CaseStudyError(f"where must be a layer index, 'selfcond' or 'canvas', got {where!r}")
+    check_where(where)
 
     def sites(ctx: SiteContext):
         if ctx.kind == "ar":
@@ -115,11 +110,11 @@ def digit_at(where: int | str, model: str = "scan") -> Hypothesis:
                 return [Site("hook_embed", step=J + 1, pos=0)]  # o_J, read when writing o_{J+1}
             layer = where if isinstance(where, int) else ctx.n_layers - 1
             return [Site(f"blocks.{layer}.hook_resid_post", step=J, pos=0)]  # the position predicting o_J
-        return [Site(WHERE_SPECIAL.get(where, f"blocks.{where}.hook_resid_post"), step=None, pos=J)]
+        return [Site(where_hook(where), step=None, pos=J)]
 
     label = {"selfcond": "self-conditioning channel", "canvas": "drafted token read"}.get(where,
                                                                                       f"resid_post of block {where}")
-    return Hypothesis(f"o{J}@{_tag(where)}[{model}]", MODELS[model], (f"o{J}",), sites,
+    return Hypothesis(f"o{J}@{where_tag(where)}[{model}]", MODELS[model], (f"o{J}",), sites,
                       f"the answer's digit {J} = {label} at canvas position {J}, all steps; predicted by the "
                       f"{model} model")
 

@@ -27,15 +27,11 @@ from case_studies.count_common import (
     CountHypothesis,
     count_pairs,
 )
+from case_studies.where import check_where, where_hook, where_tag
 from dgt_interp.causal import CaseStudyError, SiteContext
 from dgt_interp.patching import Site
 
 MODELS = {"independent": COUNT_MODEL, "left": LEFT_MODEL, "right": RIGHT_MODEL}
-WHERE_SPECIAL = {"selfcond": "self_cond.hook_logits_in", "canvas": "hook_embed"}
-
-
-def _tag(where) -> str:
-    return f"L{where}" if isinstance(where, int) else where
 
 
 def count_at(where: int | str, model: str = "left", compare: str = "answer") -> CountHypothesis:
@@ -43,8 +39,7 @@ def count_at(where: int | str, model: str = "left", compare: str = "answer") -> 
     predictions from `model` ("independent" | "left" | "right"), compared on `compare`."""
     if model not in MODELS:
         raise CaseStudyError(f"model must be one of {', '.join(MODELS)}, got {model!r}")
-    if not isinstance(where, int) and where not in WHERE_SPECIAL:
-        raise CaseStudyError(f"where must be a layer index, 'selfcond' or 'canvas', got {where!r}")
+    check_where(where)
 
     def sites(ctx: SiteContext):
         if ctx.kind == "ar":
@@ -52,12 +47,11 @@ def count_at(where: int | str, model: str = "left", compare: str = "answer") -> 
                 return [Site("hook_embed", step=1, pos=0)]  # the count token, read when writing ':'
             layer = where if isinstance(where, int) else ctx.n_layers - 1
             return [Site(f"blocks.{layer}.hook_resid_post", step=0, pos=ctx.prompt_length - 1)]
-        name = WHERE_SPECIAL.get(where, f"blocks.{where}.hook_resid_post")
-        return [Site(name, step=None, pos=COUNT_POS)]
+        return [Site(where_hook(where), step=None, pos=COUNT_POS)]
 
     label = {"selfcond": "self-conditioning channel", "canvas": "count token read"}.get(where,
                                                                                      f"resid_post of block {where}")
-    return CountHypothesis(f"n@{_tag(where)}[{model}]/{compare}", MODELS[model], ("n",), sites,
+    return CountHypothesis(f"n@{where_tag(where)}[{model}]/{compare}", MODELS[model], ("n",), sites,
                            f"the count = {label} at canvas position 0, all steps; predicted by the {model} model; "
                            f"compared on the {compare}", compare=compare)
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import random
 
+from case_studies.where import check_where, where_hook, where_tag
 from dgt_interp.causal import CaseStudyError, CausalModel, Hypothesis, SiteContext
 from dgt_interp.patching import Site
 from dgt_interp.tasks import Problem
@@ -98,10 +99,6 @@ def _successor_variables() -> dict:
 SUCCESSOR_MODEL = CausalModel(inputs=_inputs, variables=_successor_variables(), output="answer")
 
 
-def _where_tag(where) -> str:
-    return f"L{where}" if isinstance(where, int) else where
-
-
 COMPARE = ("answer", "digit", "next")
 
 
@@ -122,8 +119,7 @@ def order_stat_at(i: int, where: int | str, steps: str = "all", compare: str = "
     the patched digit (what a model that reads its own last digit would emit)."""
     if steps not in STEP_SETS:
         raise CaseStudyError(f"steps must be one of {', '.join(STEP_SETS)}, got {steps!r}")
-    if where not in ("selfcond", "canvas") and not isinstance(where, int):
-        raise CaseStudyError(f"where must be a layer index, 'selfcond' or 'canvas', got {where!r}")
+    check_where(where)
     if where in ("selfcond", "canvas") and steps == "first":
         raise CaseStudyError(f"{where} at the first step is a no-op (no self-conditioning yet; the canvas is the "
                              "shared replayed noise); use steps='all' or 'later'")
@@ -133,15 +129,13 @@ def order_stat_at(i: int, where: int | str, steps: str = "all", compare: str = "
             if not isinstance(where, int):
                 raise CaseStudyError(f"the AR twin has no {where} site; align o_i to a layer")
             return [Site(f"blocks.{where}.hook_resid_post", step=i, pos=ctx.prompt_length - 1 if i == 0 else 0)]
-        name = {"selfcond": "self_cond.hook_logits_in", "canvas": "hook_embed"}.get(where,
-                                                                                    f"blocks.{where}.hook_resid_post")
-        return [Site(name, step=STEP_SETS[steps], pos=i)]
+        return [Site(where_hook(where), step=STEP_SETS[steps], pos=i)]
 
     label = {"selfcond": "self-conditioning channel", "canvas": "canvas token"}.get(
         where, f"resid_post of block {where}")
     tag = "" if model is RANK_MODEL else "[successor]"
     positions = _compared(i, compare)
-    return Hypothesis(f"o{i}@{_where_tag(where)}:{steps}{tag}/{compare}", model, (f"o{i}",), sites,
+    return Hypothesis(f"o{i}@{where_tag(where)}:{steps}{tag}/{compare}", model, (f"o{i}",), sites,
                       f"the {i}-th smallest digit = {label} at canvas position {i}, {steps} steps; compared on "
                       + ("the whole answer" if positions is None else f"digit {positions[0]} only"),
                       output_positions=positions)
