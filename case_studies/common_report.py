@@ -129,6 +129,11 @@ def rate(k: int, n: int) -> dict:
     return {"rate": k / n if n else float("nan"), "ci95": list(wilson_interval(k, n)), "k": k, "n": n}
 
 
+def rate_text(r: dict) -> str:
+    """A `rate()` dict as text: `rate [lo, hi] (k/n)`."""
+    return f"{interval(r['rate'], r['ci95'], 3)} ({r['k']}/{r['n']})"
+
+
 def verdict(ci95, null: float, *, above: str, below: str, n, what: str = "n", numbers: dict | None = None) -> str:
     """A claim conditioned on its interval: `above` if the 95% interval lies above `null`, `below` if below,
     else "inconclusive at this n" (with n and what the interval spans). With `numbers`, a claim names the n

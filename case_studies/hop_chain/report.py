@@ -7,16 +7,12 @@ tuples are lists); `render` gives the same text for both.
 from __future__ import annotations
 
 from case_studies.common_report import (as_json, f3, interpretation_head, interval, isnan, num, probe_section, qualify,
-                                        side, slug)
+                                        rate_text, side, slug)
 from dgt_interp.studies import iia_table
 
 TITLE = "Case study: hop chain — non-chronological and intermediate-context reasoning"
 HEADLINE = "h1@canvas:step1/next"  # the hypothesis the findings quote (`hypothesis.h1_at("canvas", "step1")`)
 AR = "AR twin (greedy)"
-
-
-def _rate(r: dict) -> str:
-    return f"{f3(r['rate'])} [{f3(r['ci95'][0])}, {f3(r['ci95'][1])}] ({r['k']}/{r['n']})"
 
 
 def _record_rows(numbers) -> list[str]:
@@ -28,7 +24,7 @@ def _record_rows(numbers) -> list[str]:
         kind = "AR twin" if name == AR else "diffusion"
         out.append(f"| {name} | {kind} | {f3(r['accuracy'])} | {f3(c['mean_steps'], 2)} | "
                    f"{interval(c['mean_rho'], c['ci95_rho'], 3)} | {interval(ro['mean_rho'], ro['ci95_rho'], 3)} | "
-                   f"{_rate(r['right_to_left'])} | "
+                   f"{rate_text(r['right_to_left'])} | "
                    f"{interval(ro['fraction_right_to_left'], ro['ci95_right_to_left'], 3)} | "
                    f"{f3(r['all_at_once']['rate'])} | {f3(m['h3'], 2)} / {f3(m['h2'], 2)} / {f3(m['h1'], 2)} |")
     return out
@@ -43,7 +39,7 @@ def _step0_rows(numbers) -> list[str]:
                                ("query_copy", "writing the query x would be correct"),
                                ("step0_equals_query", "step-0 argmax is the query x")):
                 s = r[key]
-                out.append(f"| {name} | {label} | {_rate(s['h1'])} | {_rate(s['h2'])} | {_rate(s['h3'])} |")
+                out.append(f"| {name} | {label} | {rate_text(s['h1'])} | {rate_text(s['h2'])} | {rate_text(s['h3'])} |")
             break  # step 0 does not depend on the sampler setting
     return out
 
@@ -56,7 +52,7 @@ def _step_rows(numbers) -> list[str]:
     for name, e in numbers["step_effect"].items():
         for k, r in e.items():
             label = "nothing (unpatched base)" if k == "unpatched" else f"`{k}`"
-            out.append(f"| {name} | {label} | {_rate(r)} |")
+            out.append(f"| {name} | {label} | {rate_text(r)} |")
     return out
 
 
@@ -95,7 +91,7 @@ def _verdict(numbers) -> list[str]:
         above_random = side(rtl["ci95"], num(ro["fraction_right_to_left"])) == "above"
         lines.append(f"- **Non-chronological order, {name}** ({f3(c['mean_steps'], 2)} steps, accuracy "
                      f"{f3(r['accuracy'])}): mean rho {interval(c['mean_rho'], c['ci95_rho'], 3)}: {claim}. Strictly "
-                     f"right to left in {_rate(rtl)} of rows vs {f3(ro['fraction_right_to_left'])} under random order"
+                     f"right to left in {rate_text(rtl)} of rows vs {f3(ro['fraction_right_to_left'])} under random order"
                      + (" (95% interval above it)." if above_random else " (95% interval not above it)."))
         if "step0_argmax" in r:
             s, q, e = r["step0_argmax"], r["query_copy"], r["step0_equals_query"]

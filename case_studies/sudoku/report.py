@@ -7,7 +7,7 @@ the per-round dicts are keyed by str); `render` gives the same text for both.
 from __future__ import annotations
 
 from case_studies.common_report import (as_json, f3, interpretation_head, interval, num, probe_section, qualify, rate,
-                                        side, verdict)
+                                        rate_text, side, verdict)
 
 TITLE = "Case study: sudoku — does the model fill cells in constraint-propagation order?"
 AR_TWIN = "AR twin (greedy)"
@@ -90,9 +90,8 @@ def interpretation(numbers: dict) -> list[str]:
         if not what.startswith("inconclusive"):
             what = qualify(numbers, f"{eh['n']} + {he['n']} patches", what)
         lines.append(f"- **Does the canvas carry intermediate results? ({name})** Patching one cell at the first "
-                     f"steps flips another cell's final digit: easy → hard {interval(eh['rate'], eh['ci95'], 3)} "
-                     f"({eh['k']}/{eh['n']}), hard → easy {interval(he['rate'], he['ci95'], 3)} "
-                     f"({he['k']}/{he['n']}): {what}.")
+                     f"steps flips another cell's final digit: easy → hard {rate_text(eh)}, "
+                     f"hard → easy {rate_text(he)}: {what}.")
     n = numbers["n_puzzles"]
     acc = {k: rate(round(num(numbers["phenomena"][k]["accuracy"]) * n), n) for k in (settings[0], AR_TWIN)}
     lines.append(f"- **Accuracy on these multi-round puzzles:** DiffusionGemma {interval(acc[settings[0]]['rate'], acc[settings[0]]['ci95'])}, "
