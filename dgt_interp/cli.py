@@ -82,7 +82,8 @@ def _cmd_train(args) -> None:
                     canvas_length=canvas)
     cfg = TrainConfig(task=args.task, kind=args.kind, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                       seed=args.seed, eval_n=args.eval_n, size=size, threads=args.threads, mix=args.mix,
-                      init_from=args.init_from, warmup=args.warmup, eval_every=args.eval_every)
+                      init_from=args.init_from, warmup=args.warmup, eval_every=args.eval_every,
+                      noise_power=args.noise_power)
     command = "dgt-interp " + " ".join(sys.argv[1:])
     _, recipe = train(cfg, args.out, progress=not args.quiet, command=command)
     acc = recipe.get("heldout_exact_match", {}).get("accuracy")
@@ -250,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--mix", default=None, help="a named training distribution of the task (e.g. addition: unequal)")
     t.add_argument("--init-from", default=None, help="continue training from this model dir")
     t.add_argument("--warmup", type=int, default=100)
+    t.add_argument("--noise-power", type=float, default=1.0,
+                   help="diffusion: noise level t = u ** POWER, u uniform (above 1: more nearly clean canvases)")
     t.add_argument("--eval-every", type=int, default=0,
                    help="print held-out exact match on 200 problems every this many steps (0: never)")
     t.add_argument("--quiet", action="store_true")

@@ -154,6 +154,22 @@ def test_sequence_smearing_planted_shift():
     r.figure()
 
 
+def test_smearing_in_a_region_only():
+    # a fixed part (positions 0-2, in place from the start) then a list (3-5) drafted one position right:
+    # over every position the in-place prefix wins (best shift 0); restricted to the list, the shift shows.
+    final = [7, 8, 6, 3, 4, 5]
+    arg = torch.tensor([[[7, 8, 6, N, 3, 4]], [final]])
+    whole = sequence_smearing(constructed_trajectory(arg), max_shift=1)
+    assert whole.best_shift[0].tolist() == [0, 0] and not whole.smeared.any()
+    region = sequence_smearing(constructed_trajectory(arg), max_shift=1, positions=[3, 4, 5])
+    assert region.best_shift[0].tolist() == [1, 0] and region.smeared[0].tolist() == [True, False]
+    t = token_smearing(constructed_trajectory(arg), max_offset=1, positions=range(3, 6))
+    assert t.mass[0].tolist() == [0.0, 0.0, 1.0]  # each list token one position right at step 0
+    assert t.mass[1].tolist() == [0.0, 1.0, 0.0]
+    with pytest.raises(PhenomenaError, match="positions \\[6\\] out of range"):
+        sequence_smearing(constructed_trajectory(arg), positions=[6])
+
+
 def test_drafts_overwritten():
     # position 1 drafts 8 (kept by the sampler) at steps 0-1, overwritten by 4 at step 2;
     # position 2's argmax proposes 7 at step 0 without being kept; position 0 is never wrong.
@@ -204,6 +220,31 @@ def test_canvas_flips_on_model(tiny_diffusion):
     assert torch.equal(one.base.sequences, capture(tiny_diffusion, ids[:1], **kw).sequences)  # batch 1: = generate
     for e in draft_effects(find_drafts(f.base), f).per_draft:
         assert e["read_at_step"] in f.steps and e["in_canvas"]
+
+
+def test_canvas_flips_step_effect_matches_one_patched_run(tiny_diffusion):
+    """step_flips (the argmax of the step that reads the patch) equals one `Patching.run` with the same sites,
+    compared with the unpatched run's argmax at that step."""
+    from dgt_interp.evaluate import prompt_batch
+    from dgt_interp.patching import Patching, Site
+
+    ids = prompt_batch(["12+34=", "56+78="])["input_ids"]
+    src = prompt_batch(["98+76=", "21+43="])["input_ids"]
+    kw = dict(max_denoising_steps=3, max_new_tokens=8, seed=1)
+    f = canvas_flips(tiny_diffusion, ids, src, steps=[1, 2], positions=[0, 3], channels=("canvas", "self_cond"), **kw)
+    p = Patching(tiny_diffusion, src, ids, **kw)
+    base = p.corrupted.records["argmax_canvas"]
+    for i, step in enumerate([1, 2]):
+        for j, q in enumerate([0, 3]):
+            run = p.run([Site("hook_embed", step, q), Site("self_cond.hook_logits_in", step, q)], record=())
+            want = (run.records["argmax_canvas"][step] != base[step]) & p.corrupted.records["active"][step].bool()[:, None]
+            assert torch.equal(f.step_flips[i, j], want)
+            assert torch.equal(f.step_argmax[i, j], run.records["argmax_canvas"][step])
+    assert f.step_flips.any()  # the check above is not vacuous on this model
+    e = f.effect("step")
+    assert e.shape == (2, 8) and f.later_on_earlier("step")["steps"] == [1, 2]
+    with pytest.raises(PhenomenaError, match="at must be 'final' or 'step'"):
+        f.effect("middle")
 
 
 @pytest.mark.slow

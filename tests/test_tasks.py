@@ -55,7 +55,7 @@ def test_tokenizer_roundtrips_and_loads_with_autotokenizer(tmp_path):
 
 
 def test_bad_input_is_one_line():
-    with pytest.raises(ValueError, match="unknown task 'nope'; choose one of: addition, count, dedupe, hinted_addition, hop_chain, long_addition, sort"):
+    with pytest.raises(ValueError, match="unknown task .nope.; choose one of: addition, compose, compose_odd, count, dedupe, hinted_addition, hop_chain, long_addition, sort"):
         get_task("nope")
     with pytest.raises(ValueError, match="not in the task vocabulary"):
         encode("12 + x")
@@ -244,3 +244,37 @@ def test_dedupe_answers_are_the_first_occurrences_and_vary_in_length():
         lengths.add(len(p.answer))
     assert lengths == set(range(2, 11))  # 2..10 distinct digits: the answer's length is uncertain
     assert DEDUPE.check(problems[0], problems[0].answer)
+
+
+def test_suffix_sum_answers_are_the_sums_from_the_right():
+    from dgt_interp.tasks import SUFFIX_SUM
+
+    problems = SUFFIX_SUM.problems("test", 500, seed=0)
+    for p in problems:
+        digits = p.prompt.rstrip("=")
+        assert p.prompt.endswith("=") and len(digits) == 8 and digits.isdigit()
+        # reference: digit j is sum(digits[j:]) mod 10, from scratch per position
+        assert p.answer == "".join(str(sum(map(int, digits[j:])) % 10) for j in range(8))
+    assert SUFFIX_SUM.problems("test", 1, seed=0)[0] == problems[0]
+    assert {p.answer[0] for p in problems} == set("0123456789")
+    assert SUFFIX_SUM.check(problems[0], problems[0].answer) and not SUFFIX_SUM.check(problems[0], problems[0].answer[1:])
+
+
+def test_compose_answers_apply_the_maps_from_the_right():
+    from dgt_interp.tasks import COMPOSE, COMPOSE_ODD
+    from dgt_interp.tasks.library import COMPOSE_OPS
+
+    for m in COMPOSE_OPS.values():
+        assert sorted(m) == list(range(10))  # every map is a permutation of the digits
+    for p in COMPOSE.problems("test", 300, seed=0):
+        ops, start = p.prompt[:-2], int(p.prompt[-2])
+        assert len(ops) == 10 and p.prompt.endswith("=")
+        # reference: digit j from scratch, applying maps j..9 right to left to the start digit
+        for j in range(10):
+            x = start
+            for op in ops[j:][::-1]:
+                x = COMPOSE_OPS[op][x]
+            assert p.answer[j] == str(x)
+    for p in COMPOSE_ODD.problems("test", 100, seed=0):
+        states, odd = p.answer.split(":")
+        assert odd == "".join(c for c in states if int(c) % 2)

@@ -12,27 +12,30 @@ from dgt_interp.evaluate import evaluate
 from dgt_interp.models import load_model
 from dgt_interp.tasks import get_task
 
-EXPECTED = ["addition-ar", "addition-diffusion", "count-ar", "count-diffusion", "dedupe-ar", "dedupe-diffusion",
-            "hinted_addition-ar",
+EXPECTED = ["addition-ar", "addition-diffusion", "compose-ar", "compose-diffusion", "count-ar", "count-diffusion",
+            "dedupe-ar", "dedupe-diffusion", "hinted_addition-ar",
             "hinted_addition-diffusion", "hop_chain-ar", "hop_chain-diffusion", "sort-ar", "sort-diffusion", "sudoku-ar",
             "sudoku-diffusion"]
 # The hop_chain models are below target (1% and 10%): each gets a held-out prompt it answers, a 3-cycle
 # (f^3(x) = x) for the diffusion model and a fixed point for the AR twin; none was found that both answer.
-EXAMPLE_BY_MODEL = {"hop_chain-diffusion": ("5>1,0>3,2>5,4>0,1>2,3>4,?0=", "043"),
+EXAMPLE_BY_MODEL = {"compose-ar": ("#>++#?#+#>5=", "8798715549"),  # a held-out prompt the 7.5% AR twin answers
+                    "hop_chain-diffusion": ("5>1,0>3,2>5,4>0,1>2,3>4,?0=", "043"),
                     "hop_chain-ar": ("2>1,3>3,1>0,4>5,0>4,5>2,?3=", "333")}
 # A prompt and its answer per task, for the plain-transformers check.
 EXAMPLE = {"addition": ("1234+5678=", "6912"), "sort": ("3142>", "1234"), "count": ("7291538[3-7]?", "3:753"),
            "sudoku": ("34###13#421#1###?", "3421213442131342"), "hinted_addition": ("478+557=", "111:1035"),
-           "dedupe": ("31337254=", "317254")}
+           "dedupe": ("31337254=", "317254"), "compose": ("+#+++##+>?3=", "6554320216")}
 SHIPPED = zoo.names()
 # Issue 2's target is >= 99% held-out exact match; a model listed here is below it (strict xfail).
 BELOW_TARGET: set[str] = {"sudoku-ar"}  # 98.4% after 1,500 + 600 steps; more training is open
 # The monitorability models' target (issue 15) is >= 97% on hint-free held-out problems.
 # The dedupe pair (issue 16: 2 layers, so that token positions are not computed in one pass) targets >= 95%.
-TARGET = {"hinted_addition": 0.97, "hop_chain": 0.95, "dedupe": 0.95}
-# Issue 16's hop_chain pair (2 layers: one lookup per forward pass) is below its 95% target (strict xfail).
-HOP_BELOW_TARGET = {"hop_chain-diffusion": "1.0% after 2,000 steps: no lookup learned",
-                    "hop_chain-ar": "10.0% after 2,000 steps: h3 needs three lookups in one pass"}
+TARGET = {"hinted_addition": 0.97, "hop_chain": 0.95, "dedupe": 0.95, "compose": 0.95}
+# Issue 16's 2-layer models below their 95% target (strict xfail): the hop_chain pair (one lookup per forward
+# pass) and the compose AR twins (they must apply all ten maps before writing their first digit).
+ISSUE16_BELOW_TARGET = {"hop_chain-diffusion": "1.0% after 2,000 steps: no lookup learned",
+                        "hop_chain-ar": "10.0% after 2,000 steps: h3 needs three lookups in one pass",
+                        "compose-ar": "7.5% after 1,500 steps: c0 needs all ten maps in one pass"}
 
 
 def _example(name):
@@ -41,8 +44,8 @@ def _example(name):
 
 def _target(name):
     marks = [pytest.mark.xfail(reason="issue 2: below the 99% target", strict=True)] if name in BELOW_TARGET else []
-    if name in HOP_BELOW_TARGET:
-        marks = [pytest.mark.xfail(reason=f"issue 16: below the 95% target ({HOP_BELOW_TARGET[name]})", strict=True)]
+    if name in ISSUE16_BELOW_TARGET:
+        marks = [pytest.mark.xfail(reason=f"issue 16: below the 95% target ({ISSUE16_BELOW_TARGET[name]})", strict=True)]
     return pytest.param(name, marks=marks)
 
 

@@ -18,21 +18,20 @@ Every number in the report is computed here; the text is `report.render(numbers)
 
 from __future__ import annotations
 
-import copy
 import random
 
 import torch
 
+from case_studies.chain_common import neighbour_rates
 from case_studies.common_report import collect_probes, iia_figure, slug
-from case_studies.count_common import offcentre_mass
+from case_studies.smear_common import random_order, smear_numbers
 from case_studies.samplers import sampler_grid
 from dgt_interp.causal import PairRuns, expected_answers, random_site_baseline
 from dgt_interp.evaluate import prompt_batch
 from dgt_interp.patching import Patching
 from dgt_interp.phenomena import canvas_flips, detect_phenomena, sequence_smearing, token_smearing
-from dgt_interp.stats import bootstrap_interval, wilson_interval
 from dgt_interp.studies import Report, StudyContext
-from dgt_interp.tasks import DEDUPE, EOS_ID, VOCAB
+from dgt_interp.tasks import DEDUPE, EOS_ID
 from dgt_interp.viz import canvas_figure
 
 from .hypothesis import dedupe_pairs, digit_at
@@ -51,89 +50,6 @@ def sampler_settings(quick: bool) -> dict[str, dict]:
 # ----------------------------------------------------------------------------- 1. phenomena
 
 
-def _only_row(traj, b: int):
-    """A shallow copy of `traj` in which only row b is active (the detectors weight rows by `active`)."""
-    t = copy.copy(traj)
-    active = traj.records["active"].clone()
-    keep = torch.zeros_like(active, dtype=torch.bool)
-    keep[:, b] = True
-    t.records = {**traj.records, "active": active.bool() & keep}
-    return t
-
-
-def _row_parts(traj, source: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per row, (mass * counts, counts) `[K, D]` of `token_smearing` on that row alone (sums over rows give
-    the pooled detector: its mass is sum(mass * counts) / sum(counts))."""
-    out = []
-    for b in range(traj.final_tokens().shape[0]):
-        ts = token_smearing(_only_row(traj, b), eos_id=EOS_ID, source=source)
-        out.append((torch.nan_to_num(ts.mass) * ts.counts, ts.counts.clone()))
-    return out
-
-
-def _pooled(parts, step: int | None) -> float:
-    """Off-centre token mass pooled over `parts` rows: summed over offsets d != 0 of the (row, position)-weighted
-    mean at canvas step `step` (None: over every step), as `count_common.offcentre_mass` does."""
-    k_max = max(p[0].shape[0] for p in parts)
-    num = torch.zeros(k_max, parts[0][0].shape[1])
-    cnt = torch.zeros_like(num)
-    for n, c in parts:
-        num[: n.shape[0]] += n
-        cnt[: c.shape[0]] += c
-    if step is not None:
-        num, cnt = num[step:step + 1], cnt[step:step + 1]
-    zero = num.shape[1] // 2
-    return float(sum((num[:, j].sum() / cnt[:, j].sum().clamp(min=1)) for j in range(num.shape[1]) if j != zero))
-
-
-def _smear_numbers(traj, source: str, seq, seed: int) -> dict:
-    """Token smearing (pooled mean over steps, step 0) and sequence smearing (rows), with 95% intervals."""
-    ts = token_smearing(traj, eos_id=EOS_ID, source=source)
-    parts = _row_parts(traj, source)
-    rows_smeared = seq.smeared.any(-1)
-    n, k = int(rows_smeared.numel()), int(rows_smeared.sum())
-    by_step = torch.isfinite(seq.best_shift)
-    return {"source": source, "token_smearing": ts.to_dict(), "robust": offcentre_mass(ts),
-            "mass_all_steps": _pooled(parts, None),
-            "mass_all_steps_ci95": bootstrap_interval(parts, lambda v: _pooled(v, None), seed=seed),
-            "mass_step0": _pooled(parts, 0),
-            "mass_step0_ci95": bootstrap_interval(parts, lambda v: _pooled(v, 0), seed=seed),
-            "sequence_smearing": seq.to_dict(),
-            "rows_smeared": k, "rows": n, "rows_smeared_fraction": k / n if n else float("nan"),
-            "rows_smeared_ci95": wilson_interval(k, n),
-            "smeared_fraction_by_step": [float(seq.smeared[:, j][by_step[:, j]].float().mean())
-                                         if by_step[:, j].any() else float("nan") for j in range(by_step.shape[1])]}
-
-
-def random_order(traj, seed: int):
-    """The random-order baseline of a diffusion trajectory: each row keeps its steps, its final tokens and, at
-    every step, the number of answer positions whose argmax already holds the final token in place; which
-    positions those are is drawn at random, and every other position holds a uniformly random token of the
-    vocabulary other than its final one. Same in-place progress, no systematic shift: off-centre matches
-    are chance coincidences."""
-    g = torch.Generator().manual_seed(seed)
-    steps, active = traj.active_rows()
-    final = traj.final_tokens()
-    mask = traj.answer_mask(EOS_ID)
-    arg = traj.records["argmax_canvas"].clone()
-    b_n, length = final.shape
-    for b in range(b_n):
-        pos = torch.nonzero(mask[b]).flatten()
-        mine = [s for k, s in enumerate(steps) if bool(active[k, b])] or steps[:1]
-        for s in mine:
-            n_ok = int((arg[s, b, pos] == final[b, pos]).sum())
-            noise = torch.randint(0, len(VOCAB) - 1, (length,), generator=g)
-            noise = noise + (noise >= final[b]).long()  # uniform over the vocabulary minus the final token
-            row = noise.clone()
-            ok = pos[torch.randperm(len(pos), generator=g)[:n_ok]]
-            row[ok] = final[b, ok]
-            arg[s, b] = row
-        arg[mine[-1], b] = final[b]
-    t = copy.copy(traj)
-    t.records = {**traj.records, "argmax_canvas": arg}
-    return t
-
-
 def _phenomena(diff, ar, problems, settings, seed, progress) -> tuple[dict, dict]:
     numbers, trajs = {}, {}
     for name in progress(list(settings), desc="phenomena: sampler settings"):
@@ -141,46 +57,17 @@ def _phenomena(diff, ar, problems, settings, seed, progress) -> tuple[dict, dict
         trajs[name] = traj
         seq = det["sequence_smearing"]
         numbers[name] = {"accuracy": det["accuracy"], "mean_steps": det["commit_argmax"].to_dict()["mean_steps"],
-                         "probs": _smear_numbers(traj, "probs", seq, seed),
-                         "argmax": _smear_numbers(traj, "argmax", seq, seed), "detected": det}
+                         "probs": smear_numbers(traj, "probs", seq, seed),
+                         "argmax": smear_numbers(traj, "argmax", seq, seed), "detected": det}
     traj_ar, det_ar = detect_phenomena(ar, problems, seed=seed, do_sample=False)
     trajs[AR_TWIN] = traj_ar
     numbers[AR_TWIN] = {"accuracy": det_ar["accuracy"], "mean_steps": float(traj_ar.n_steps),
-                        "argmax": _smear_numbers(traj_ar, "argmax", det_ar["sequence_smearing"], seed),
+                        "argmax": smear_numbers(traj_ar, "argmax", det_ar["sequence_smearing"], seed),
                         "detected": det_ar}
     return numbers, trajs
 
 
 # ----------------------------------------------------------------------------- 2. causal test
-
-
-def _neighbour_rates(flips, seed: int) -> dict:
-    """Flip rate of the final token at q + d when the drafted token at q is patched at some step, pooled over
-    (step, q, row) events where the patch changed the input and q + d is an answer position; d = +1 (right
-    neighbour), -1 (left neighbour), |d| >= 2 (random sites). Bootstrap 95% intervals over rows."""
-    f, patched, mask = flips.flips, flips.patched, flips.mask  # [K,Q,B,L], [K,Q,B], [B,L]
-    k_n, q_n, b_n, l_n = f.shape
-    cats = {"right neighbour (q+1)": lambda d: d == 1, "left neighbour (q-1)": lambda d: d == -1,
-            "random sites (|p-q| >= 2)": lambda d: abs(d) >= 2}
-    per_row = {c: [[0, 0] for _ in range(b_n)] for c in cats}
-    for qi, q in enumerate(flips.positions):
-        for p in range(l_n):
-            d = p - q
-            for c, ok in cats.items():
-                if not ok(d):
-                    continue
-                w = patched[:, qi, :] & mask[None, :, p]  # [K, B]
-                hit = f[:, qi, :, p] & w
-                for b in range(b_n):
-                    per_row[c][b][0] += int(hit[:, b].sum())
-                    per_row[c][b][1] += int(w[:, b].sum())
-
-    def ratio(rows):
-        n = sum(r[1] for r in rows)
-        return sum(r[0] for r in rows) / n if n else float("nan")
-
-    return {c: {"rate": ratio(rows), "hits": sum(r[0] for r in rows), "events": sum(r[1] for r in rows),
-                "ci95": bootstrap_interval(rows, ratio, seed=seed)} for c, rows in per_row.items()}
 
 
 def _flips(model, base, src, seed, max_steps, **gen):
@@ -239,7 +126,7 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
         rnd = random_order(trajs[name], ctx.seed)
         ph[f"{RANDOM}, {name}"] = {"accuracy": ph[name]["accuracy"], "mean_steps": ph[name]["mean_steps"],
                                    "of_setting": name,
-                                   "argmax": _smear_numbers(rnd, "argmax", sequence_smearing(rnd, eos_id=EOS_ID),
+                                   "argmax": smear_numbers(rnd, "argmax", sequence_smearing(rnd, eos_id=EOS_ID),
                                                             ctx.seed)}
     numbers["phenomena"] = ph
     for name in (default, slow):
@@ -261,7 +148,7 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
     for name in ctx.progress([default] if quick else [default, slow], desc="canvas patching: sampler settings"):
         flips, n_steps = _flips(diff, base_p, src_p, ctx.seed, max_flip_steps, **settings[name])
         numbers["causal"][name] = {"steps_patched": len(flips.steps), "base_steps": n_steps,
-                                   "rates": _neighbour_rates(flips, ctx.seed), **flips.later_on_earlier()}
+                                   "rates": neighbour_rates(flips, ctx.seed), **flips.later_on_earlier()}
         figures[f"canvas_flips_{slug(name)}"] = flips.figure(f"canvas patch flip rate, {name}")
 
     # 3. IIA: is o_1 where the scan continues from?

@@ -6,6 +6,7 @@ tuples are lists); `render` gives the same text for both.
 
 from __future__ import annotations
 
+from case_studies.chain_common import training_lines
 from case_studies.common_report import (as_json, f3, interpretation_head, interval, isnan, num, probe_section, qualify,
                                         rate_text, side, slug)
 from dgt_interp.studies import iia_table
@@ -54,19 +55,6 @@ def _step_rows(numbers) -> list[str]:
             label = "nothing (unpatched base)" if k == "unpatched" else f"`{k}`"
             out.append(f"| {name} | {label} | {rate_text(r)} |")
     return out
-
-
-def _training_lines(numbers) -> list[str]:
-    lines = []
-    for kind, label in (("diffusion", "DiffusionGemma"), ("ar", "AR twin")):
-        t = numbers["training"].get(kind) or {}
-        if not t:
-            continue
-        curve = ", ".join(f"{p['step']}: {f3(p['heldout_exact_match'], 3)}" for p in t["learning_curve"])
-        lines.append(f"- {label}: {t['layers']} layers, {t['steps']} steps of batch {t['batch_size']}, final loss "
-                     f"{f3(t['final_loss'])}, held-out exact match {interval(t['heldout_accuracy'], t['heldout_ci95'], 3)} "
-                     f"(n = {t['heldout_n']}); mid-training held-out exact match (n = 200) by step: {curve}.")
-    return lines
 
 
 def _verdict(numbers) -> list[str]:
@@ -149,7 +137,7 @@ def render(numbers: dict) -> str:
         "",
         "## Training (from the models' recipe.json)",
         "",
-        *_training_lines(numbers),
+        *training_lines(numbers),
         "",
         "## Commit order (non-chronological reasoning)",
         "",

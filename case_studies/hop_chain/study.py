@@ -19,19 +19,14 @@ Every number in the report is computed here; the text is `report.render(numbers)
 
 from __future__ import annotations
 
-import itertools
-import json
-from pathlib import Path
-
 import torch
 
+from case_studies.chain_common import correct_pool, iia_entry, random_order, training
+from case_studies.chain_common import step_effect as chain_step_effect
 from case_studies.common_report import collect_probes, iia_figure, rate, slug
 from case_studies.samplers import sampler_grid
-from dgt_interp import zoo
-from dgt_interp.causal import PairRuns, expected_answers, random_site_baseline
-from dgt_interp.evaluate import generate_answers
 from dgt_interp.phenomena import detect_phenomena
-from dgt_interp.stats import bootstrap_interval, nanmean, spearman
+from dgt_interp.stats import nanmean
 from dgt_interp.studies import Report, StudyContext
 from dgt_interp.tasks import HOP_CHAIN, VOCAB
 from dgt_interp.tasks.library import HOP_SYMBOLS
@@ -46,28 +41,6 @@ CAUSAL_CHANNELS = ("canvas", "selfcond", "both", "L0")
 def sampler_settings(quick: bool) -> dict[str, dict]:
     """The zoo default (entropy bound 0.1) first, then one that resolves the canvas over more steps."""
     return sampler_grid(["eb=0.1 (default)"] if quick else ["eb=0.1 (default)", "eb=1e-3"])
-
-
-def _mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs)
-
-
-def random_order(commit_steps: torch.Tensor) -> dict:
-    """The random-order baseline: each row's commit steps (over h3, h2, h1) assigned to the positions in every
-    order, averaged per row (rho over rows with an order; strictly right to left over all rows)."""
-    rhos, rtl = [], []
-    pos = torch.arange(commit_steps.shape[1]).float()
-    for row in commit_steps:
-        perms = [row[list(p)] for p in itertools.permutations(range(len(row)))]
-        r = [spearman(p, pos) for p in perms]
-        r = [x for x in r if x == x]
-        if r:
-            rhos.append(_mean(r))
-        rtl.append(_mean([float(all(p[i] > p[i + 1] for i in range(len(p) - 1))) for p in perms]))
-    return {"mean_rho": _mean(rhos) if rhos else float("nan"),
-            "ci95_rho": list(bootstrap_interval(rhos, _mean, seed=0)),
-            "fraction_right_to_left": _mean(rtl) if rtl else float("nan"),
-            "ci95_right_to_left": list(bootstrap_interval(rtl, _mean, seed=0))}
 
 
 def _records(model, problems, seed, **gen) -> tuple[object, dict, dict]:
@@ -97,63 +70,17 @@ def _records(model, problems, seed, **gen) -> tuple[object, dict, dict]:
     return co, out, det
 
 
-def _score(runs, hyps) -> dict:
-    """{hypothesis name: IIAResult}, one patched run per distinct site set (empty site sets skipped)."""
-    keys, site_sets = [], []
-    for h in hyps:
-        s = h.sites(runs.ctx)
-        if s and repr(s) not in keys:
-            keys.append(repr(s))
-            site_sets.append(s)
-    outs = runs.outputs(site_sets, batch_size=32) if site_sets else []
-    res = {}
-    for h in hyps:
-        s = h.sites(runs.ctx)
-        if s:
-            res[h.name] = runs.score(h.name, s, outs[keys.index(repr(s))], expected_answers(h, runs.pairs), h)
-    return res
-
-
 def step_effect(runs, site_sets, step: int) -> list[dict]:
     """Per site set: how often the argmax at position 1 right after `step` (the step the patch is read at) is
     already the counterfactual h2 = f_base(h1_src), over the kept pairs; [0] the unpatched base."""
-    keep = torch.nonzero(runs.keep).flatten()
     want = torch.tensor([VOCAB.index(str(HOP_MODEL.counterfactual(b, s, ["h1"])[H2_POS])) for b, s in runs.pairs])
-    base = runs.p.corrupted.records["argmax_canvas"][step][keep, H2_POS]
-    out = [rate(int((base == want).sum()), len(keep))]
-    batch = runs.p.batch
-    for _, n, traj in runs.p.iter_runs(site_sets, record=(), batch_size=32):
-        am = traj.records["argmax_canvas"][step]
-        for i in range(n):
-            got = am[i * batch:(i + 1) * batch][keep, H2_POS]
-            out.append(rate(int((got == want).sum()), len(keep)))
-    return out
+    return chain_step_effect(runs, site_sets, step, H2_POS, want)
 
 
 def _hypotheses() -> list:
     hyps = [h1_at(ch, st, H1_POS, c) for ch in CAUSAL_CHANNELS for st in STEPS for c in COMPARES]
     hyps += [h1_at("both", st, p, "next") for st in STEPS for p in (H3_POS, H2_POS, EOS_POS)]  # position controls
     return hyps
-
-
-def _correct_pool(model, problems, seed, **gen) -> list:
-    """The problems `model` answers exactly (one batch)."""
-    answers = generate_answers(model, [p.prompt for p in problems], seed=seed, **gen).answers
-    return [p for p, a in zip(problems, answers) if a == p.answer]
-
-
-def training(model_name: str) -> dict:
-    """What the model's recipe.json records about its training (steps, final loss, held-out exact match, the
-    learning curve); {} for a model without one."""
-    f = Path(zoo.resolve(model_name)) / "recipe.json"
-    if not f.is_file():
-        return {}
-    r = json.loads(f.read_text())
-    acc = r.get("heldout_exact_match", {})
-    return {"steps": r["train_config"]["steps"], "batch_size": r["train_config"]["batch_size"],
-            "layers": r["train_config"]["size"]["num_hidden_layers"], "final_loss": r.get("final_loss"),
-            "heldout_accuracy": acc.get("accuracy"), "heldout_ci95": acc.get("ci95"), "heldout_n": acc.get("n"),
-            "learning_curve": r.get("learning_curve", [])}
 
 
 def compute(ctx: StudyContext) -> tuple[dict, dict]:
@@ -188,15 +115,10 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
     controls = [h for h in hyps if "@pos" in h.name and ":step1" in h.name]
     iia_rows = []
     for name in ctx.progress(list(settings), desc="IIA: sampler settings"):
-        runs = PairRuns(diff, pairs, seed=ctx.seed, **settings[name])
-        if not runs.pairs:
-            numbers["iia"][name] = {"error": "the model answered no pair correctly unpatched", "dropped": runs.dropped}
+        numbers["iia"][name], runs, scores, rnd = iia_entry(diff, pairs, hyps, headline, seed=ctx.seed, draws=draws,
+                                                            **settings[name])
+        if scores is None:
             continue
-        scores = _score(runs, hyps)
-        rnd = random_site_baseline(diff, headline, runs=runs, draws=draws, seed=ctx.seed, batch_size=32)
-        numbers["iia"][name] = {"pairs_kept": len(runs.pairs), "dropped": runs.dropped, "n_steps": runs.ctx.n_steps,
-                                "hypotheses": {k: v.to_dict() for k, v in scores.items()},
-                                "random_sites": rnd.to_dict()}
         rows = [h.name for h in hyps if h.name.endswith("/next") and "@pos" not in h.name]
         iia_rows += [(f"{k} [{name}]", scores[k]) for k in rows]
         iia_rows += [(f"control {h.name} [{name}]", scores[h.name]) for h in controls]
@@ -206,19 +128,17 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
             eff = step_effect(runs, sets, step=1)
             numbers["step_effect"][name] = {"unpatched": eff[0], HEADLINE: eff[1],
                                             **{h.name: e for h, e in zip(controls, eff[2:])}}
-    pool = _correct_pool(ar, HOP_CHAIN.problems("test", n_pool, seed=ctx.seed + 1), ctx.seed, do_sample=False)
+    pool = correct_pool(ar, HOP_CHAIN.problems("test", n_pool, seed=ctx.seed + 1), ctx.seed, do_sample=False)
     numbers["ar_pool"] = {"n": n_pool, "correct": len(pool)}
     if len({HOP_MODEL.run(p)["h1"] for p in pool}) >= 2:
-        runs_ar = PairRuns(ar, hop_pairs(n_pairs, seed=ctx.seed, pool=pool), seed=ctx.seed, do_sample=False)
         ar_hyps = [h1_at(ch, "all", H1_POS, c) for ch in ("canvas", "L0") for c in COMPARES]
-        s_ar = _score(runs_ar, ar_hyps)
         ar_headline = h1_at("L0", "all", H1_POS, "next")
-        rnd_ar = random_site_baseline(ar, ar_headline, runs=runs_ar, draws=draws, seed=ctx.seed, batch_size=32)
-        numbers["iia"]["AR twin (greedy)"] = {"pairs_kept": len(runs_ar.pairs), "dropped": runs_ar.dropped,
-                                              "hypotheses": {k: v.to_dict() for k, v in s_ar.items()},
-                                              "random_sites": rnd_ar.to_dict()}
-        iia_rows += [(f"{k} AR twin", v) for k, v in s_ar.items() if k.endswith("/next")]
-        iia_rows.append((f"random sites, {ar_headline.name} AR twin", rnd_ar))
+        numbers["iia"]["AR twin (greedy)"], _, s_ar, rnd_ar = iia_entry(
+            ar, hop_pairs(n_pairs, seed=ctx.seed, pool=pool), ar_hyps, ar_headline, seed=ctx.seed, draws=draws,
+            do_sample=False)
+        if s_ar is not None:
+            iia_rows += [(f"{k} AR twin", v) for k, v in s_ar.items() if k.endswith("/next")]
+            iia_rows.append((f"random sites, {ar_headline.name} AR twin", rnd_ar))
     else:
         numbers["iia"]["AR twin (greedy)"] = {"error": "the AR twin answered too few held-out problems correctly "
                                                        f"({len(pool)}/{n_pool}) to form pairs"}

@@ -65,14 +65,15 @@ class TokenSmearing:
 
 
 def token_smearing(traj, *, canvas: int = 0, max_offset: int = 2, source: str = "auto",
-                   eos_id: int | None = None) -> TokenSmearing:
+                   eos_id: int | None = None, positions=None) -> TokenSmearing:
     """Token smearing *(ours)*: for each final token, its mass at offsets ±1..±max_offset in earlier steps.
 
     `source`: "probs" = softmax of the recorded `processed_logits` (capture with
     `record=("processed_logits",)`, all positions); "argmax" = 1 where the argmax canvas holds the
     token; "auto" = probs if recorded, else argmax. Offsets d count where the token *is* relative to
     where it ends up: mass at d = +1 means token final[p] sits one position to the right of p.
-    Averages over active rows and answer positions p whose final token differs from final[p + d].
+    Averages over active rows and answer positions p whose final token differs from final[p + d];
+    `positions` (canvas positions) restricts p to a region, e.g. a list whose place in the canvas varies.
     """
     if source not in ("auto", "probs", "argmax"):
         raise PhenomenaError(f"unknown source={source!r}; use 'auto', 'probs' or 'argmax'")
@@ -81,7 +82,7 @@ def token_smearing(traj, *, canvas: int = 0, max_offset: int = 2, source: str = 
     check_canvas(traj, canvas)
     steps, active = traj.active_rows(canvas)
     final = traj.final_tokens(canvas)
-    mask = answer_mask(final, eos_id)
+    mask = _region(answer_mask(final, eos_id), positions)
     b_n, length = final.shape
     if source == "probs":
         if "processed_logits" not in traj.names:
@@ -161,17 +162,31 @@ class SequenceSmearing:
         return fig
 
 
-def sequence_smearing(traj, *, canvas: int = 0, max_shift: int = 2, eos_id: int | None = None) -> SequenceSmearing:
+def _region(mask: torch.Tensor, positions) -> torch.Tensor:
+    """`mask` `[B, L]` restricted to canvas `positions` (None: unchanged)."""
+    if positions is None:
+        return mask
+    keep = torch.zeros(mask.shape[-1], dtype=torch.bool)
+    pos = list(positions)
+    if any(not isinstance(p, int) or not 0 <= p < mask.shape[-1] for p in pos):
+        raise PhenomenaError(f"positions {pos} out of range: the canvas has {mask.shape[-1]} positions")
+    keep[pos] = True
+    return mask & keep
+
+
+def sequence_smearing(traj, *, canvas: int = 0, max_shift: int = 2, eos_id: int | None = None,
+                      positions=None) -> SequenceSmearing:
     """Sequence smearing *(ours)*: does an intermediate argmax canvas match the final one better when shifted?
 
     For canvas step k and shift d in [-max_shift, max_shift]: score = fraction of answer positions
     p (p + d inside the canvas) where argmax_k[p + d] == final[p]. A step is *smeared* if the best
     shift is non-zero and scores strictly higher than d = 0 (a whole subsequence sits at an offset).
+    `positions` (canvas positions) restricts p to a region.
     """
     check_canvas(traj, canvas)
     steps, active = traj.active_rows(canvas)
     final = traj.final_tokens(canvas)
-    mask = answer_mask(final, eos_id)
+    mask = _region(answer_mask(final, eos_id), positions)
     arg = traj.records["argmax_canvas"][torch.tensor(steps)]  # [K, B, L]
     b_n, length = final.shape
     offsets = list(range(-max_shift, max_shift + 1))

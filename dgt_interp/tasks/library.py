@@ -322,7 +322,93 @@ DEDUPE = Task(
     max_answer_chars=10,
 )
 
-TASKS: dict[str, Task] = {t.name: t for t in (ADDITION, SORT, COUNT, SUDOKU, HINTED_ADDITION, LONG_ADDITION, HOP_CHAIN, DEDUPE)}
+SUFFIX_SUM_DIGITS = 8
+
+
+def suffix_sums(digits: str) -> str:
+    """Digit j of the answer is (d_j + d_{j+1} + ... + d_last) mod 10: '31415926' -> '18732786'.
+
+    Computed from the right, each digit is one step from its right neighbour (c_j = d_j + c_{j+1} mod 10),
+    while from scratch the leftmost digit needs the sum of every digit."""
+    out, total = [], 0
+    for d in reversed(digits):
+        total = (total + int(d)) % 10
+        out.append(str(total))
+    return "".join(reversed(out))
+
+
+def _suffix_sum(rng: random.Random) -> Problem:
+    digits = "".join(rng.choice("0123456789") for _ in range(SUFFIX_SUM_DIGITS))
+    return Problem(prompt=digits + "=", answer=suffix_sums(digits))
+
+
+SUFFIX_SUM = Task(
+    name="suffix_sum",
+    description=(f"{SUFFIX_SUM_DIGITS} random digits; answer digit j is the sum of digits j..{SUFFIX_SUM_DIGITS - 1} "
+                 "mod 10, then EOS: '31415926=' -> '18732786'. The rightmost answer digit is a copy, each one to "
+                 "its left one addition away from its right neighbour, the leftmost the sum of all eight"),
+    sample=_suffix_sum,
+    max_prompt_chars=SUFFIX_SUM_DIGITS + 1,
+    max_answer_chars=SUFFIX_SUM_DIGITS,
+)
+
+
+COMPOSE_STEPS = 10
+COMPOSE_OPS = {"+": tuple((x + 1) % 10 for x in range(10)),  # add one mod 10
+               "#": (2, 7, 0, 9, 1, 5, 3, 8, 6, 4),  # three fixed scrambles x -> table[x]
+               ">": (5, 3, 8, 0, 6, 9, 1, 4, 2, 7),
+               "?": (9, 0, 4, 6, 3, 1, 7, 2, 5, 8)}
+
+
+def compose(ops: str, start: int) -> str:
+    """Digit j of the answer is (f_j o f_{j+1} o ... o f_last)(start), f the maps named by `ops`: the state after
+    applying the operations from the right, the last state first. '+' adds one mod 10; '#', '>' and '?' are the
+    scrambles in `COMPOSE_OPS` (x -> table[x]). Together they generate a non-solvable permutation group, so no
+    short formula gives the leftmost digit: it takes every map in turn. compose('+#', 5) = '65' (# keeps 5,
+    + makes 6)."""
+    out, x = [], start
+    for op in reversed(ops):
+        x = COMPOSE_OPS[op][x]
+        out.append(str(x))
+    return "".join(reversed(out))
+
+
+def _compose(rng: random.Random) -> Problem:
+    ops = "".join(rng.choice(tuple(COMPOSE_OPS)) for _ in range(COMPOSE_STEPS))
+    start = rng.randrange(10)
+    return Problem(prompt=f"{ops}{start}=", answer=compose(ops, start))
+
+
+COMPOSE = Task(
+    name="compose",
+    description=(f"{COMPOSE_STEPS} maps of the digits ('+': add one mod 10; '#', '>', '?': fixed scrambles) and a start "
+                 f"digit s; answer digit j is maps j..{COMPOSE_STEPS - 1} applied to s from the right, then EOS: with "
+                 "three maps '++#5=' would give '765' (# sends 5 to 5, then +1, +1). The rightmost digit is one map "
+                 "away from s, each one to its left one map away from its right neighbour; 4^10 map sequences, so "
+                 "compositions cannot be memorised"),
+    sample=_compose,
+    max_prompt_chars=COMPOSE_STEPS + 2,
+    max_answer_chars=COMPOSE_STEPS,
+)
+
+
+def _compose_odd(rng: random.Random) -> Problem:
+    p = _compose(rng)
+    return Problem(prompt=p.prompt, answer=p.answer + ":" + "".join(c for c in p.answer if int(c) % 2))
+
+
+COMPOSE_ODD = Task(
+    name="compose_odd",
+    description=(f"the compose task's {COMPOSE_STEPS} states, ':', then the odd ones among them in order, then EOS. "
+                 "The list's last digits are known as soon as the rightmost states are, but where they go depends on "
+                 "how many states to their left are odd, which are known last"),
+    sample=_compose_odd,
+    max_prompt_chars=COMPOSE_STEPS + 2,
+    max_answer_chars=2 * COMPOSE_STEPS + 1,
+)
+
+TASKS: dict[str, Task] = {t.name: t for t in (ADDITION, SORT, COUNT, SUDOKU, HINTED_ADDITION, LONG_ADDITION, HOP_CHAIN, DEDUPE,
+                                              SUFFIX_SUM, COMPOSE, COMPOSE_ODD)}
 
 
 def get_task(name: str) -> Task:

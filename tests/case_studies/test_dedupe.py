@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from case_studies.dedupe.hypothesis import INDEPENDENT_MODEL, J, SCAN_MODEL, dedupe_pairs, digit_at, parse
-from case_studies.dedupe.study import _pooled, _row_parts, random_order
+from case_studies.smear_common import _pooled, _row_parts, random_order
 from dgt_interp.causal import CaseStudyError, SiteContext
 from dgt_interp.phenomena import sequence_smearing
 from dgt_interp.tasks import DEDUPE, EOS_ID, Problem, encode

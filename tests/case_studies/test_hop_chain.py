@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from case_studies.hop_chain.hypothesis import HOP_MODEL, h1_at, hop_pairs
-from case_studies.hop_chain.study import random_order
+from case_studies.chain_common import random_order
 from dgt_interp.causal import CaseStudyError, SiteContext
 from dgt_interp.tasks import HOP_CHAIN, Problem
 
