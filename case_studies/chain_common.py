@@ -214,7 +214,11 @@ def training(model_name: str) -> dict:
         return {}
     r = json.loads(f.read_text())
     acc = r.get("heldout_exact_match", {})
-    return {"steps": r["train_config"]["steps"], "batch_size": r["train_config"]["batch_size"],
+    parents, p = [], r.get("parent_recipe")
+    while p:  # a model trained on from another: its parents' steps, first trained first
+        parents.insert(0, p["train_config"]["steps"])
+        p = p.get("parent_recipe")
+    return {"steps": r["train_config"]["steps"], **({"parent_steps": parents} if parents else {}), "batch_size": r["train_config"]["batch_size"],
             "layers": r["train_config"]["size"]["num_hidden_layers"], "final_loss": r.get("final_loss"),
             "heldout_accuracy": acc.get("accuracy"), "heldout_ci95": acc.get("ci95"), "heldout_n": acc.get("n"),
             "learning_curve": r.get("learning_curve", [])}
@@ -228,7 +232,8 @@ def training_lines(numbers) -> list[str]:
         if not t:
             continue
         curve = ", ".join(f"{p['step']}: {f3(p['heldout_exact_match'], 3)}" for p in t["learning_curve"])
-        lines.append(f"- {label}: {t['layers']} layers, {t['steps']} steps of batch {t['batch_size']}, final loss "
+        steps = " + ".join(str(x) for x in t.get("parent_steps", [])) + " + " if t.get("parent_steps") else ""
+        lines.append(f"- {label}: {t['layers']} layers, {steps}{t['steps']} steps of batch {t['batch_size']}, final loss "
                      f"{f3(t['final_loss'])}, held-out exact match {interval(t['heldout_accuracy'], t['heldout_ci95'], 3)} "
                      f"(n = {t['heldout_n']})" + (f"; mid-training held-out exact match (n = 200) by step: {curve}."
                                                   if curve else "."))

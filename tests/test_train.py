@@ -63,7 +63,7 @@ def test_cli_train_smoke_and_errors(tmp_path, capsys):
     assert "saved" in capsys.readouterr().out
     rc = main(["train", "--task", "division", "--kind", "ar", "--out", str(tmp_path / "x"), "--quiet"])
     err = capsys.readouterr().err
-    assert rc == 2 and err.strip() == "error: unknown task 'division'; choose one of: addition, count, dedupe, hinted_addition, hop_chain, long_addition, sort, sudoku"
+    assert rc == 2 and err.strip() == "error: unknown task 'division'; choose one of: addition, compose, compose_odd, count, dedupe, hinted_addition, hop_chain, long_addition, sort, sudoku, suffix_sum"
     assert not (tmp_path / "x").exists()
 
 
@@ -99,3 +99,34 @@ def test_cli_canvas_defaults_to_the_tasks_longest_answer(tmp_path):
                "--hidden", "32", "--layers", "1", "--eval-n", "0", "--quiet", "--out", str(out)])
     assert rc in (0, None)
     assert json.loads((out / "config.json").read_text())["canvas_length"] == 11  # "8:" + 8 digits + EOS
+
+
+def test_noise_power_skews_the_noise_level_and_is_checked(monkeypatch):
+    """t = eps + (1 - eps) * u ** noise_power: with power 3 the corrupted fraction of a batch is about E[u^3] = 1/4
+    instead of 1/2 (n = 4096 canvases x 8 positions: the means differ by far more than their spread, ~0.005)."""
+    from dgt_interp.models import build_diffusion
+    from dgt_interp.train import TrainError
+    import dgt_interp.train as train_mod
+
+    seen = []
+    real_where = torch.where
+
+    def spy(cond, *a):
+        if cond.dtype == torch.bool and cond.dim() == 2 and not seen:
+            seen.append(cond.float().mean().item())
+        return real_where(cond, *a)
+
+    model = build_diffusion(SMALL)
+    probs = SORT.problems("train", 4096)
+    fractions = []
+    for power in (1.0, 3.0):
+        seen.clear()
+        monkeypatch.setattr(train_mod.torch, "where", spy)
+        with torch.no_grad():
+            diffusion_loss(model, probs, torch.Generator().manual_seed(0), TrainConfig(size=SMALL, self_cond_prob=0.0,
+                                                                                      noise_power=power))
+        monkeypatch.setattr(train_mod.torch, "where", real_where)
+        fractions.append(seen[0])
+    assert abs(fractions[0] - 0.5) < 0.03 and abs(fractions[1] - 0.25) < 0.03
+    with pytest.raises(TrainError, match="noise_power must be a finite number > 0"):
+        train(TrainConfig(size=SMALL, noise_power=0.0, steps=1))

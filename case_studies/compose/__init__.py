@@ -14,7 +14,7 @@ from dgt_interp.tasks import COMPOSE
 
 from .hypothesis import CHANNELS, COMPARES, HEADLINE_LINK, N, STEPS, COMPOSE_MODEL, link_at, compose_pairs
 from .report import TITLE, render
-from .study import _hypotheses, run
+from .study import hypotheses, run
 
 STUDY = register(CaseStudy(
     name="compose",
@@ -27,7 +27,7 @@ STUDY = register(CaseStudy(
     title=TITLE,
     models={"diffusion": "compose-diffusion", "ar": "compose-ar"},
     viewer=True,
-    hypotheses=tuple(_hypotheses()),
+    hypotheses=tuple(hypotheses()),
 ))
 
 __all__ = ["STUDY", "CHANNELS", "COMPARES", "HEADLINE_LINK", "N", "STEPS", "COMPOSE_MODEL", "link_at", "compose_pairs",

@@ -103,7 +103,7 @@ SUFFIX = N - HEADLINE_LINK  # the drafted states c6..c9
 STEP_LINK = N - 2  # c8: drafted at step 0 (two maps from s); c7 is computed from it at step 1
 
 
-def _hypotheses() -> list:
+def hypotheses() -> list:
     hyps = [link_at(HEADLINE_LINK, ch, "all", span=SUFFIX, compare=c) for ch in CAUSAL_CHANNELS for c in ("next", "chain")]
     hyps += [link_at(HEADLINE_LINK, "both", "all", compare=c) for c in ("next", "chain")]  # c6's own position only
     hyps += [link_at(j, "both", "all", span=N - j) for j in range(1, N) if j != HEADLINE_LINK]  # every link's suffix
@@ -153,7 +153,7 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
     # 3. interchange interventions on c_6's draft
     pairs = compose_pairs(n_pairs, seed=ctx.seed, same_maps=True)
     step_hyps = _step_hypotheses()
-    hyps = _hypotheses() + step_hyps
+    hyps = hypotheses() + step_hyps
     headline = next(h for h in hyps if h.name == HEADLINE)
     iia_rows = []
     for name in ctx.progress(list(settings), desc="IIA: sampler settings"):

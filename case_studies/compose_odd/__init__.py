@@ -14,7 +14,7 @@ from dgt_interp.tasks import COMPOSE_ODD
 
 from .hypothesis import COMPOSE_ODD_MODEL, LIST_START, list_offset, odd_list
 from .report import TITLE, render
-from .study import _hypotheses, list_shift, run
+from .study import hypotheses, list_shift, run
 
 STUDY = register(CaseStudy(
     name="compose_odd",
@@ -27,7 +27,7 @@ STUDY = register(CaseStudy(
     title=TITLE,
     models={"diffusion": "compose_odd-diffusion", "ar": "compose_odd-ar"},
     viewer=True,
-    hypotheses=tuple(_hypotheses()),
+    hypotheses=tuple(hypotheses()),
 ))
 
 __all__ = ["STUDY", "COMPOSE_ODD_MODEL", "LIST_START", "list_offset", "list_shift", "odd_list", "run"]

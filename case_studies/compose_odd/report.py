@@ -12,7 +12,8 @@ from case_studies.common_report import (as_json, f3, interpretation_head, interv
 from dgt_interp.studies import iia_table
 
 TITLE = "Case study: compose_odd — token and sequence smearing of a list placed last"
-HEADLINE = "c6@both:all/next"
+HEADLINE = "c6@both:all@pos6-9/chain"
+SUFFIX_SITES, CONTROL_SITES = "drafted states c6…c9", "drafted states c0…c3 (control)"
 AR_TWIN, RANDOM = "AR twin (greedy)", "random-order baseline"  # the random rows are named f"{RANDOM}, {setting}"
 FLIPS, KEPT, LIST = "parity flips", "parity kept", "list positions (random sites)"
 
@@ -71,13 +72,27 @@ def _verdict(numbers) -> list[str]:
             f"vs AR {interval(ar['mass_all_steps'], ar['mass_all_steps_ci95'], 3)} and random order "
             f"{interval(rnd['mass_all_steps'], rnd['mass_all_steps_ci95'], 3)}: "
             + ("token smearing **appears** (above both)." if tok else "token smearing is **not shown** (not above both)."))
+        lt = numbers["list_test"].get(name, {})
+        if SUFFIX_SITES in lt:
+            left, tail = lt[SUFFIX_SITES]["source_list"], lt[CONTROL_SITES]["source_list"]
+            shown = side(left["ci95"], max(num(tail["ci95"][1]), num(lt["unpatched"]["ci95"][1]))) == "above"
+            lines.append(
+                f"  Causal (the list is read off the drafted states): patching the drafted c6…c9 (canvas tokens and "
+                f"self-conditioning logits, every step) from a source with the same maps and another start digit makes "
+                f"the emitted list the source's, each digit at the source's offset, in {rate_text(left)} of pairs; as "
+                f"many sites on c0…c3 in {f3(tail['rate'])}, unpatched {f3(lt['unpatched']['rate'])}: "
+                + (qualify(numbers, f"{left['n']} pairs", "where the list sits is read off the drafted states (the "
+                           "interval lies above the control's)") if shown else
+                   "not shown (the interval does not clear the control's)") + ".")
+        elif lt:
+            lines.append(f"  Causal (the list is read off the drafted states): {lt.get('error')}.")
         c = numbers["causal"].get(name)
         if c:
             fl, kept, lst = c["shifts"][FLIPS]["predicted_shift"], c["shifts"][KEPT]["shift"], c["shifts"][LIST]["shift"]
             ctrl_hi = max(num(kept["ci95"][1]) if kept["n"] else 0.0, num(lst["ci95"][1]) if lst["n"] else 0.0)
             shown = fl["n"] > 0 and side(fl["ci95"], ctrl_hi) == "above"
             lines.append(
-                f"  Causal: patching a drafted state with one of the other parity moves the list in the patched step's "
+                f"  Same step: patching a drafted state with one of the other parity moves the list in the patched step's "
                 f"argmax by one position in the direction the odd count predicts in {rate_text(fl)} of patches; "
                 f"patches that keep the parity move it in {f3(kept['rate'])}, patches at list positions in "
                 f"{f3(lst['rate'])}: "
@@ -94,6 +109,20 @@ def _verdict(numbers) -> list[str]:
                      f"(n = {b['n_informative']} informative pairs); random sites "
                      f"{f3(e['random_sites']['mean_iia_informative'])}.")
     return lines
+
+
+def _list_rows(numbers) -> list[str]:
+    out = ["| setting | patched (every step) | pairs | emitted list = the source's [95% CI] | = the base's [95% CI] |",
+           "|---|---|---|---|---|"]
+    for name, lt in numbers["list_test"].items():
+        if "error" in lt:
+            out.append(f"| {name} | – | – | {lt['error']} | – |")
+            continue
+        out.append(f"| {name} | nothing | {lt['pairs_kept']} | {rate_text(lt['unpatched'])} | – |")
+        for key in (SUFFIX_SITES, CONTROL_SITES):
+            r = lt[key]
+            out.append(f"| {name} | {key} | {lt['pairs_kept']} | {rate_text(r['source_list'])} | {rate_text(r['base_list'])} |")
+    return out
 
 
 def phenomena_figures(numbers) -> list[str]:
@@ -142,7 +171,18 @@ def render(numbers: dict) -> str:
         "",
         "![canvas](canvas_example.png)",
         "",
-        "## Causal test: is the list placed from the drafted states?",
+        "## Causal test: is the list read off the drafted states?",
+        "",
+        "Pairs: the source shares the base's maps and starts from another digit, so its states, and with them which "
+        "are odd and where each lands in the list, differ. The drafted states c6…c9 (canvas tokens and "
+        "self-conditioning logits, every step) are patched from the source: a consistent state of the base's own "
+        "chain to continue from. If the list is written from the drafted states, the emitted list is the source's. "
+        "Control: as many sites on the drafted c0…c3, which the model checks against the unpatched states to their "
+        "right. Pairs the model answers correctly unpatched.",
+        "",
+        *_list_rows(numbers),
+        "",
+        "Same step: the single-state patches of `phenomena.canvas_flips`, read off the patched step's argmax.",
         "",
         "`phenomena.canvas_flips`: the drafted state the decoder reads at canvas position q < 10 at step k, and the "
         "previous step's logits entering the self-conditioning channel there, are replaced by a source run's "
@@ -156,11 +196,11 @@ def render(numbers: dict) -> str:
         "",
         *[f"![canvas_flips_step_{slug(name)}](canvas_flips_step_{slug(name)}.png)" for name in numbers["causal"]],
         "",
-        "## Interchange interventions: the drafted state c6",
+        "## Interchange interventions: the drafted suffix c6…c9",
         "",
-        "c6 patched where it is drafted (canvas token, self-conditioning logits, both, or the residual after block 0 "
-        "at position 6, every step) from a source with another c6; the base should emit c5 = o5(c6_src). AR twin: "
-        "pairs it answers correctly "
+        "As in the compose study: sources share the base's maps and start from another digit; the drafted states "
+        "c6…c9 are patched (canvas tokens, self-conditioning logits, both, or the residual after block 0 at "
+        "positions 6-9, every step); the emitted c0…c5 should be the source's. AR twin: pairs it answers correctly "
         f"({numbers['ar_pool']['correct']}/{numbers['ar_pool']['n']}).",
         "",
         *[f"- {name}: {r['error']}" for name, r in numbers["iia"].items() if "error" in r],

@@ -14,8 +14,11 @@ computed last).
    the unpatched one's (best alignment, as `sequence_smearing` compares a step with the final canvas);
    rates for parity-changing patches (shift in the predicted direction), parity-keeping patches, and patches
    at list positions (random sites).
-3. IIA of the drafted state c6 (`compose.hypothesis.link_at` with this task's causal model): the transparency
-   table's row, next to random sites and the AR twin.
+   And the list read off the drafts (`_list_test`): with sources that share the base's maps and start from
+   another digit, patching the drafted c_6..c_9 (canvas and self-conditioning, every step) should make the
+   emitted list the source's, its digits at the source's offsets; control: as many sites on c_0..c_3.
+3. IIA of the drafted suffix c6..c9 (`compose.hypothesis.link_at` with this task's causal model and sources that
+   share the base's maps): the transparency table's row, next to random sites and the AR twin.
 Every number in the report is computed here; the text is `report.render(numbers)`.
 """
 
@@ -30,14 +33,18 @@ from case_studies.common_report import collect_probes, iia_figure, rate, slug
 from case_studies.compose.hypothesis import N, compose_pairs, link_at
 from case_studies.samplers import sampler_grid
 from case_studies.smear_common import random_order, smear_numbers
+from dgt_interp.causal import PairRuns
 from dgt_interp.evaluate import prompt_batch
 from dgt_interp.phenomena import canvas_flips, detect_phenomena, sequence_smearing, token_smearing
 from dgt_interp.studies import Report, StudyContext
+from dgt_interp.patching import Site
 from dgt_interp.tasks import COMPOSE_ODD, EOS_ID, VOCAB
 from dgt_interp.viz import canvas_figure
 
 from .hypothesis import COMPOSE_ODD_MODEL, LIST_START
-from .report import AR_TWIN, HEADLINE, RANDOM, TITLE, render
+
+LEFT = 6  # the drafted suffix c_6..c_9 (4 states) is patched; the control patches as many states on the left
+from .report import AR_TWIN, CONTROL_SITES, HEADLINE, RANDOM, SUFFIX_SITES, TITLE, render
 
 DIGIT_IDS = {VOCAB.index(str(d)): d for d in range(10)}
 
@@ -139,8 +146,39 @@ def _flips(model, n: int, seed: int, max_steps: int, **gen):
 # ----------------------------------------------------------------------------- 3. IIA
 
 
-def _hypotheses() -> list:
-    return [link_at(6, ch, "all", model=COMPOSE_ODD_MODEL) for ch in ("canvas", "selfcond", "both", "L0")]
+def hypotheses() -> list:
+    """The drafted suffix c6..c9 (as in the compose study), compared on the states left of it."""
+    return [link_at(6, ch, "all", span=N - 6, compare="chain", model=COMPOSE_ODD_MODEL)
+            for ch in ("canvas", "selfcond", "both", "L0")]
+
+
+# ----------------------------------------------------------------------------- 2b. the list read off the drafts
+
+
+def _list_of(answer: str) -> str:
+    return answer.split(":", 1)[1] if ":" in answer else ""
+
+
+def _list_test(model, pairs, seed: int, **gen) -> dict:
+    """With sources that share the base's maps (another start digit, so other states and another list): patch the
+    drafted states c_6..c_9 (canvas tokens and self-conditioning logits, every step), a consistent state to
+    continue from; is the emitted list the source's, its digits at the source's offsets? Control: the same number
+    of sites on the drafted c_0..c_3 (drafts the model checks against the unpatched states to their right)."""
+    runs = PairRuns(model, pairs, seed=seed, **gen)
+    if not runs.pairs:
+        return {"error": "the model answered no pair correctly unpatched", "dropped": runs.dropped}
+    site_sets = [[Site(h, None, p) for p in ps for h in ("hook_embed", "self_cond.hook_logits_in")]
+                 for ps in (range(LEFT, N), range(N - LEFT))]
+    outs = runs.outputs(site_sets, batch_size=32)
+    src = [_list_of(s.answer) for _, s in runs.pairs]
+    base = [_list_of(b.answer) for b, _ in runs.pairs]
+    out = {"pairs_kept": len(runs.pairs), "dropped": runs.dropped,
+           "unpatched": rate(sum(b == s for b, s in zip(base, src)), len(src))}
+    for name, answers in zip((SUFFIX_SITES, CONTROL_SITES), outs):
+        got = [_list_of(a) for a in answers]
+        out[name] = {"source_list": rate(sum(g == s for g, s in zip(got, src)), len(src)),
+                     "base_list": rate(sum(g == b for g, b in zip(got, base)), len(src))}
+    return out
 
 
 def compute(ctx: StudyContext) -> tuple[dict, dict]:
@@ -159,7 +197,7 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
     problems = COMPOSE_ODD.problems("test", n_pheno, seed=ctx.seed + 1)
     numbers: dict = {"settings": list(settings), "n_phenomena_prompts": n_pheno, "n_causal_prompts": n_causal,
                      "n_pairs": n_pairs, "region": region, "canvas_length": int(diff.config.canvas_length),
-                     "phenomena": {}, "causal": {}, "iia": {},
+                     "phenomena": {}, "causal": {}, "list_test": {}, "iia": {},
                      "training": {kind: training(ctx.models[kind]) for kind in ("diffusion", "ar")}}
     figures: dict = {}
 
@@ -192,10 +230,14 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
         numbers["causal"][name] = {"steps_patched": len(flips.steps), "shifts": _shift_numbers(flips, region)}
         figures[f"canvas_flips_step_{slug(name)}"] = flips.figure(f"flip rate (patched step), {name}", at="step")
 
-    # 3. IIA of the drafted state c6
+    # 2b. is the list read off the drafted states?
     pool = COMPOSE_ODD.problems("test", 4 * n_pairs + 8, seed=ctx.seed)
-    pairs = compose_pairs(n_pairs, seed=ctx.seed, pool=pool)
-    hyps = _hypotheses()
+    pairs = compose_pairs(n_pairs, seed=ctx.seed, pool=pool, same_maps=True, model=COMPOSE_ODD_MODEL)
+    for name in ctx.progress(list(settings), desc="list patching: sampler settings"):
+        numbers["list_test"][name] = _list_test(diff, pairs, ctx.seed, **settings[name])
+
+    # 3. IIA of the drafted suffix c6..c9
+    hyps = hypotheses()
     headline = next(h for h in hyps if h.name == HEADLINE)
     iia_rows = []
     numbers["iia"][default], _, scores, rnd = iia_entry(diff, pairs, hyps, headline, seed=ctx.seed, draws=draws,
@@ -205,20 +247,20 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
         iia_rows.append((f"random sites, {headline.name} [{default}]", rnd))
     ar_pool = correct_pool(ar, COMPOSE_ODD.problems("test", n_pool, seed=ctx.seed + 1), ctx.seed, do_sample=False)
     numbers["ar_pool"] = {"n": n_pool, "correct": len(ar_pool)}
-    if len({COMPOSE_ODD_MODEL.run(p)["c6"] for p in ar_pool}) >= 2:
-        ar_hyps = [link_at(6, ch, "all", model=COMPOSE_ODD_MODEL) for ch in ("canvas", "L0")]
-        numbers["iia"][AR_TWIN], _, s_ar, rnd_ar = iia_entry(ar, compose_pairs(n_pairs, seed=ctx.seed, pool=ar_pool),
+    if ar_pool:
+        ar_hyps = [link_at(6, ch, "all", span=N - 6, compare="chain", model=COMPOSE_ODD_MODEL) for ch in ("canvas", "L0")]
+        numbers["iia"][AR_TWIN], _, s_ar, rnd_ar = iia_entry(ar, compose_pairs(n_pairs, seed=ctx.seed, pool=ar_pool,
+                                                                               same_maps=True, model=COMPOSE_ODD_MODEL),
                                                              ar_hyps, ar_hyps[1], seed=ctx.seed, draws=draws,
                                                              do_sample=False)
         if s_ar is not None:
             iia_rows += [(f"{k} AR twin", v) for k, v in s_ar.items()]
             iia_rows.append((f"random sites, {ar_hyps[1].name} AR twin", rnd_ar))
     else:
-        numbers["iia"][AR_TWIN] = {"error": "the AR twin answered too few held-out problems correctly "
-                                            f"({len(ar_pool)}/{n_pool}) to form pairs"}
+        numbers["iia"][AR_TWIN] = {"error": f"the AR twin answered no held-out problem correctly (of {n_pool})"}
     numbers["iia_rows"] = [(label, r.to_dict()) for label, r in iia_rows]
     if iia_rows:
-        figures["iia"] = iia_figure(iia_rows, "c6 drafted -> c5: IIA (95% Wilson CI)")
+        figures["iia"] = iia_figure(iia_rows, "drafted suffix -> the states to its left: IIA (95% Wilson CI)")
     return numbers, figures
 
 
