@@ -150,6 +150,22 @@ def qualify(numbers: dict, n, text: str) -> str:
     return (f"indication only (quick run, n = {n}): {text}" if numbers.get("quick") else f"at n = {n}: {text}")
 
 
+def best_iia_lines(numbers: dict) -> list[str]:
+    """One finding line per model in `numbers["iia"]`: its best hypothesis on informative pairs, with the
+    random-site baseline."""
+    lines = []
+    for name, e in numbers["iia"].items():
+        if "hypotheses" not in e:
+            continue
+        h = e["hypotheses"]
+        best = max(h, key=lambda k: (num(h[k]["iia_informative"]) if not isnan(h[k]["iia_informative"]) else -1))
+        b = h[best]
+        lines.append(f"- **IIA [{name}]**: best `{best}` {interval(b['iia_informative'], b['ci95_informative'], 3)} "
+                     f"(n = {b['n_informative']} informative pairs); random sites "
+                     f"{f3(e['random_sites']['mean_iia_informative'])}.")
+    return lines
+
+
 def interpretation_head(numbers: dict) -> list[str]:
     """The opening of a report's "What this run shows" section: every claim is conditioned on its 95%
     interval (bootstrap for correlations, Wilson for rates); a quick run adds that its n supports none."""
@@ -163,5 +179,5 @@ def interpretation_head(numbers: dict) -> list[str]:
     return lines + [""]
 
 
-__all__ = ["interval", "side", "rate", "verdict", "qualify", "interpretation_head", "as_json", "num", "isnan", "nz", "f3", "sci", "slug", "ci", "figure_links", "is_baseline", "iia_figure",
+__all__ = ["best_iia_lines", "interval", "side", "rate", "verdict", "qualify", "interpretation_head", "as_json", "num", "isnan", "nz", "f3", "sci", "slug", "ci", "figure_links", "is_baseline", "iia_figure",
            "collect_probes", "probe_section"]

@@ -41,7 +41,7 @@ from dgt_interp.stats import nanmean
 from dgt_interp.studies import Report, StudyContext
 from dgt_interp.tasks import EOS_ID, COMPOSE, VOCAB
 
-from .hypothesis import EOS_POS, HEADLINE_LINK, N, COMPOSE_MODEL, link_at, compose_pairs
+from .hypothesis import COMPOSE_MODEL, HEADLINE_LINK, N, compose_pairs, link_at
 from .report import AR, HEADLINE, TITLE, render
 
 CAUSAL_CHANNELS = ("canvas", "selfcond", "both", "L0")

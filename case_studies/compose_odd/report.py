@@ -7,7 +7,7 @@ tuples are lists); `render` gives the same text for both.
 from __future__ import annotations
 
 from case_studies.chain_common import training_lines
-from case_studies.common_report import (as_json, f3, interpretation_head, interval, isnan, num, probe_section,
+from case_studies.common_report import (as_json, best_iia_lines, f3, interpretation_head, interval, isnan, num, probe_section,
                                         qualify, rate_text, side, slug)
 from dgt_interp.studies import iia_table
 
@@ -99,15 +99,7 @@ def _verdict(numbers) -> list[str]:
                 + qualify(numbers, f"{fl['n']} patches", "the list's place is read off the drafted states (the "
                           "interval lies above both controls')" if shown else
                           "not shown (the interval does not clear the controls')") + ".")
-    for name, e in numbers["iia"].items():
-        if "hypotheses" not in e:
-            continue
-        h = e["hypotheses"]
-        best = max(h, key=lambda k: (num(h[k]["iia_informative"]) if not isnan(h[k]["iia_informative"]) else -1))
-        b = h[best]
-        lines.append(f"- **IIA [{name}]**: best `{best}` {interval(b['iia_informative'], b['ci95_informative'], 3)} "
-                     f"(n = {b['n_informative']} informative pairs); random sites "
-                     f"{f3(e['random_sites']['mean_iia_informative'])}.")
+    lines += best_iia_lines(numbers)
     return lines
 
 
