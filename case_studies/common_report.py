@@ -117,6 +117,12 @@ def interval(est, ci95, nd: int = 2) -> str:
     return f"{f3(est, nd)} [{f3(lo, nd)}, {f3(hi, nd)}]"
 
 
+def interval_above(a: dict, b: dict, key: str) -> bool:
+    """a's 95% interval for `key` (`a[key + "_ci95"]`) lies above b's."""
+    lo, hi = a[f"{key}_ci95"][0], b[f"{key}_ci95"][1]
+    return not isnan(lo) and not isnan(hi) and lo > hi
+
+
 def side(ci95, null: float) -> str:
     """Where a 95% interval lies against `null`: "above", "below" or "spans" (also for a missing interval)."""
     if not ci95 or isnan(ci95[0]) or isnan(ci95[1]):
@@ -179,5 +185,5 @@ def interpretation_head(numbers: dict) -> list[str]:
     return lines + [""]
 
 
-__all__ = ["best_iia_lines", "interval", "side", "rate", "verdict", "qualify", "interpretation_head", "as_json", "num", "isnan", "nz", "f3", "sci", "slug", "ci", "figure_links", "is_baseline", "iia_figure",
+__all__ = ["best_iia_lines", "interval", "interval_above", "side", "rate", "verdict", "qualify", "interpretation_head", "as_json", "num", "isnan", "nz", "f3", "sci", "slug", "ci", "figure_links", "is_baseline", "iia_figure",
            "collect_probes", "probe_section"]

@@ -7,8 +7,8 @@ tuples are lists); `render` gives the same text for both.
 from __future__ import annotations
 
 from case_studies.chain_common import training_lines
-from case_studies.common_report import (as_json, best_iia_lines, f3, interpretation_head, interval, isnan, num, probe_section,
-                                        qualify, rate_text, side, slug)
+from case_studies.common_report import (as_json, best_iia_lines, f3, interpretation_head, interval, interval_above, num,
+                                        probe_section, qualify, rate_text, side, slug)
 from dgt_interp.studies import iia_table
 
 TITLE = "Case study: compose_odd — token and sequence smearing of a list placed last"
@@ -16,12 +16,6 @@ HEADLINE = "c6@both:all@pos6-9/chain"
 SUFFIX_SITES, CONTROL_SITES = "drafted states c6…c9", "drafted states c0…c3 (control)"
 AR_TWIN, RANDOM = "AR twin (greedy)", "random-order baseline"  # the random rows are named f"{RANDOM}, {setting}"
 FLIPS, KEPT, LIST = "parity flips", "parity kept", "list positions (random sites)"
-
-
-def _above(a: dict, b: dict, key: str) -> bool:
-    """a's 95% interval for `key` lies above b's."""
-    lo, hi = a[f"{key}_ci95"][0], b[f"{key}_ci95"][1]
-    return not isnan(lo) and not isnan(hi) and lo > hi
 
 
 def _pheno_rows(numbers) -> list[str]:
@@ -58,8 +52,8 @@ def _verdict(numbers) -> list[str]:
     lines = []
     for name in numbers["settings"]:
         d, rnd = ph[name]["argmax"], ph[f"{RANDOM}, {name}"]["argmax"]
-        seq = _above(d, ar, "rows_smeared") and _above(d, rnd, "rows_smeared")
-        tok = _above(d, ar, "mass_all_steps") and _above(d, rnd, "mass_all_steps")
+        seq = interval_above(d, ar, "rows_smeared") and interval_above(d, rnd, "rows_smeared")
+        tok = interval_above(d, ar, "mass_all_steps") and interval_above(d, rnd, "mass_all_steps")
         n = f"{d['rows']} rows"
         lines.append(
             f"- **{name}** (accuracy {f3(ph[name]['accuracy'])}, {f3(ph[name]['mean_steps'], 1)} steps): rows with a "

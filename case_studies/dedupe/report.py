@@ -6,19 +6,13 @@ tuples are lists); `render` gives the same text for both.
 
 from __future__ import annotations
 
-from case_studies.common_report import (as_json, best_iia_lines, f3, interpretation_head, interval, isnan, num, probe_section,
-                                        qualify, slug)
+from case_studies.common_report import (as_json, best_iia_lines, f3, interpretation_head, interval, interval_above,
+                                        isnan, num, probe_section, qualify, slug)
 from dgt_interp.studies import iia_table
 
 TITLE = "Case study: dedupe — token and sequence smearing, and what places a token"
 MODELS_SCORED = ("scan", "independent")
 AR_TWIN, RANDOM = "AR twin (greedy)", "random-order baseline"  # the random rows are named f"{RANDOM}, {setting}"
-
-
-def _above(a: dict, b: dict, key: str) -> bool:
-    """a's 95% interval for `key` lies above b's."""
-    lo, hi = a[f"{key}_ci95"][0], b[f"{key}_ci95"][1]
-    return not isnan(lo) and not isnan(hi) and lo > hi
 
 
 def _pheno_rows(numbers) -> list[str]:
@@ -46,9 +40,9 @@ def _verdict(numbers) -> list[str]:
     lines = []
     for name in numbers["settings"]:
         d, rnd = ph[name]["argmax"], ph[f"{RANDOM}, {name}"]["argmax"]
-        seq = _above(d, ar, "rows_smeared") and _above(d, rnd, "rows_smeared")
-        tok0 = _above(d, ar, "mass_step0") and _above(d, rnd, "mass_step0")
-        tok = _above(d, ar, "mass_all_steps") and _above(d, rnd, "mass_all_steps")
+        seq = interval_above(d, ar, "rows_smeared") and interval_above(d, rnd, "rows_smeared")
+        tok0 = interval_above(d, ar, "mass_step0") and interval_above(d, rnd, "mass_step0")
+        tok = interval_above(d, ar, "mass_all_steps") and interval_above(d, rnd, "mass_all_steps")
         n = f"{d['rows']} rows"
         pr = ph[name]["probs"]
         lines.append(
