@@ -21,8 +21,10 @@ import torch
 from case_studies.common_report import f3, interval, rate
 from dgt_interp import zoo
 from dgt_interp.causal import PairRuns, expected_answers, random_site_baseline
-from dgt_interp.evaluate import generate_answers
+from dgt_interp.evaluate import generate_answers, prompt_batch
+from dgt_interp.phenomena import canvas_flips
 from dgt_interp.stats import bootstrap_interval, spearman
+from dgt_interp.tasks import EOS_ID
 
 EXACT_ORDERS = 6  # rows of at most this many positions average over every order; longer rows sample orders
 
@@ -138,6 +140,18 @@ def order_effects(flips, seed: int, *, at: str = "step") -> dict:
     return out
 
 
+def sampled_flips(model, task, n: int, seed: int, first_steps: int, *, key: str | None = None, **gen):
+    """`phenomena.canvas_flips` (canvas token and self-conditioning logits) of `n` problems drawn from `task`,
+    sources drawn independently (rng keyed by `key`, default the task's name), over the first `first_steps` steps
+    both runs reach. The task's prompts must share one length (no padding)."""
+    rng = random.Random(f"{key or task.name}-flips:{seed}")
+    base = [task.sample(rng) for _ in range(n)]
+    src = [task.sample(rng) for _ in range(n)]
+    ids = prompt_batch([p.prompt for p in base] + [p.prompt for p in src])["input_ids"]
+    return canvas_flips(model, ids[:n], ids[n:], first_steps=first_steps, channels=("canvas", "self_cond"),
+                        eos_id=EOS_ID, seed=seed, batch_size=32, **gen)
+
+
 def corrected_drafts(flips, *, offset: int = 1, positions=None) -> dict:
     """Retroactive self-correction of induced drafts: over events where patching q = p + `offset` changed the
     argmax the patched step emits at p (a wrong draft at p that the model wrote from the patched context),
@@ -241,4 +255,4 @@ def training_lines(numbers) -> list[str]:
 
 
 __all__ = ["EXACT_ORDERS", "NEIGHBOURS", "right_to_left", "strictly_right_to_left", "order_effects", "random_order", "neighbour_rates", "corrected_drafts",
-           "score_hypotheses", "iia_entry", "step_effect", "correct_pool", "training", "training_lines"]
+           "sampled_flips", "score_hypotheses", "iia_entry", "step_effect", "correct_pool", "training", "training_lines"]

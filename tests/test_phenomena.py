@@ -270,3 +270,20 @@ def test_a_probe_registered_from_outside_runs_in_detect_phenomena(tiny_diffusion
     table = extra_probe_table({"default": {k: v.to_dict() for k, v in res.items() if k != "accuracy"}})
     assert f"| {outside_probe} |" in table and f"| {traj.n_steps} |" in table
     assert extra_probe_table({"default": {"commit_argmax": {"mean_rho": 1.0}}}) == ""  # built-ins: no extra table
+
+
+def test_canvas_flips_first_steps_caps_the_steps_both_runs_reach(tiny_diffusion):
+    from dgt_interp.evaluate import prompt_batch
+
+    ids = prompt_batch(["12+34=", "56+78="])["input_ids"]
+    src = prompt_batch(["98+76=", "21+43="])["input_ids"]
+    kw = dict(max_denoising_steps=3, max_new_tokens=8, seed=1, positions=[0])
+    capped = canvas_flips(tiny_diffusion, ids, src, first_steps=2, **kw)
+    listed = canvas_flips(tiny_diffusion, ids, src, steps=[0, 1], **kw)
+    assert capped.steps == listed.steps and torch.equal(capped.flips, listed.flips)
+    assert canvas_flips(tiny_diffusion, ids, src, first_steps=99, **kw).steps == \
+        canvas_flips(tiny_diffusion, ids, src, **kw).steps  # a cap past the end: every step both runs reach
+    with pytest.raises(PhenomenaError, match="not both"):
+        canvas_flips(tiny_diffusion, ids, src, steps=[0], first_steps=1, **kw)
+    with pytest.raises(PhenomenaError, match="first_steps must be a positive int"):
+        canvas_flips(tiny_diffusion, ids, src, first_steps=0, **kw)

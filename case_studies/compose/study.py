@@ -27,16 +27,13 @@ Every number in the report is computed here; the text is `report.render(numbers)
 
 from __future__ import annotations
 
-import random
-
 import torch
 
 from case_studies.chain_common import (corrected_drafts, correct_pool, iia_entry, neighbour_rates, order_effects,
-                                       random_order, right_to_left, step_effect, training)
+                                       random_order, right_to_left, sampled_flips, step_effect, training)
 from case_studies.common_report import collect_probes, iia_figure, rate, slug
 from case_studies.samplers import sampler_grid
-from dgt_interp.evaluate import prompt_batch
-from dgt_interp.phenomena import canvas_flips, detect_phenomena, draft_effects, find_drafts
+from dgt_interp.phenomena import detect_phenomena, draft_effects, find_drafts
 from dgt_interp.stats import nanmean
 from dgt_interp.studies import Report, StudyContext
 from dgt_interp.tasks import EOS_ID, COMPOSE, VOCAB
@@ -74,19 +71,6 @@ def _records(model, problems, seed, **gen) -> tuple[object, dict, dict]:
         want = torch.tensor([[VOCAB.index(c) for c in p.answer] for p in problems])
         out["step0_argmax"] = [rate(int((first[:, j] == want[:, j]).sum()), len(problems)) for j in DIGITS]
     return co, out, det
-
-
-def _flips(model, n: int, seed: int, max_steps: int, **gen):
-    """canvas_flips (canvas token and self-conditioning logits) of `n` held-out base problems, sources drawn
-    independently, over the first `max_steps` steps both runs reach."""
-    rng = random.Random(f"compose-flips:{seed}")
-    base = [COMPOSE.sample(rng) for _ in range(n)]
-    src = [COMPOSE.sample(rng) for _ in range(n)]
-    ids = prompt_batch([p.prompt for p in base] + [p.prompt for p in src])["input_ids"]  # equal lengths: no padding
-    probe = detect_phenomena(model, base, seed=seed, eos_id=EOS_ID, **gen)[0]
-    steps = list(range(min(int(probe.n_steps), max_steps)))
-    return canvas_flips(model, ids[:n], ids[n:], steps=steps, channels=("canvas", "self_cond"), eos_id=EOS_ID,
-                        seed=seed, batch_size=32, **gen)
 
 
 def _causal_numbers(flips, seed: int) -> dict:
@@ -145,7 +129,7 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
 
     # 2. canvas patching: who reads whose draft
     for name in ctx.progress(list(settings), desc="canvas patching: sampler settings"):
-        flips = _flips(diff, n_causal, ctx.seed, max_flip_steps, **settings[name])
+        flips = sampled_flips(diff, COMPOSE, n_causal, ctx.seed, max_flip_steps, **settings[name])
         numbers["causal"][name] = _causal_numbers(flips, ctx.seed)
         figures[f"canvas_flips_step_{slug(name)}"] = _effect_figure(flips, "step", name)
         figures[f"canvas_flips_final_{slug(name)}"] = _effect_figure(flips, "final", name)

@@ -24,18 +24,15 @@ Every number in the report is computed here; the text is `report.render(numbers)
 
 from __future__ import annotations
 
-import random
-
 import torch
 
-from case_studies.chain_common import correct_pool, iia_entry, training
+from case_studies.chain_common import correct_pool, iia_entry, sampled_flips, training
 from case_studies.common_report import collect_probes, iia_figure, rate, slug
 from case_studies.compose.hypothesis import N, compose_pairs, link_at
 from case_studies.samplers import sampler_grid
 from case_studies.smear_common import random_order, smear_numbers
 from dgt_interp.causal import PairRuns
-from dgt_interp.evaluate import prompt_batch
-from dgt_interp.phenomena import canvas_flips, detect_phenomena, sequence_smearing, token_smearing
+from dgt_interp.phenomena import detect_phenomena, sequence_smearing, token_smearing
 from dgt_interp.studies import Report, StudyContext
 from dgt_interp.patching import Site
 from dgt_interp.tasks import COMPOSE_ODD, EOS_ID, VOCAB
@@ -132,17 +129,6 @@ def _shift_numbers(flips, region: list[int]) -> dict:
                   "any_shift": rate(v[2], v[0])} for key, v in kinds.items()}
 
 
-def _flips(model, n: int, seed: int, max_steps: int, **gen):
-    rng = random.Random(f"compose-odd-flips:{seed}")
-    base = [COMPOSE_ODD.sample(rng) for _ in range(n)]
-    src = [COMPOSE_ODD.sample(rng) for _ in range(n)]
-    ids = prompt_batch([p.prompt for p in base] + [p.prompt for p in src])["input_ids"]  # equal lengths
-    probe = detect_phenomena(model, base, seed=seed, eos_id=EOS_ID, **gen)[0]
-    steps = list(range(min(int(probe.n_steps), max_steps)))
-    return canvas_flips(model, ids[:n], ids[n:], steps=steps, channels=("canvas", "self_cond"), eos_id=EOS_ID,
-                        seed=seed, batch_size=32, **gen)
-
-
 # ----------------------------------------------------------------------------- 3. IIA
 
 
@@ -226,7 +212,8 @@ def compute(ctx: StudyContext) -> tuple[dict, dict]:
 
     # 2. causal test: is the list placed from the drafted states?
     for name in ctx.progress(list(settings), desc="canvas patching: sampler settings"):
-        flips = _flips(diff, n_causal, ctx.seed, max_flip_steps, **settings[name])
+        flips = sampled_flips(diff, COMPOSE_ODD, n_causal, ctx.seed, max_flip_steps, key="compose-odd",
+                              **settings[name])
         numbers["causal"][name] = {"steps_patched": len(flips.steps), "shifts": _shift_numbers(flips, region)}
         figures[f"canvas_flips_step_{slug(name)}"] = flips.figure(f"flip rate (patched step), {name}", at="step")
 

@@ -94,7 +94,8 @@ class CanvasFlips:
 CHANNELS = {"canvas": "hook_embed", "self_cond": "self_cond.hook_logits_in"}
 
 
-def canvas_flips(model, base_ids: torch.Tensor, source_ids: torch.Tensor, *, steps=None, positions=None,
+def canvas_flips(model, base_ids: torch.Tensor, source_ids: torch.Tensor, *, steps=None, first_steps: int | None = None,
+                 positions=None,
                  channels=("canvas",), canvas: int = 0, eos_id: int | None = None, seed: int = 0,
                  attention_mask=None, source_attention_mask=None, batch_size: int = 64, progress: bool = False,
                  **generation_kwargs) -> CanvasFlips:
@@ -105,7 +106,8 @@ def canvas_flips(model, base_ids: torch.Tensor, source_ids: torch.Tensor, *, ste
     is a no-op there) and records, per (step k, position q), the base run's emitted tokens.
     `channels`: "canvas" (the token embedding at q: the token the decoder reads) and/or
     "self_cond" (the previous step's logits at q entering the self-conditioning channel; absent at a
-    canvas's first step). `steps`: canvas steps (from 0) to patch, None = all both runs reached.
+    canvas's first step). `steps`: canvas steps (from 0) to patch, None = all both runs reached (or the first
+    `first_steps` of them: a cap that needs no run to learn how many steps there are).
     DiffusionGemma only: on the AR twin later positions cannot affect earlier ones (causal attention).
     """
     unknown = [c for c in channels if c not in CHANNELS]
@@ -117,7 +119,12 @@ def canvas_flips(model, base_ids: torch.Tensor, source_ids: torch.Tensor, *, ste
         raise PhenomenaError("canvas patching needs a DiffusionGemma model; on the AR twin later positions cannot "
                              "affect earlier ones (causal attention), so the effect is 0 by construction")
     all_steps = [s for s in check_canvas(p.corrupted, canvas) if s < p.n_steps]
-    ks = list(range(len(all_steps))) if steps is None else [steps] if isinstance(steps, int) else list(steps)
+    if steps is not None and first_steps is not None:
+        raise PhenomenaError("pass steps= or first_steps=, not both")
+    if first_steps is not None and (not isinstance(first_steps, int) or first_steps < 1):
+        raise PhenomenaError(f"first_steps must be a positive int, got {first_steps!r}")
+    n_first = len(all_steps) if first_steps is None else min(first_steps, len(all_steps))
+    ks = list(range(n_first)) if steps is None else [steps] if isinstance(steps, int) else list(steps)
     bad = [k for k in ks if not 0 <= k < len(all_steps)]
     if bad:
         raise PhenomenaError(f"canvas step {bad[0]} out of range: both runs reached {len(all_steps)} steps of canvas {canvas}")
